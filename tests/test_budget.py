@@ -1,0 +1,171 @@
+"""Hard budgets: never passed under any concurrency, waiting instead of refusing when only
+reservations stand in the way, the best result returned when money or time runs out."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ttc import BestOfN, Budget, BudgetExceeded, ConfigError, Price, SamplingParams
+from ttc.adapters import FunctionModel
+from ttc.runtime.budget import Charge, Ledger, reserve
+from ttc.types import GenerateRequest
+
+pytestmark = pytest.mark.anyio
+
+
+def test_reserve_checks_every_ledger_before_touching_any() -> None:
+    roomy = Ledger(Budget(tokens=1000), "provider")
+    tight = Ledger(Budget(tokens=10), "run")
+    with pytest.raises(BudgetExceeded, match="run budget: tokens limit 10"):
+        reserve([roomy, tight], Charge(tokens=50, requests=1))
+    assert roomy.reserved_tokens == 0 and tight.reserved_tokens == 0
+    held = reserve([roomy, tight], Charge(tokens=10, requests=1))
+    held.settle(Charge(tokens=4, requests=1))
+    held.settle(Charge(tokens=4, requests=1))  # idempotent
+    assert (tight.spent_tokens, tight.reserved_tokens) == (4, 0)
+
+
+def test_budget_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match="tokens"):
+        Budget(tokens=-1)
+    with pytest.raises(ValueError, match="seconds"):
+        Budget(seconds=0)
+
+
+def _words_model(rng: random.Random, **runtime: object) -> FunctionModel:
+    async def reply(request: GenerateRequest, index: int) -> str:
+        await anyio.sleep(rng.random() * 0.002)
+        return " ".join(["w"] * rng.randint(0, request.params.max_tokens + 5))
+
+    return FunctionModel(reply, **runtime)  # type: ignore[arg-type]
+
+
+@settings(
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    provider_tokens=st.one_of(st.none(), st.integers(0, 3000)),
+    provider_requests=st.one_of(st.none(), st.integers(0, 40)),
+    run_tokens=st.one_of(st.none(), st.integers(0, 1500)),
+    run_usd=st.one_of(st.none(), st.floats(0, 0.01)),
+    runs=st.integers(1, 6),
+    n=st.integers(1, 12),
+    max_tokens=st.integers(1, 60),
+    native_n=st.booleans(),
+    concurrency=st.integers(1, 16),
+)
+def test_no_hard_limit_is_ever_passed(
+    seed: int,
+    provider_tokens: int | None,
+    provider_requests: int | None,
+    run_tokens: int | None,
+    run_usd: float | None,
+    runs: int,
+    n: int,
+    max_tokens: int,
+    native_n: bool,
+    concurrency: int,
+) -> None:
+    """1,000 randomized runs: several concurrent best-of-n runs share one model with a
+    provider budget, each with its own run budget; replies have random lengths (some longer
+    than max_tokens, which the model truncates) and random latencies."""
+    rng = random.Random(seed)
+    model = _words_model(
+        rng,
+        native_n=native_n,
+        max_concurrency=concurrency,
+        budget=Budget(tokens=provider_tokens, requests=provider_requests),
+        price=Price.per_million(30.0, 60.0),
+    )
+    strategy = BestOfN(model, n=n, params=SamplingParams(max_tokens=max_tokens))
+    run_budget = Budget(tokens=run_tokens, usd=run_usd)
+    results = []
+
+    async def main() -> None:
+        async def one(i: int) -> None:
+            results.append(await strategy.run(f"question {i} " * rng.randint(1, 5), budget=run_budget))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(runs):
+                tg.start_soon(one, i)
+
+    anyio.run(main)
+    assert model.ledger is not None
+    spent = model.ledger.spent
+    if provider_tokens is not None:
+        assert spent.tokens <= provider_tokens
+    if provider_requests is not None:
+        assert spent.requests <= provider_requests
+    assert model.ledger.reserved_tokens == 0 and model.ledger.reserved_requests == 0
+    for result in results:
+        if run_tokens is not None:
+            assert result.usage.total_tokens <= run_tokens
+        if run_usd is not None:
+            assert result.usage.cost_usd <= run_usd * (1 + 1e-9)
+        if len(result.candidates) < n:
+            assert result.stopped_by == "budget"
+    # The model's own account equals the sum of the runs' accounts.
+    assert model.usage.total_tokens == sum(r.usage.total_tokens for r in results)
+    assert model.usage.requests == sum(r.usage.requests for r in results)
+
+
+async def test_waits_for_reservations_instead_of_stopping_early() -> None:
+    # Worst case per request: ~20 prompt-bound + 50 tokens; real use: 1 + 1 token. A budget of
+    # 150 tokens cannot hold three reservations at once, but easily pays for 16 real requests.
+    model = FunctionModel(lambda r, i: "x", native_n=False)
+    result = await BestOfN(model, n=16, params=SamplingParams(max_tokens=50)).run(
+        "q", budget=Budget(tokens=150)
+    )
+    assert len(result.candidates) == 16
+    assert result.stopped_by is None
+    assert result.usage.total_tokens <= 150
+
+
+async def test_budget_exhausted_returns_best_so_far_marked() -> None:
+    model = FunctionModel(lambda r, i: f"The answer is {i % 2}", native_n=False, max_concurrency=1)
+    strategy = BestOfN(model, n=10, params=SamplingParams(max_tokens=8))
+    result = await strategy.run("q", budget=Budget(requests=4))
+    assert result.stopped_by == "budget"
+    assert len(result.candidates) == 4
+    assert result.answer in {"0", "1"}
+    assert result.usage.requests == 4
+    assert any("requests limit 4" in e for e in result.errors)
+
+    raising = BestOfN(model, n=10, on_budget="raise")
+    with pytest.raises(BudgetExceeded) as info:
+        await raising.run("q", budget=Budget(requests=2))
+    assert info.value.result is not None and len(info.value.result.candidates) == 2
+
+
+async def test_seconds_budget_cancels_in_flight_requests() -> None:
+    async def slow(request: GenerateRequest, index: int) -> str:
+        await anyio.sleep(0.1 if index < 2 else 30)
+        return "The answer is 7"
+
+    model = FunctionModel(slow, native_n=False)
+    start = time.perf_counter()
+    result = await BestOfN(model, n=6).run("q", budget=Budget(seconds=0.5))
+    assert time.perf_counter() - start < 3
+    assert result.stopped_by == "budget"
+    assert [c.answer for c in result.candidates] == ["7", "7"]
+    assert result.answer == "7"
+
+
+async def test_usd_budget_needs_a_price() -> None:
+    async def reply(request: GenerateRequest, index: int) -> str:
+        return "hi"
+
+    model = FunctionModel(reply)
+    model.price = None  # as for a hosted model missing from the price table
+    with pytest.raises(ConfigError, match="price"):
+        await BestOfN(model, n=2).run("q", budget=Budget(usd=1.0))

@@ -1,0 +1,44 @@
+"""The LiteLLM adapter, with the real litellm, against the loopback provider."""
+
+from __future__ import annotations
+
+import pytest
+
+from ttc import SelfConsistency
+from ttc.adapters import LiteLLM
+from ttc.errors import AuthenticationError
+from ttc.runtime.retry import RetryPolicy
+from ttc.testing import FakeProvider, Faults
+
+pytest.importorskip("litellm")
+pytestmark = [pytest.mark.anyio, pytest.mark.litellm]
+
+
+async def test_litellm_through_the_runtime() -> None:
+    async with FakeProvider("openai", api_key="sk-lite") as server:
+        model = LiteLLM("openai/fake-model", api_base=server.base_url, api_key="sk-lite")
+        result = await SelfConsistency(model, n=3).run("What is 2 + 5?")
+        assert len(result.candidates) == 3
+        assert server.stats.requests == 3  # fan-out by default
+        assert result.usage.prompt_tokens == server.stats.billed_prompt_tokens
+        assert result.usage.completion_tokens == server.stats.billed_completion_tokens
+
+        wrong = LiteLLM("openai/fake-model", api_base=server.base_url, api_key="sk-wrong-999")
+        with pytest.raises(AuthenticationError) as info:
+            await wrong.generate("hi")
+        assert "sk-wrong-999" not in str(info.value)
+
+
+async def test_litellm_errors_are_retried_by_our_runtime() -> None:
+    faults = Faults(server_error=0.5, retry_after=0.0)
+    async with FakeProvider("openai", api_key="k", faults=faults, seed=5) as server:
+        model = LiteLLM(
+            "openai/fake-model",
+            api_base=server.base_url,
+            api_key="k",
+            retry=RetryPolicy(max_attempts=20, initial_backoff=0.01),
+        )
+        out = await model.generate("q", n=4)
+        assert len(out) == 4
+        assert server.stats.faults["server_error"] > 0
+        assert model.usage.requests == server.stats.requests

@@ -1,0 +1,168 @@
+"""RepeatedSample, BestOfN and SelfConsistency: the algorithms' bookkeeping, early stops,
+composition, failures that keep what was paid for, and the sync entry point."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+
+from ttc import BestOfN, RepeatedSample, SamplingParams, SelfConsistency, pass_at_k
+from ttc.adapters import FunctionModel
+from ttc.errors import AuthenticationError, ConfigError, ServerError
+from ttc.runtime.retry import RetryPolicy
+from ttc.scoring import FunctionScorer, GSM8KAnswer, MathAnswer, WeightedMajority
+from ttc.types import GenerateRequest
+
+pytestmark = pytest.mark.anyio
+
+
+def scripted(*answers: str, native_n: bool = True, **runtime: object) -> FunctionModel:
+    """A model whose i-th sample says 'The answer is answers[i % len]'."""
+    return FunctionModel(
+        lambda request, i: f"Let me think. The answer is {answers[i % len(answers)]}.",
+        native_n=native_n,
+        **runtime,  # type: ignore[arg-type]
+    )
+
+
+async def test_repeated_sample_verifies_every_sample_and_reports_pass_at_k() -> None:
+    model = scripted("391", "390", "17", "391")
+    result = await RepeatedSample(model, n=8, verifier=MathAnswer("391")).run("17 * 23?")
+    assert len(result.candidates) == 8
+    assert [c.verified for c in result.candidates] == [True, False, False, True] * 2
+    assert result.answer == "391" and result.verified
+    assert result.pass_at_k[1] == pytest.approx(pass_at_k(8, 4, 1)) == pytest.approx(0.5)
+    assert result.pass_at_k[8] == 1.0
+    assert set(result.pass_at_k) == {1, 2, 4, 8}
+    assert result.usage.requests == 1  # native n: one request for eight samples
+
+
+async def test_stop_on_success_cancels_requests_in_flight() -> None:
+    started: list[int] = []
+    finished: list[int] = []
+
+    async def reply(request: GenerateRequest, i: int) -> str:
+        started.append(i)
+        await anyio.sleep(0.05 if i == 2 else 5)
+        finished.append(i)
+        return "The answer is 391"
+
+    model = FunctionModel(reply, native_n=False)
+    result = await RepeatedSample(
+        model, n=16, verifier=GSM8KAnswer("#### 391"), stop_on_success=True
+    ).run("q")
+    assert result.stopped_by == "success"
+    assert finished == [2]
+    assert len(started) == 16
+    assert [c.answer for c in result.candidates] == ["391"]
+    assert result.pass_at_k == {}  # not an unbiased estimate after an early stop
+    # Cancelled requests are counted as sent, with no tokens.
+    assert result.usage.requests == 16
+    assert sum(1 for e in result.trace if e.error == "cancelled") == 15
+
+
+async def test_self_consistency_majority_and_early_settlement() -> None:
+    model = scripted("7", "7", "8", "7", native_n=False)
+    result = await SelfConsistency(model, n=8).run("q")
+    assert result.answer == "7"
+    assert result.votes == {"7": 6.0, "8": 2.0}
+
+    async def slow_tail(request: GenerateRequest, i: int) -> str:
+        await anyio.sleep(0.01 * i)
+        return "The answer is 5"
+
+    settled = await SelfConsistency(
+        FunctionModel(slow_tail, native_n=False), n=9, stop_when_settled=True
+    ).run("q")
+    # After five agreeing answers of nine, the other four cannot change the vote.
+    assert settled.stopped_by == "settled"
+    assert settled.answer == "5"
+    assert len(settled.candidates) == 5
+
+
+async def test_best_of_n_with_scorer_and_weighted_vote() -> None:
+    model = scripted("12", "15", "15", "12", "12")
+    # The scorer likes 15 a lot and 12 a little: argmax picks 15, so does the weighted vote
+    # (2 x 0.9 > 3 x 0.2), while the plain majority says 12.
+    scorer = FunctionScorer(lambda text: 0.9 if "15" in text else 0.2)
+    best = await BestOfN(model, n=5, scorer=scorer).run("q")
+    assert best.answer == "15"
+    assert best.best is not None and best.best.score == pytest.approx(0.9)
+    weighted = await BestOfN(model, n=5, scorer=scorer, selector=WeightedMajority()).run("q")
+    assert weighted.answer == "15"
+    assert weighted.votes["15"] == pytest.approx(1.8)
+    plain = await BestOfN(model, n=5).run("q")
+    assert plain.answer == "12"
+
+
+async def test_strategy_as_source_composes_and_counts_all_calls() -> None:
+    model = scripted("3", "3", "4")
+    inner = SelfConsistency(model, n=3)
+    outer = BestOfN(inner, n=4)
+    result = await outer.run("q")
+    assert len(result.candidates) == 4  # one best candidate from each inner run
+    assert result.answer == "3"
+    assert result.usage.requests == 4  # each inner run: one native-n request
+    assert result.usage.completion_tokens == model.usage.completion_tokens
+
+
+async def test_partial_failure_keeps_paid_candidates() -> None:
+    async def flaky(request: GenerateRequest, i: int) -> str:
+        if i % 2:
+            raise ServerError("boom", status=500)
+        return "The answer is 1"
+
+    model = FunctionModel(flaky, native_n=False, retry=RetryPolicy(max_attempts=1))
+    result = await BestOfN(model, n=6).run("q")
+    assert result.stopped_by == "error"
+    assert len(result.candidates) == 3 and result.answer == "1"
+    assert result.errors and "boom" in result.errors[0]
+
+
+async def test_total_failure_raises_the_typed_error() -> None:
+    def denied(request: GenerateRequest, i: int) -> str:
+        raise AuthenticationError("bad key", status=401)
+
+    with pytest.raises(AuthenticationError):
+        await BestOfN(FunctionModel(denied), n=4).run("q")
+
+
+def test_bad_configuration_fails_early() -> None:
+    model = scripted("1")
+    with pytest.raises(ConfigError, match="n must be"):
+        BestOfN(model, n=0)
+    with pytest.raises(ConfigError, match="source"):
+        BestOfN("gpt-4o", n=2)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="stop_on_success"):
+        RepeatedSample(model, n=2, stop_on_success=True)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+
+
+def test_run_sync_outside_and_inside_a_running_loop() -> None:
+    model = scripted("42")
+    strategy = SelfConsistency(model, n=3)
+    assert strategy.run_sync("q").answer == "42"
+
+    async def notebook_cell() -> str | None:
+        # Inside a running loop (as in Jupyter) run_sync must still work.
+        return strategy.run_sync("q").answer
+
+    assert asyncio.run(notebook_cell()) == "42"
+
+
+async def test_chat_prompts_and_trace() -> None:
+    seen: list[object] = []
+
+    def reply(request: GenerateRequest, i: int) -> str:
+        seen.append(request.prompt)
+        return "The answer is 2"
+
+    result = await SelfConsistency(FunctionModel(reply), n=2).run(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"}]
+    )
+    assert result.answer == "2"
+    assert len(result.trace) == 1 and result.trace[0].n == 2 and result.trace[0].choices == 2
+    assert result.elapsed_s > 0

@@ -1,0 +1,96 @@
+"""ttc: spend more inference on a question to get a better answer.
+
+    from ttc import BestOfN, Budget
+    from ttc.adapters import Groq
+
+    model = Groq("llama-3.1-8b-instant", budget=Budget(usd=0.50))
+    result = await BestOfN(model, n=16).run("What is 17 * 23?")
+
+Names are loaded on first use, so ``import ttc`` stays cheap and imports no heavy dependency.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # strategies
+    "Strategy": "ttc.strategies.base",
+    "RepeatedSample": "ttc.strategies.repeated_sample",
+    "BestOfN": "ttc.strategies.best_of_n",
+    "SelfConsistency": "ttc.strategies.best_of_n",
+    # runtime
+    "Model": "ttc.runtime.model",
+    "Capabilities": "ttc.runtime.model",
+    "Budget": "ttc.runtime.budget",
+    "Price": "ttc.runtime.pricing",
+    "register_price": "ttc.runtime.pricing",
+    "RetryPolicy": "ttc.runtime.retry",
+    "run_scope": "ttc.runtime.context",
+    "run_sync": "ttc.runtime.sync",
+    # types
+    "Message": "ttc.types",
+    "Prompt": "ttc.types",
+    "SamplingParams": "ttc.types",
+    "Completion": "ttc.types",
+    "Usage": "ttc.types",
+    "Candidate": "ttc.types",
+    "Result": "ttc.types",
+    # metrics
+    "pass_at_k": "ttc.eval.metrics",
+    # errors
+    "TTCError": "ttc.errors",
+    "ConfigError": "ttc.errors",
+    "BudgetExceeded": "ttc.errors",
+    "ProviderError": "ttc.errors",
+    "GenerationError": "ttc.errors",
+    "MissingDependencyError": "ttc.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ttc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from ttc.errors import (
+        BudgetExceeded,
+        ConfigError,
+        GenerationError,
+        MissingDependencyError,
+        ProviderError,
+        TTCError,
+    )
+    from ttc.eval.metrics import pass_at_k
+    from ttc.runtime.budget import Budget
+    from ttc.runtime.context import run_scope
+    from ttc.runtime.model import Capabilities, Model
+    from ttc.runtime.pricing import Price, register_price
+    from ttc.runtime.retry import RetryPolicy
+    from ttc.runtime.sync import run_sync
+    from ttc.strategies.base import Strategy
+    from ttc.strategies.best_of_n import BestOfN, SelfConsistency
+    from ttc.strategies.repeated_sample import RepeatedSample
+    from ttc.types import (
+        Candidate,
+        Completion,
+        Message,
+        Prompt,
+        Result,
+        SamplingParams,
+        Usage,
+    )

@@ -1,0 +1,187 @@
+"""The long tail of providers through litellm (imported lazily: about 3 s and 200 MiB).
+
+Model names carry litellm's provider prefix (``groq/llama-3.1-8b-instant``,
+``anthropic/claude-...``). litellm's own retries are switched off: the ttc runtime retries, paces
+and budgets every call as it does for the built-in adapters. litellm's price map is fetched from
+the network at import unless ``LITELLM_LOCAL_MODEL_COST_MAP`` is set; we set it (to ``True``)
+before importing, so nothing but the configured provider is contacted.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+from pydantic import SecretStr
+
+from ttc.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ContextLengthError,
+    MalformedResponseError,
+    MissingDependencyError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitError,
+    ServerError,
+)
+from ttc.runtime.model import Capabilities, Model, RawResponse, user_message
+from ttc.runtime.pricing import lookup_price
+from ttc.types import Completion, FinishReason, GenerateRequest
+
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
+
+
+def _import_litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    try:
+        import litellm
+    except ImportError as exc:
+        raise MissingDependencyError("litellm", "litellm", "The LiteLLM adapter") from exc
+    return litellm
+
+
+class LiteLLM(Model):
+    """Any provider litellm knows, by its ``provider/model`` name.
+
+    Args:
+        model: litellm's model name, e.g. ``"anthropic/claude-3-5-haiku-latest"``.
+        api_key: the key (else litellm reads the provider's usual environment variable).
+        api_base: a different API root (e.g. a proxy, or a local server with ``openai/...``).
+        native_n: whether the provider honours ``n`` > 1 in one request (default: fan out,
+            the safe choice; the runtime checks the number of choices either way).
+        litellm_kwargs: extra keyword arguments for ``litellm.acompletion``.
+        **runtime: budget, max_concurrency, rpm, tpm, retry, price, params, timeout.
+    """
+
+    provider: ClassVar[str] = "litellm"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | SecretStr | None = None,
+        api_base: str | None = None,
+        native_n: bool = False,
+        litellm_kwargs: dict[str, Any] | None = None,
+        **runtime: Any,
+    ) -> None:
+        if "price" not in runtime or runtime["price"] is None:
+            prefix, _, name = model.partition("/")
+            runtime["price"] = lookup_price(model) or (
+                lookup_price(name, prefix) if name else None
+            )
+        runtime.setdefault(
+            "capabilities",
+            Capabilities(native_n=native_n, max_n=128 if native_n else 1, completions=False),
+        )
+        super().__init__(model, **runtime)
+        self.api_key: SecretStr | None = SecretStr(api_key) if isinstance(api_key, str) else api_key
+        self.api_base = api_base
+        self.litellm_kwargs = dict(litellm_kwargs or {})
+        self._litellm: Any = None
+
+    def _module(self) -> Any:
+        if self._litellm is None:
+            self._litellm = _import_litellm()
+        return self._litellm
+
+    async def _send(self, request: GenerateRequest) -> RawResponse:
+        litellm = self._module()
+        p = request.params
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in user_message(request.prompt)],
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "max_tokens": p.max_tokens,
+            "timeout": self.timeout,
+            "num_retries": 0,
+            **self.litellm_kwargs,
+        }
+        if request.n != 1:
+            kwargs["n"] = request.n
+        if p.stop:
+            kwargs["stop"] = list(p.stop)
+        if p.seed is not None:
+            kwargs["seed"] = p.seed
+        if p.logprobs:
+            kwargs["logprobs"] = True
+            if p.top_logprobs:
+                kwargs["top_logprobs"] = p.top_logprobs
+        if self.api_key is not None:
+            kwargs["api_key"] = self.api_key.get_secret_value()
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        try:
+            response = await litellm.acompletion(**kwargs)
+        except Exception as exc:
+            raise self._translate(litellm, exc) from None
+        try:
+            completions = [
+                Completion(
+                    text=choice.message.content or "",
+                    finish_reason=_FINISH.get(choice.finish_reason or "", "unknown"),
+                    model=self.model,
+                )
+                for choice in response.choices
+            ]
+            usage = getattr(response, "usage", None)
+        except (AttributeError, TypeError) as exc:
+            raise MalformedResponseError(
+                f"unexpected response shape: {exc}", provider=self.provider, model=self.model
+            ) from exc
+        return RawResponse(
+            completions=completions,
+            prompt_tokens=getattr(usage, "prompt_tokens", None),
+            completion_tokens=getattr(usage, "completion_tokens", None),
+        )
+
+    def _translate(self, litellm: Any, exc: Exception) -> ProviderError:
+        """Map litellm's exceptions onto ttc's, keeping the message and never the key."""
+        status = getattr(exc, "status_code", None)
+        message = str(getattr(exc, "message", None) or exc)[:500]
+        if self.api_key is not None:
+            message = message.replace(self.api_key.get_secret_value(), "**********")
+        kwargs: dict[str, Any] = {
+            "provider": self.provider,
+            "model": self.model,
+            "status": status if isinstance(status, int) else None,
+        }
+        table: list[tuple[str, type[ProviderError]]] = [
+            ("ContextWindowExceededError", ContextLengthError),
+            ("RateLimitError", RateLimitError),
+            ("Timeout", ProviderTimeoutError),
+            ("AuthenticationError", AuthenticationError),
+            ("PermissionDeniedError", PermissionDeniedError),
+            ("NotFoundError", NotFoundError),
+            ("BadRequestError", BadRequestError),
+            ("APIConnectionError", ProviderConnectionError),
+            ("InternalServerError", ServerError),
+            ("ServiceUnavailableError", ServerError),
+            ("BadGatewayError", ServerError),
+        ]
+        for name, ours in table:
+            theirs = getattr(litellm, name, None)
+            if isinstance(theirs, type) and isinstance(exc, theirs):
+                if ours is RateLimitError:
+                    kwargs["retry_after"] = _retry_after(exc)
+                return ours(message, **kwargs)
+        if isinstance(status, int) and (status >= 500 or status == 429):
+            return ServerError(message, **kwargs)
+        if isinstance(status, int):
+            return BadRequestError(message, **kwargs)
+        return ProviderConnectionError(f"{type(exc).__name__}: {message}", **kwargs)
+
+
+def _retry_after(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    value = headers.get("retry-after") if headers is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

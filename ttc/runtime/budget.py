@@ -1,0 +1,196 @@
+"""Hard budgets: reserve the worst case before a request, settle to the real usage after.
+
+A ``Budget`` is the user's limits; a ``Ledger`` is their live state (spent, reserved, clock).
+Reservation checks every ledger that applies (the provider's, the run's, an outer run's) and
+then reserves in all of them without an ``await`` in between, so on one event loop no two
+requests can both pass a check that only one of them fits: the spend never passes a limit, at
+any concurrency.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+
+from ttc.errors import BudgetExceeded
+
+
+class Budget(BaseModel):
+    """Hard limits. ``None`` means no limit.
+
+    - ``tokens``: prompt plus completion tokens;
+    - ``usd``: cost from the price table (a model with no known price cannot be charged against
+      a USD limit, and is refused with a clear error);
+    - ``requests``: requests sent, retries included;
+    - ``seconds``: wall-clock seconds from the first request charged to this budget (for a
+      run's budget: from the start of the run). Requests still in flight at the deadline are
+      cancelled.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tokens: int | None = Field(None, ge=0)
+    usd: float | None = Field(None, ge=0)
+    requests: int | None = Field(None, ge=0)
+    seconds: float | None = Field(None, gt=0)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """An amount to reserve or settle."""
+
+    tokens: int = 0
+    usd: float = 0.0
+    requests: int = 0
+
+
+_LIMITS = ("tokens", "usd", "requests")
+
+
+class Ledger:
+    """The live state of one ``Budget``: what is spent, what is reserved, when time runs out."""
+
+    def __init__(self, budget: Budget, scope: str) -> None:
+        self.budget = budget
+        self.scope = scope
+        self.spent_tokens = 0
+        self.spent_usd = 0.0
+        self.spent_requests = 0
+        self.reserved_tokens = 0
+        self.reserved_usd = 0.0
+        self.reserved_requests = 0
+        self.started_at: float | None = None
+        self._changed: anyio.Event | None = None
+
+    def start_clock(self) -> None:
+        if self.started_at is None:
+            self.started_at = time.monotonic()
+
+    def remaining_seconds(self) -> float | None:
+        if self.budget.seconds is None:
+            return None
+        if self.started_at is None:
+            return self.budget.seconds
+        return self.budget.seconds - (time.monotonic() - self.started_at)
+
+    def _check(self, charge: Charge) -> None:
+        left = self.remaining_seconds()
+        if left is not None and left <= 0:
+            assert self.budget.seconds is not None
+            raise BudgetExceeded(
+                "seconds", self.budget.seconds, self.budget.seconds - left, 0, self.scope
+            )
+        for name in _LIMITS:
+            limit = getattr(self.budget, name)
+            if limit is None:
+                continue
+            used = getattr(self, f"spent_{name}") + getattr(self, f"reserved_{name}")
+            need = getattr(charge, name)
+            # A tiny tolerance keeps float USD sums from refusing an exact fit.
+            if used + need > limit * (1 + 1e-12):
+                raise BudgetExceeded(name, limit, used, need, self.scope)
+
+    def _add_reserved(self, charge: Charge, sign: int) -> None:
+        self.reserved_tokens += sign * charge.tokens
+        self.reserved_usd += sign * charge.usd
+        self.reserved_requests += sign * charge.requests
+
+    def _add_spent(self, charge: Charge) -> None:
+        self.spent_tokens += charge.tokens
+        self.spent_usd += charge.usd
+        self.spent_requests += charge.requests
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def wait_for_settlement(self) -> None:
+        """Wait until some reservation in this ledger settles."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
+    def reserved(self, limit: str) -> float:
+        return float(getattr(self, f"reserved_{limit}"))
+
+    @property
+    def spent(self) -> Charge:
+        return Charge(self.spent_tokens, self.spent_usd, self.spent_requests)
+
+    def would_exceed(self, charge: Charge) -> bool:
+        try:
+            self._check(charge)
+        except BudgetExceeded:
+            return True
+        return False
+
+    def __repr__(self) -> str:
+        return (
+            f"Ledger({self.scope!r}, spent={self.spent}, reserved="
+            f"{Charge(self.reserved_tokens, self.reserved_usd, self.reserved_requests)})"
+        )
+
+
+class Reservation:
+    """A worst-case charge held in several ledgers until the request settles."""
+
+    __slots__ = ("charge", "ledgers", "settled")
+
+    def __init__(self, ledgers: Sequence[Ledger], charge: Charge) -> None:
+        self.ledgers = ledgers
+        self.charge = charge
+        self.settled = False
+
+    def settle(self, actual: Charge) -> None:
+        """Replace the reserved worst case by what the request really cost. Idempotent."""
+        if self.settled:
+            return
+        self.settled = True
+        for ledger in self.ledgers:
+            ledger._add_reserved(self.charge, -1)
+            ledger._add_spent(actual)
+            ledger._notify()
+
+
+def reserve(ledgers: Sequence[Ledger], charge: Charge) -> Reservation:
+    """Reserve ``charge`` in every ledger, or in none (raising ``BudgetExceeded``).
+
+    Synchronous on purpose: no other task runs between the checks and the reservations.
+    """
+    for ledger in ledgers:
+        ledger.start_clock()
+        try:
+            ledger._check(charge)
+        except BudgetExceeded as exc:
+            exc.ledger = ledger
+            raise
+    for ledger in ledgers:
+        ledger._add_reserved(charge, +1)
+    return Reservation(ledgers, charge)
+
+
+async def reserve_when_affordable(ledgers: Sequence[Ledger], charge: Charge) -> Reservation:
+    """Reserve ``charge``; if a limit is only blocked by other requests' reservations, wait
+    for them to settle (their real usage is usually far below the worst case) and try again.
+
+    Raises ``BudgetExceeded`` once the spend alone, or the clock, leaves no room.
+    """
+    while True:
+        try:
+            return reserve(ledgers, charge)
+        except BudgetExceeded as exc:
+            ledger = exc.ledger
+            if ledger is None or exc.limit == "seconds" or ledger.reserved(exc.limit) <= 0:
+                raise
+            await ledger.wait_for_settlement()
+
+
+def deadline_seconds(ledgers: Sequence[Ledger]) -> float | None:
+    """Seconds until the earliest deadline among ``ledgers``, or ``None`` if none has one."""
+    lefts = [left for ledger in ledgers if (left := ledger.remaining_seconds()) is not None]
+    return min(lefts) if lefts else None

@@ -1,0 +1,116 @@
+"""The run a request belongs to, carried in a context variable.
+
+A strategy opens a run scope; every model call made inside it (samples, scorer and judge calls,
+nested strategies) finds the scope through the context variable, charges the run's ledgers and
+adds to the run's usage and trace. Tasks inherit the variable, so this holds under any fan-out,
+and one model shared by many concurrent runs keeps their accounts apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from ttc.errors import BudgetExceeded
+from ttc.runtime.budget import Budget, Ledger
+from ttc.types import TraceEvent, Usage
+
+
+class UsageCounter:
+    """A mutable running total of usage, cheap to update on the hot path."""
+
+    __slots__ = ("completion_tokens", "cost_usd", "prompt_tokens", "requests", "seconds", "unpriced")
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.requests = 0
+        self.cost_usd = 0.0
+        self.seconds = 0.0
+        self.unpriced: set[str] = set()
+
+    def add(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        requests: int,
+        cost_usd: float | None,
+        seconds: float,
+        model: str,
+    ) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.requests += requests
+        self.seconds += seconds
+        if cost_usd is None:
+            if prompt_tokens or completion_tokens:
+                self.unpriced.add(model)
+        else:
+            self.cost_usd += cost_usd
+
+    def snapshot(self) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            requests=self.requests,
+            cost_usd=self.cost_usd,
+            seconds=self.seconds,
+            unpriced_models=frozenset(self.unpriced),
+        )
+
+
+class RunContext:
+    """One strategy run: its ledgers (with those of enclosing runs), usage and trace."""
+
+    __slots__ = ("budget_error", "ledger", "ledgers", "parent", "trace", "usage")
+
+    def __init__(self, budget: Budget | None, parent: RunContext | None, trace: bool) -> None:
+        self.parent = parent
+        self.ledger = Ledger(budget, "run") if budget is not None else None
+        if self.ledger is not None:
+            self.ledger.start_clock()
+        outer = parent.ledgers if parent is not None else ()
+        self.ledgers: tuple[Ledger, ...] = outer + ((self.ledger,) if self.ledger else ())
+        self.usage = UsageCounter()
+        self.trace: list[TraceEvent] | None = [] if trace else None
+        #: The budget error that stopped this run early, if one did.
+        self.budget_error: BudgetExceeded | None = None
+
+    def record(
+        self,
+        event: TraceEvent,
+        cost_usd: float | None,
+    ) -> None:
+        ctx: RunContext | None = self
+        while ctx is not None:
+            ctx.usage.add(
+                event.prompt_tokens,
+                event.completion_tokens,
+                1,
+                cost_usd,
+                event.seconds,
+                event.model,
+            )
+            if ctx.trace is not None:
+                ctx.trace.append(event)
+            ctx = ctx.parent
+
+
+_current: ContextVar[RunContext | None] = ContextVar("ttc_run", default=None)
+
+
+def current_run() -> RunContext | None:
+    """The innermost run scope of the calling task, if any."""
+    return _current.get()
+
+
+@contextmanager
+def run_scope(budget: Budget | None = None, *, trace: bool = True) -> Iterator[RunContext]:
+    """Open a run: calls inside are charged to ``budget`` and to every enclosing run's."""
+    ctx = RunContext(budget, _current.get(), trace)
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)

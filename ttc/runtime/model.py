@@ -1,0 +1,498 @@
+"""``Model``: an adapter's wire calls wrapped in the runtime, written once for every provider.
+
+An adapter implements ``_send`` (one request on the wire, nothing else) and declares its
+``Capabilities``. ``Model.generate`` adds, in this order for every request: the capability
+checks, fan-out where the provider has no native ``n``, the concurrency limit, the rate limit,
+the budget reservation, the deadline, the retries, the settlement, the check that as many
+choices came back as were asked for (refilling the gap), usage, cost and the trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+
+from ttc.errors import BudgetExceeded, ConfigError, GenerationError, ProviderError
+from ttc.runtime.budget import (
+    Budget,
+    Charge,
+    Ledger,
+    Reservation,
+    deadline_seconds,
+    reserve_when_affordable,
+)
+from ttc.runtime.context import UsageCounter, current_run
+from ttc.runtime.pricing import Price, lookup_price
+from ttc.runtime.ratelimit import RateLimiter, RateLimitInfo
+from ttc.runtime.retry import RetryPolicy
+from ttc.types import (
+    Completion,
+    GenerateRequest,
+    Message,
+    Prompt,
+    SamplingParams,
+    TraceEvent,
+    Usage,
+    as_request_prompt,
+)
+
+logger = logging.getLogger("ttc.model")
+
+OnCompletions = Callable[[list[Completion]], Awaitable[None] | None]
+
+
+class Capabilities(BaseModel):
+    """What a provider or engine can do; the runtime works around what it cannot."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    native_n: bool = Field(True, description="Honours n > 1 in one request (shared prefill).")
+    max_n: int = Field(128, ge=1, description="Largest n one request may ask for.")
+    logprobs: bool = True
+    max_top_logprobs: int = 20
+    max_stop: int | None = Field(None, description="Most stop strings one request may carry.")
+    chat: bool = True
+    completions: bool = True
+    continue_final_message: bool = False
+    prompt_logprobs: bool = False
+    max_temperature: float = 2.0
+
+
+@dataclass
+class RawResponse:
+    """What one wire request returned, before the runtime's bookkeeping."""
+
+    completions: list[Completion]
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    rate_limits: RateLimitInfo | None = None
+
+
+class _LoopState:
+    """Per-event-loop runtime state: asyncio primitives and HTTP sessions belong to one loop,
+    and ``run_sync`` may drive the same model from several loops over its life."""
+
+    __slots__ = ("limiter", "resources")
+
+    def __init__(self, max_concurrency: int) -> None:
+        self.limiter = anyio.CapacityLimiter(max_concurrency)
+        self.resources: dict[str, Any] = {}
+
+
+class Model(ABC):
+    """A model behind the ttc runtime. Subclasses are the adapters (``ttc.adapters``).
+
+    Args:
+        model: the provider's model name.
+        budget: hard limits for everything sent through this model, across all runs.
+        max_concurrency: requests in flight at once.
+        rpm, tpm: requests and tokens per minute; tokens-per-minute is also learned from the
+            provider's ``x-ratelimit-*`` headers when not given.
+        retry: the retry policy (default: 8 attempts, exponential backoff with jitter).
+        price: USD per token; default from the price table. ``None`` and unknown there means
+            unpriced: usage is reported under ``Usage.unpriced_models`` and a USD limit refuses.
+        params: default sampling parameters for strategies that use this model.
+        timeout: seconds one request may take.
+    """
+
+    provider: ClassVar[str] = "model"
+    #: Price used when the table has none, e.g. ``Price.free()`` for engines you run yourself.
+    default_price: ClassVar[Price | None] = None
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        budget: Budget | None = None,
+        max_concurrency: int = 64,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        retry: RetryPolicy | None = None,
+        price: Price | None = None,
+        params: SamplingParams | None = None,
+        timeout: float = 120.0,
+        capabilities: Capabilities | None = None,
+    ) -> None:
+        if not model:
+            raise ConfigError("model: a model name is required")
+        if max_concurrency < 1:
+            raise ConfigError("max_concurrency must be at least 1")
+        if timeout <= 0:
+            raise ConfigError("timeout must be positive")
+        self.model = model
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.params = params or SamplingParams()
+        self.capabilities = capabilities or self.default_capabilities()
+        self.budget = budget
+        self.ledger = Ledger(budget, f"{self.provider}/{model}") if budget else None
+        self.price = price or lookup_price(model, self.provider) or self.default_price
+        self.rate_limiter = RateLimiter(rpm, tpm)
+        self._usage = UsageCounter()
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._prompt_tokens_seen: OrderedDict[object, int] = OrderedDict()
+        self._warned_short = False
+
+    # ------------------------------------------------------------------ adapter interface
+
+    @classmethod
+    def default_capabilities(cls) -> Capabilities:
+        return Capabilities()
+
+    @abstractmethod
+    async def _send(self, request: GenerateRequest) -> RawResponse:
+        """Send one request (``n`` at most ``max_n``; 1 without native ``n``). Raise the typed
+        ``ProviderError`` subclasses from ``ttc.errors``; never retry here."""
+
+    async def _close_loop_resources(self, resources: dict[str, Any]) -> None:
+        """Close what ``_loop_resources`` holds for the current loop (HTTP sessions...)."""
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+    @property
+    def usage(self) -> Usage:
+        """Everything this model has spent since it was created."""
+        return self._usage.snapshot()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model!r})"
+
+    async def generate(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        n: int = 1,
+        *,
+        on_completions: OnCompletions | None = None,
+    ) -> list[Completion]:
+        """Draw ``n`` samples of ``prompt``.
+
+        Requests go out concurrently (one per chunk of ``max_n`` with native ``n``, else one
+        per sample). ``on_completions`` is called with each batch as it arrives, so a caller
+        can stop early by cancelling. If some samples fail for good, ``GenerationError`` (or
+        ``BudgetExceeded``) is raised carrying the samples that did arrive.
+        """
+        request = GenerateRequest(prompt=as_request_prompt(prompt), params=params or self.params, n=n)
+        self._check_request(request)
+        sizes = self._chunk_sizes(n)
+        collected: list[Completion] = []
+        failures: list[BaseException] = []
+
+        async def one(size: int) -> None:
+            try:
+                await self._generate_chunk(request, size, on_completions, collected)
+            except (ProviderError, BudgetExceeded, GenerationError) as exc:
+                failures.append(exc)
+
+        if len(sizes) == 1:
+            await one(sizes[0])
+        else:
+            async with anyio.create_task_group() as tg:
+                for size in sizes:
+                    tg.start_soon(one, size)
+        if failures:
+            raise self._partial_failure(failures, collected, n)
+        return collected
+
+    async def aclose(self) -> None:
+        """Release connections held for the current event loop."""
+        loop = asyncio.get_running_loop()
+        state = self._loops.pop(loop, None)
+        if state is not None:
+            await self._close_loop_resources(state.resources)
+
+    async def __aenter__(self) -> Model:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ internals
+
+    def _loop_state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _LoopState(self.max_concurrency)
+        return state
+
+    def _loop_resources(self) -> dict[str, Any]:
+        return self._loop_state().resources
+
+    def _check_request(self, request: GenerateRequest) -> None:
+        caps, p = self.capabilities, request.params
+        if p.logprobs and not caps.logprobs:
+            raise ConfigError(f"logprobs: {self.name} does not return log probabilities")
+        if p.top_logprobs and p.top_logprobs > caps.max_top_logprobs:
+            raise ConfigError(
+                f"top_logprobs: {self.name} returns at most {caps.max_top_logprobs} alternatives"
+            )
+        if p.temperature > caps.max_temperature:
+            raise ConfigError(
+                f"temperature: {self.name} accepts at most {caps.max_temperature}, "
+                f"got {p.temperature}"
+            )
+        if isinstance(request.prompt, str):
+            if not caps.completions and not caps.chat:
+                raise ConfigError(f"{self.name} has no text or chat endpoint")
+        elif not caps.chat:
+            raise ConfigError(f"prompt: {self.name} takes raw text, not chat messages")
+
+    def _chunk_sizes(self, n: int) -> list[int]:
+        if not self.capabilities.native_n:
+            return [1] * n
+        step = self.capabilities.max_n
+        return [min(step, n - i) for i in range(0, n, step)]
+
+    def _partial_failure(
+        self, failures: Sequence[BaseException], collected: list[Completion], wanted: int
+    ) -> BaseException:
+        budget = next((f for f in failures if isinstance(f, BudgetExceeded)), None)
+        if budget is not None:
+            budget.completions = list(collected)
+            return budget
+        cause = failures[-1]
+        if isinstance(cause, GenerationError):
+            cause = cause.cause
+        if not collected:
+            return cause  # nothing was paid for: the typed provider error says it best
+        return GenerationError(cause, collected, wanted)
+
+    async def _generate_chunk(
+        self,
+        request: GenerateRequest,
+        size: int,
+        on_completions: OnCompletions | None,
+        collected: list[Completion],
+    ) -> None:
+        """Get ``size`` samples; if the provider returns fewer, ask again for the rest (by
+        fan-out, since a provider that drops choices once tends to keep dropping them)."""
+        chunk = request if request.n == size else request.model_copy(update={"n": size})
+        got = await self._attempts(chunk)
+        await self._deliver(got[:size], on_completions, collected)
+        missing = size - len(got)
+        if missing <= 0:
+            return
+        if not self._warned_short:
+            self._warned_short = True
+            logger.warning(
+                "%s returned %d of %d choices; asking again for the rest",
+                self.name, len(got), size,
+            )
+        single = request.model_copy(update={"n": 1})
+        failures: list[BaseException] = []
+
+        async def refill() -> None:
+            for _ in range(self.retry.max_attempts):
+                try:
+                    more = await self._attempts(single)
+                except (ProviderError, BudgetExceeded) as exc:
+                    failures.append(exc)
+                    return
+                if more:
+                    await self._deliver(more[:1], on_completions, collected)
+                    return
+            failures.append(
+                ProviderError(
+                    "returned no choices", provider=self.provider, model=self.model
+                )
+            )
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(missing):
+                tg.start_soon(refill)
+        if failures:
+            raise GenerationError(failures[-1], [], size)
+
+    async def _deliver(
+        self,
+        completions: list[Completion],
+        on_completions: OnCompletions | None,
+        collected: list[Completion],
+    ) -> None:
+        if not completions:
+            return
+        collected.extend(completions)
+        if on_completions is not None:
+            maybe = on_completions(completions)
+            if maybe is not None:
+                await maybe
+
+    async def _attempts(self, request: GenerateRequest) -> list[Completion]:
+        """One request with retries. The first attempt skips tenacity's machinery: most
+        requests succeed at once and the client's CPU per request is a speed target."""
+        try:
+            return await self._attempt(request, 1)
+        except ProviderError as exc:
+            if not exc.retryable or self.retry.max_attempts <= 1:
+                raise
+            await anyio.sleep(self.retry.wait_seconds(1, exc))
+        attempt = 1
+        async for retry_state in self.retry.retrying(done=1):
+            with retry_state:
+                attempt += 1
+                return await self._attempt(request, attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _ledgers(self) -> tuple[Ledger, ...]:
+        run = current_run()
+        own = (self.ledger,) if self.ledger is not None else ()
+        return own + run.ledgers if run is not None else own
+
+    def _prompt_key(self, request: GenerateRequest) -> object:
+        return request.prompt
+
+    def _prompt_token_bound(self, request: GenerateRequest) -> int:
+        """An upper bound on prompt tokens: the exact count once the provider has reported it
+        for this prompt, else the UTF-8 byte count (a byte-level tokenizer never makes more
+        tokens than bytes) plus room for the chat template."""
+        key = self._prompt_key(request)
+        seen = self._prompt_tokens_seen.get(key)
+        if seen is not None:
+            return seen
+        prompt = request.prompt
+        if isinstance(prompt, str):
+            return len(prompt.encode()) + 16
+        return sum(len(m.content.encode()) + 8 for m in prompt) + 16
+
+    def _remember_prompt_tokens(self, request: GenerateRequest, tokens: int) -> None:
+        key = self._prompt_key(request)
+        cache = self._prompt_tokens_seen
+        if key not in cache:
+            cache[key] = tokens
+            if len(cache) > 4096:
+                cache.popitem(last=False)
+
+    def _worst_case(self, request: GenerateRequest, prompt_bound: int) -> Charge:
+        out = request.params.max_tokens * request.n
+        usd = self.price.cost(prompt_bound, out) if self.price is not None else 0.0
+        return Charge(tokens=prompt_bound + out, usd=usd, requests=1)
+
+    async def _attempt(self, request: GenerateRequest, attempt: int) -> list[Completion]:
+        ledgers = self._ledgers()
+        if self.price is None and any(lg.budget.usd is not None for lg in ledgers):
+            raise ConfigError(
+                f"price: no price is known for {self.name}, so a USD budget cannot be "
+                "enforced; pass price=Price.per_million(input, output) to the model, call "
+                "ttc.register_price(...), or drop the usd limit"
+            )
+        state = self._loop_state()
+        async with state.limiter:
+            prompt_bound = self._prompt_token_bound(request)
+            worst = self._worst_case(request, prompt_bound)
+            await self.rate_limiter.acquire(worst.tokens)
+            reservation = await reserve_when_affordable(ledgers, worst)
+            return await self._send_and_settle(request, attempt, ledgers, reservation, worst)
+
+    async def _send_and_settle(
+        self,
+        request: GenerateRequest,
+        attempt: int,
+        ledgers: tuple[Ledger, ...],
+        reservation: Reservation,
+        worst: Charge,
+    ) -> list[Completion]:
+        start = time.perf_counter()
+        raw: RawResponse | None = None
+        error: BaseException | None = None
+        try:
+            deadline = deadline_seconds(ledgers)
+            if deadline is None:
+                raw = await self._send(request)
+            else:
+                with anyio.move_on_after(deadline):
+                    raw = await self._send(request)
+                if raw is None:
+                    ledger = min(ledgers, key=lambda lg: lg.remaining_seconds() or float("inf"))
+                    assert ledger.budget.seconds is not None
+                    error = BudgetExceeded(
+                        "seconds", ledger.budget.seconds, ledger.budget.seconds, 0, ledger.scope
+                    )
+                    raise error
+        except ProviderError as exc:
+            error = exc
+            if exc.status == 429 and exc.retry_after:
+                self.rate_limiter.pause(exc.retry_after)
+            raise
+        finally:
+            seconds = time.perf_counter() - start
+            self._settle(request, attempt, reservation, worst, raw, error, seconds)
+        return raw.completions
+
+    def _settle(
+        self,
+        request: GenerateRequest,
+        attempt: int,
+        reservation: Reservation,
+        worst: Charge,
+        raw: RawResponse | None,
+        error: BaseException | None,
+        seconds: float,
+    ) -> None:
+        """Charge what the provider reported (a failed or cancelled request: one request, no
+        tokens), refund the rest of the worst case, record usage and the trace."""
+        prompt_tokens = completion_tokens = 0
+        choices = 0
+        if raw is not None:
+            choices = len(raw.completions)
+            if raw.prompt_tokens is not None:
+                prompt_tokens = raw.prompt_tokens
+                self._remember_prompt_tokens(request, raw.prompt_tokens)
+            else:
+                prompt_tokens = self._prompt_token_bound(request)
+            if raw.completion_tokens is not None:
+                completion_tokens = raw.completion_tokens
+            else:
+                per = [c.completion_tokens for c in raw.completions]
+                completion_tokens = (
+                    sum(t for t in per if t is not None)
+                    if all(t is not None for t in per)
+                    else request.params.max_tokens * max(choices, 1)
+                )
+            if raw.rate_limits is not None:
+                self.rate_limiter.observe(raw.rate_limits)
+        cost = self.price.cost(prompt_tokens, completion_tokens) if self.price else None
+        reservation.settle(Charge(prompt_tokens + completion_tokens, cost or 0.0, 1))
+        self.rate_limiter.refund(worst.tokens - prompt_tokens - completion_tokens)
+        if error is None and raw is None:
+            error_text: str | None = "cancelled"
+        else:
+            error_text = None if error is None else f"{type(error).__name__}: {error}"
+        event = TraceEvent.model_construct(
+            model=self.name,
+            n=request.n,
+            attempt=attempt,
+            seconds=seconds,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            choices=choices,
+            error=error_text,
+        )
+        self._usage.add(prompt_tokens, completion_tokens, 1, cost, seconds, self.name)
+        run = current_run()
+        if run is not None:
+            run.record(event, cost)
+
+
+def user_message(prompt: str | tuple[Message, ...]) -> tuple[Message, ...]:
+    """Chat messages for a prompt: raw text becomes one user message."""
+    if isinstance(prompt, str):
+        return (Message(role="user", content=prompt),)
+    return prompt

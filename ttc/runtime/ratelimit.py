@@ -1,0 +1,190 @@
+"""Requests-per-minute and tokens-per-minute limits, set by the user or learned from headers.
+
+Two token buckets (requests, tokens) that refill continuously, plus a pause that a 429's
+``retry-after`` or an exhausted ``x-ratelimit-remaining-*`` header imposes on every request of
+the provider, so one rate-limited request does not turn into a stampede of them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import anyio
+
+from ttc.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RateLimitInfo:
+    """What a provider's rate-limit headers said (``None`` where a header was absent)."""
+
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_s: float | None = None
+    reset_tokens_s: float | None = None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(value: str) -> float | None:
+    """Seconds in ``"2m59.56s"``, ``"7.66s"``, ``"120ms"``, ``"1h2m"`` or a bare ``"0.5"``."""
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    total = 0.0
+    pos = 0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != pos:
+            return None
+        number, unit = float(match.group(1)), match.group(2)
+        total += number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+        pos = match.end()
+    return total if pos == len(value) and pos > 0 else None
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+def _seconds(value: str | None) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+def parse_rate_limit_headers(headers: dict[str, str] | object) -> RateLimitInfo | None:
+    """Read OpenAI/Groq-style (``x-ratelimit-remaining-tokens``) or Cerebras-style
+    (``x-ratelimit-remaining-tokens-minute``) headers. Daily request limits are reported as
+    such; only minute-scale windows matter for pacing.
+    """
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    if get("x-ratelimit-remaining-tokens-minute") is not None or get(
+        "x-ratelimit-remaining-requests-day"
+    ) is not None:
+        info = RateLimitInfo(
+            limit_requests=_int(get("x-ratelimit-limit-requests-day")),
+            limit_tokens=_int(get("x-ratelimit-limit-tokens-minute")),
+            remaining_requests=_int(get("x-ratelimit-remaining-requests-day")),
+            remaining_tokens=_int(get("x-ratelimit-remaining-tokens-minute")),
+            reset_requests_s=_seconds(get("x-ratelimit-reset-requests-day")),
+            reset_tokens_s=_seconds(get("x-ratelimit-reset-tokens-minute")),
+        )
+    elif get("x-ratelimit-remaining-requests") is not None or get(
+        "x-ratelimit-remaining-tokens"
+    ) is not None:
+        info = RateLimitInfo(
+            limit_requests=_int(get("x-ratelimit-limit-requests")),
+            limit_tokens=_int(get("x-ratelimit-limit-tokens")),
+            remaining_requests=_int(get("x-ratelimit-remaining-requests")),
+            remaining_tokens=_int(get("x-ratelimit-remaining-tokens")),
+            reset_requests_s=_seconds(get("x-ratelimit-reset-requests")),
+            reset_tokens_s=_seconds(get("x-ratelimit-reset-tokens")),
+        )
+    else:
+        return None
+    return info
+
+
+class _Bucket:
+    __slots__ = ("capacity", "level", "rate", "updated")
+
+    def __init__(self, per_minute: float) -> None:
+        self.capacity = float(per_minute)
+        self.level = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.updated = time.monotonic()
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait_for(self, amount: float) -> float:
+        # A request bigger than the bucket is let through once the bucket is full.
+        need = min(amount, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+
+class RateLimiter:
+    """Paces one provider's requests. Without limits and pauses it costs one comparison."""
+
+    def __init__(self, rpm: int | None = None, tpm: int | None = None, max_pause: float = 60.0):
+        if rpm is not None and rpm <= 0:
+            raise ConfigError("rpm must be a positive number of requests per minute")
+        if tpm is not None and tpm <= 0:
+            raise ConfigError("tpm must be a positive number of tokens per minute")
+        self._requests = _Bucket(rpm) if rpm else None
+        self._tokens = _Bucket(tpm) if tpm else None
+        self._user_tpm = tpm is not None
+        self._paused_until = 0.0
+        self._max_pause = max_pause
+        self._lock: anyio.Lock | None = None
+
+    @property
+    def active(self) -> bool:
+        return (
+            self._requests is not None
+            or self._tokens is not None
+            or self._paused_until > time.monotonic()
+        )
+
+    async def acquire(self, tokens: int) -> None:
+        """Wait until one request of up to ``tokens`` tokens may go out, then take its share."""
+        if not self.active:
+            return
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:  # first come, first served
+            while True:
+                now = time.monotonic()
+                wait = self._paused_until - now
+                for bucket, amount in ((self._requests, 1), (self._tokens, tokens)):
+                    if bucket is not None:
+                        bucket.refill(now)
+                        wait = max(wait, bucket.wait_for(amount))
+                if wait <= 0:
+                    if self._requests is not None:
+                        self._requests.level -= 1
+                    if self._tokens is not None:
+                        self._tokens.level -= min(tokens, self._tokens.capacity)
+                    return
+                await anyio.sleep(wait)
+
+    def refund(self, tokens: int) -> None:
+        """Give back tokens taken for a worst case that did not happen."""
+        if self._tokens is not None and tokens > 0:
+            self._tokens.level = min(self._tokens.capacity, self._tokens.level + tokens)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request of this provider for ``seconds`` (capped at ``max_pause``)."""
+        if seconds > 0:
+            until = time.monotonic() + min(seconds, self._max_pause)
+            self._paused_until = max(self._paused_until, until)
+
+    def observe(self, info: RateLimitInfo) -> None:
+        """Learn from a response's headers: adopt the provider's tokens-per-minute limit if
+        the user set none, track what is left, and pause when nothing is."""
+        now = time.monotonic()
+        if info.limit_tokens and not self._user_tpm:
+            if self._tokens is None or self._tokens.capacity != info.limit_tokens:
+                self._tokens = _Bucket(info.limit_tokens)
+        if self._tokens is not None and info.remaining_tokens is not None:
+            self._tokens.refill(now)
+            self._tokens.level = min(self._tokens.level, float(info.remaining_tokens))
+        if info.remaining_tokens is not None and info.remaining_tokens <= 0:
+            self.pause(info.reset_tokens_s or 1.0)
+        if info.remaining_requests is not None and info.remaining_requests <= 0:
+            reset = info.reset_requests_s
+            if reset is not None and reset <= self._max_pause:
+                self.pause(reset)

@@ -1,0 +1,241 @@
+"""The data that flows through ttc: prompts, sampling parameters, completions, usage, results.
+
+Every type is a pydantic v2 model, so a bad value fails at construction with an error that
+names the field. Models that are shared between tasks are frozen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "cancelled", "unknown"]
+StopReason = Literal["budget", "success", "error", "settled"]
+"""Why a strategy stopped before spending everything it planned to:
+
+- ``"budget"``: a budget limit (tokens, USD, requests, seconds) could not pay for more work;
+- ``"success"``: a verifier accepted a candidate and ``stop_on_success`` was set;
+- ``"error"``: a provider failed for good; the candidates already paid for are kept;
+- ``"settled"``: the vote could no longer change, so the remaining samples were not drawn.
+"""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Message(_Frozen):
+    """One chat message."""
+
+    role: Role
+    content: str
+
+
+Prompt = str | Sequence[Message]
+"""A prompt: raw text, or chat messages.
+
+A chat endpoint wraps raw text in one user message; a completion endpoint (a base model) sends
+raw text as it is and rejects chat messages.
+"""
+
+
+class SamplingParams(_Frozen):
+    """How to sample. The defaults suit repeated sampling (temperature 0.8, as in the papers)."""
+
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=1, description="Upper bound on generated tokens per sample.")
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_tuple(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return (value,)
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(s == "" for s in value):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> SamplingParams:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=True")
+        return self
+
+
+class GenerateRequest(_Frozen):
+    """One logical generation: ``n`` samples of one prompt with the same parameters."""
+
+    prompt: str | tuple[Message, ...]
+    params: SamplingParams = SamplingParams()
+    n: int = Field(1, ge=1)
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _messages_as_tuple(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return tuple(value)
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, value: str | tuple[Message, ...]) -> str | tuple[Message, ...]:
+        if isinstance(value, tuple) and not value:
+            raise ValueError("a chat prompt needs at least one message")
+        return value
+
+
+class TokenLogprob(_Frozen):
+    """The log probability of one generated token and, if asked, its top alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+class Completion(_Frozen):
+    """One sample from a model."""
+
+    text: str
+    finish_reason: FinishReason = "unknown"
+    completion_tokens: int | None = Field(
+        None, ge=0, description="Tokens of this sample, where the provider reports them."
+    )
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    model: str = ""
+
+
+class Usage(_Frozen):
+    """What some work cost. Usages add up with ``+``.
+
+    ``cost_usd`` covers only priced models; tokens of models with no known price are listed in
+    ``unpriced_models`` rather than silently priced at zero.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+    cost_usd: float = 0.0
+    seconds: float = Field(0.0, description="Summed latency of the requests.")
+    unpriced_models: frozenset[str] = frozenset()
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            requests=self.requests + other.requests,
+            cost_usd=self.cost_usd + other.cost_usd,
+            seconds=self.seconds + other.seconds,
+            unpriced_models=self.unpriced_models | other.unpriced_models,
+        )
+
+
+class Candidate(BaseModel):
+    """A candidate answer: the sampled text, the answer extracted from it, and its scores.
+
+    Mutable on purpose: scorers and verifiers fill in ``score``, ``verified`` and ``scores`` as a
+    strategy works through its candidates.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    answer: str | None = None
+    score: float | None = None
+    verified: bool | None = None
+    scores: dict[str, float] = Field(default_factory=dict)
+    finish_reason: FinishReason = "unknown"
+    completion_tokens: int | None = None
+    model: str = ""
+
+    @classmethod
+    def from_completion(cls, completion: Completion, answer: str | None = None) -> Candidate:
+        return cls(
+            text=completion.text,
+            answer=answer,
+            finish_reason=completion.finish_reason,
+            completion_tokens=completion.completion_tokens,
+            model=completion.model,
+        )
+
+
+class TraceEvent(_Frozen):
+    """One request as the runtime saw it: what was asked, how long it took, how it ended."""
+
+    model: str
+    n: int
+    attempt: int
+    seconds: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    choices: int = 0
+    error: str | None = None
+
+
+class Result(BaseModel):
+    """What a strategy returns.
+
+    ``answer`` is the selected answer (``None`` when there is none); ``best`` the candidate it came
+    from; ``candidates`` every candidate paid for, in the order they arrived; ``votes`` the
+    selector's tally per answer; ``stopped_by`` says why the strategy stopped early, if it did.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    answer: str | None
+    best: Candidate | None = None
+    candidates: list[Candidate] = Field(default_factory=list)
+    votes: dict[str, float] = Field(default_factory=dict)
+    usage: Usage = Usage()
+    stopped_by: StopReason | None = None
+    errors: list[str] = Field(default_factory=list)
+    pass_at_k: dict[int, float] = Field(
+        default_factory=dict,
+        description="Unbiased pass@k for this question, where a verifier judged the candidates.",
+    )
+    elapsed_s: float = 0.0
+    trace: list[TraceEvent] = Field(default_factory=list)
+
+    @property
+    def cost_usd(self) -> float:
+        return self.usage.cost_usd
+
+    @property
+    def verified(self) -> bool | None:
+        """Whether any candidate was verified (``None`` if nothing was verified at all)."""
+        flags = [c.verified for c in self.candidates if c.verified is not None]
+        return any(flags) if flags else None
+
+    @property
+    def num_correct(self) -> int:
+        return sum(1 for c in self.candidates if c.verified)
+
+
+def as_request_prompt(prompt: Prompt) -> str | tuple[Message, ...]:
+    """Normalize a user's prompt (text, messages or dicts) to the form requests carry."""
+    if isinstance(prompt, str):
+        return prompt
+    out = []
+    for item in prompt:
+        out.append(item if isinstance(item, Message) else Message.model_validate(item))
+    return tuple(out)
+
+
+def finite(value: float) -> bool:
+    return not (math.isnan(value) or math.isinf(value))
