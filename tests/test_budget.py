@@ -93,7 +93,9 @@ def test_no_hard_limit_is_ever_passed(
 
     async def main() -> None:
         async def one(i: int) -> None:
-            results.append(await strategy.run(f"question {i} " * rng.randint(1, 5), budget=run_budget))
+            results.append(
+                await strategy.run(f"question {i} " * rng.randint(1, 5), budget=run_budget)
+            )
 
         async with anyio.create_task_group() as tg:
             for i in range(runs):

@@ -56,7 +56,9 @@ async def test_200_best_of_16_under_faults(flavor: str, preset: type, faults: Fa
         assert len(results) == 200
         assert all(len(r.candidates) == 16 and r.stopped_by is None for r in results)
         assert all(r.answer is not None for r in results)
-        injected = sum(stats.faults[k] for k in ("server_error", "rate_limit", "timeout", "malformed"))
+        injected = sum(
+            stats.faults[k] for k in ("server_error", "rate_limit", "timeout", "malformed")
+        )
         assert injected > 300  # the faults really happened
         # Every request, token and choice the provider counted is in our accounts.
         usage = model.usage

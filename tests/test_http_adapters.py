@@ -132,7 +132,7 @@ async def test_errors_are_typed_not_retried_and_never_show_the_key() -> None:
 
 async def test_missing_key_fails_early(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GROQ_API_KEY", raising=False)
-    with pytest.raises(ConfigError, match="api_key.*GROQ_API_KEY"):
+    with pytest.raises(ConfigError, match=r"api_key.*GROQ_API_KEY"):
         Groq("llama-3.1-8b-instant")
     monkeypatch.setenv("GROQ_API_KEY", "gsk-from-env")
     model = Groq("llama-3.1-8b-instant")
@@ -143,9 +143,7 @@ async def test_missing_key_fails_early(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_rate_limit_retry_after_is_honoured() -> None:
     faults = Faults(rate_limit=0.5, retry_after=0.05)
     async with FakeProvider("groq", api_key=KEY, faults=faults, seed=3) as server:
-        model = Groq(
-            "m", base_url=server.base_url, api_key=KEY, retry=RetryPolicy(max_attempts=20)
-        )
+        model = Groq("m", base_url=server.base_url, api_key=KEY, retry=RetryPolicy(max_attempts=20))
         out = await model.generate("q", n=8)
         assert len(out) == 8
         assert server.stats.faults["rate_limit"] > 0

@@ -50,7 +50,34 @@ _EXPORTS: dict[str, str] = {
     "MissingDependencyError": "ttc.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BestOfN",
+    "Budget",
+    "BudgetExceeded",
+    "Candidate",
+    "Capabilities",
+    "Completion",
+    "ConfigError",
+    "GenerationError",
+    "Message",
+    "MissingDependencyError",
+    "Model",
+    "Price",
+    "Prompt",
+    "ProviderError",
+    "RepeatedSample",
+    "Result",
+    "RetryPolicy",
+    "SamplingParams",
+    "SelfConsistency",
+    "Strategy",
+    "TTCError",
+    "Usage",
+    "pass_at_k",
+    "register_price",
+    "run_scope",
+    "run_sync",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -26,9 +26,7 @@ class MissingDependencyError(TTCError, ImportError):
     """An optional dependency is not installed; the message says which extra to install."""
 
     def __init__(self, package: str, extra: str, purpose: str) -> None:
-        super().__init__(
-            f"{purpose} needs the '{package}' package: pip install 'ttc-sdk[{extra}]'"
-        )
+        super().__init__(f"{purpose} needs the '{package}' package: pip install 'ttc-sdk[{extra}]'")
         self.package = package
         self.extra = extra
 
@@ -141,7 +139,9 @@ class GenerationError(TTCError):
     the last provider error.
     """
 
-    def __init__(self, cause: BaseException, completions: Sequence[Completion], wanted: int) -> None:
+    def __init__(
+        self, cause: BaseException, completions: Sequence[Completion], wanted: int
+    ) -> None:
         super().__init__(f"got {len(completions)} of {wanted} samples: {cause}")
         self.cause = cause
         self.completions: list[Completion] = list(completions)

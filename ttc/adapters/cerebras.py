@@ -22,6 +22,4 @@ class Cerebras(OpenAICompatible):
 
     @classmethod
     def default_capabilities(cls) -> Capabilities:
-        return Capabilities(
-            native_n=False, max_n=1, logprobs=True, max_stop=4, max_temperature=1.5
-        )
+        return Capabilities(native_n=False, max_n=1, logprobs=True, max_stop=4, max_temperature=1.5)

@@ -21,4 +21,4 @@ class Groq(OpenAICompatible):
 
     @classmethod
     def default_capabilities(cls) -> Capabilities:
-        return Capabilities(native_n=False, max_n=1, logprobs=False, completions=False)
+        return Capabilities(native_n=False, max_n=1, logprobs=False, max_stop=4, completions=False)

@@ -32,7 +32,11 @@ from ttc.runtime.model import Capabilities, Model, RawResponse, user_message
 from ttc.runtime.pricing import lookup_price
 from ttc.types import Completion, FinishReason, GenerateRequest
 
-_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+}
 
 
 def _import_litellm() -> Any:
@@ -71,9 +75,7 @@ class LiteLLM(Model):
     ) -> None:
         if "price" not in runtime or runtime["price"] is None:
             prefix, _, name = model.partition("/")
-            runtime["price"] = lookup_price(model) or (
-                lookup_price(name, prefix) if name else None
-            )
+            runtime["price"] = lookup_price(model) or (lookup_price(name, prefix) if name else None)
         runtime.setdefault(
             "capabilities",
             Capabilities(native_n=native_n, max_n=128 if native_n else 1, completions=False),
@@ -94,7 +96,9 @@ class LiteLLM(Model):
         p = request.params
         kwargs: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in user_message(request.prompt)],
+            "messages": [
+                {"role": m.role, "content": m.content} for m in user_message(request.prompt)
+            ],
             "temperature": p.temperature,
             "top_p": p.top_p,
             "max_tokens": p.max_tokens,

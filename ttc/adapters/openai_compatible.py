@@ -199,7 +199,9 @@ class OpenAICompatible(Model):
             data = json.loads(text)
         except ValueError as exc:
             raise MalformedResponseError(
-                f"response is not JSON ({len(text)} bytes)", provider=self.provider, model=self.model
+                f"response is not JSON ({len(text)} bytes)",
+                provider=self.provider,
+                model=self.model,
             ) from exc
         return self._parse(data, request, parse_rate_limit_headers(headers))
 
@@ -224,10 +226,8 @@ class OpenAICompatible(Model):
         )
 
     def _completion(self, choice: dict[str, Any], request: GenerateRequest) -> Completion:
-        if self.endpoint == "chat":
-            text = choice["message"].get("content") or ""
-        else:
-            text = choice["text"]
+        chat = self.endpoint == "chat"
+        text = (choice["message"].get("content") or "") if chat else choice["text"]
         if not isinstance(text, str):
             raise TypeError("completion text is not a string")
         finish: FinishReason = _FINISH.get(choice.get("finish_reason") or "", "unknown")
@@ -261,8 +261,10 @@ class OpenAICompatible(Model):
         if status == 404:
             return NotFoundError(message, **kwargs)
         lowered = message.lower()
-        if code == "context_length_exceeded" or "context length" in lowered or (
-            "context_length" in lowered
+        if (
+            code == "context_length_exceeded"
+            or "context length" in lowered
+            or ("context_length" in lowered)
         ):
             return ContextLengthError(message, **kwargs)
         return BadRequestError(message, **kwargs)

@@ -20,7 +20,14 @@ from ttc.types import TraceEvent, Usage
 class UsageCounter:
     """A mutable running total of usage, cheap to update on the hot path."""
 
-    __slots__ = ("completion_tokens", "cost_usd", "prompt_tokens", "requests", "seconds", "unpriced")
+    __slots__ = (
+        "completion_tokens",
+        "cost_usd",
+        "prompt_tokens",
+        "requests",
+        "seconds",
+        "unpriced",
+    )
 
     def __init__(self) -> None:
         self.prompt_tokens = 0

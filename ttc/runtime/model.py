@@ -159,6 +159,7 @@ class Model(ABC):
 
     async def _close_loop_resources(self, resources: dict[str, Any]) -> None:
         """Close what ``_loop_resources`` holds for the current loop (HTTP sessions...)."""
+        return None
 
     # ------------------------------------------------------------------ public API
 
@@ -189,7 +190,9 @@ class Model(ABC):
         can stop early by cancelling. If some samples fail for good, ``GenerationError`` (or
         ``BudgetExceeded``) is raised carrying the samples that did arrive.
         """
-        request = GenerateRequest(prompt=as_request_prompt(prompt), params=params or self.params, n=n)
+        request = GenerateRequest(
+            prompt=as_request_prompt(prompt), params=params or self.params, n=n
+        )
         self._check_request(request)
         sizes = self._chunk_sizes(n)
         collected: list[Completion] = []
@@ -294,7 +297,9 @@ class Model(ABC):
             self._warned_short = True
             logger.warning(
                 "%s returned %d of %d choices; asking again for the rest",
-                self.name, len(got), size,
+                self.name,
+                len(got),
+                size,
             )
         single = request.model_copy(update={"n": 1})
         failures: list[BaseException] = []
@@ -310,9 +315,7 @@ class Model(ABC):
                     await self._deliver(more[:1], on_completions, collected)
                     return
             failures.append(
-                ProviderError(
-                    "returned no choices", provider=self.provider, model=self.model
-                )
+                ProviderError("returned no choices", provider=self.provider, model=self.model)
             )
 
         async with anyio.create_task_group() as tg:

@@ -70,9 +70,10 @@ def parse_rate_limit_headers(headers: dict[str, str] | object) -> RateLimitInfo 
     get = getattr(headers, "get", None)
     if get is None:
         return None
-    if get("x-ratelimit-remaining-tokens-minute") is not None or get(
-        "x-ratelimit-remaining-requests-day"
-    ) is not None:
+    if (
+        get("x-ratelimit-remaining-tokens-minute") is not None
+        or get("x-ratelimit-remaining-requests-day") is not None
+    ):
         info = RateLimitInfo(
             limit_requests=_int(get("x-ratelimit-limit-requests-day")),
             limit_tokens=_int(get("x-ratelimit-limit-tokens-minute")),
@@ -81,9 +82,10 @@ def parse_rate_limit_headers(headers: dict[str, str] | object) -> RateLimitInfo 
             reset_requests_s=_seconds(get("x-ratelimit-reset-requests-day")),
             reset_tokens_s=_seconds(get("x-ratelimit-reset-tokens-minute")),
         )
-    elif get("x-ratelimit-remaining-requests") is not None or get(
-        "x-ratelimit-remaining-tokens"
-    ) is not None:
+    elif (
+        get("x-ratelimit-remaining-requests") is not None
+        or get("x-ratelimit-remaining-tokens") is not None
+    ):
         info = RateLimitInfo(
             limit_requests=_int(get("x-ratelimit-limit-requests")),
             limit_tokens=_int(get("x-ratelimit-limit-tokens")),
@@ -176,9 +178,9 @@ class RateLimiter:
         """Learn from a response's headers: adopt the provider's tokens-per-minute limit if
         the user set none, track what is left, and pause when nothing is."""
         now = time.monotonic()
-        if info.limit_tokens and not self._user_tpm:
-            if self._tokens is None or self._tokens.capacity != info.limit_tokens:
-                self._tokens = _Bucket(info.limit_tokens)
+        limit = info.limit_tokens
+        if limit and not self._user_tpm and (self._tokens is None or self._tokens.capacity != limit):
+            self._tokens = _Bucket(limit)
         if self._tokens is not None and info.remaining_tokens is not None:
             self._tokens.refill(now)
             self._tokens.level = min(self._tokens.level, float(info.remaining_tokens))

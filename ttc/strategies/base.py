@@ -12,7 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 import anyio
 
@@ -21,10 +21,9 @@ from ttc.runtime.budget import Budget
 from ttc.runtime.context import RunContext, current_run, run_scope
 from ttc.runtime.model import Model
 from ttc.runtime.sync import run_sync
-from ttc.scoring.extract import extract_answer
 from ttc.types import Candidate, Completion, Message, Prompt, Result, SamplingParams, StopReason
 
-Extractor = Callable[[str], Union[str, None]]
+Extractor = Callable[[str], str | None]
 OnCandidates = Callable[[list[Candidate]], Awaitable[None]]
 OnBudget = Literal["return", "raise"]
 
@@ -75,7 +74,7 @@ class Strategy(ABC):
         return f"{type(self).__name__}()"
 
 
-Source = Union[Model, Strategy]
+Source = Model | Strategy
 
 
 def _normalize(prompt: Prompt) -> str | tuple[Message, ...]:

@@ -115,8 +115,10 @@ class BestOfN(Strategy):
                 candidate.score = value
                 candidate.scores[self.scorer.name] = value
         selector = self.selector
-        if stopped_by == "budget" and self.scorer is not None and not any(
-            c.score is not None for c in candidates
+        if (
+            stopped_by == "budget"
+            and self.scorer is not None
+            and not any(c.score is not None for c in candidates)
         ):
             selector = MajorityVote()
         selection = selector.select(candidates)
