@@ -97,9 +97,10 @@ def test_no_hard_limit_is_ever_passed(
                 await strategy.run(f"question {i} " * rng.randint(1, 5), budget=run_budget)
             )
 
-        async with anyio.create_task_group() as tg:
-            for i in range(runs):
-                tg.start_soon(one, i)
+        with anyio.fail_after(30):  # a deadlock fails the example instead of hanging
+            async with anyio.create_task_group() as tg:
+                for i in range(runs):
+                    tg.start_soon(one, i)
 
     anyio.run(main)
     assert model.ledger is not None

@@ -59,7 +59,7 @@ async def test_200_best_of_16_under_faults(flavor: str, preset: type, faults: Fa
         injected = sum(
             stats.faults[k] for k in ("server_error", "rate_limit", "timeout", "malformed")
         )
-        assert injected > 300  # the faults really happened
+        assert injected > 0.25 * stats.requests  # the faults really happened (37% drawn)
         # Every request, token and choice the provider counted is in our accounts.
         usage = model.usage
         assert usage.requests == stats.requests

@@ -65,6 +65,9 @@ class Ledger:
         self.reserved_requests = 0
         self.started_at: float | None = None
         self._changed: anyio.Event | None = None
+        #: Reservations not yet settled. Counted apart from the reserved amounts, whose float
+        #: sums need not return to exactly zero.
+        self.outstanding = 0
 
     def start_clock(self) -> None:
         if self.started_at is None:
@@ -95,6 +98,7 @@ class Ledger:
                 raise BudgetExceeded(name, limit, used, need, self.scope)
 
     def _add_reserved(self, charge: Charge, sign: int) -> None:
+        self.outstanding += sign
         self.reserved_tokens += sign * charge.tokens
         self.reserved_usd += sign * charge.usd
         self.reserved_requests += sign * charge.requests
@@ -114,9 +118,6 @@ class Ledger:
         if self._changed is None:
             self._changed = anyio.Event()
         await self._changed.wait()
-
-    def reserved(self, limit: str) -> float:
-        return float(getattr(self, f"reserved_{limit}"))
 
     @property
     def spent(self) -> Charge:
@@ -185,7 +186,7 @@ async def reserve_when_affordable(ledgers: Sequence[Ledger], charge: Charge) -> 
             return reserve(ledgers, charge)
         except BudgetExceeded as exc:
             ledger = exc.ledger
-            if ledger is None or exc.limit == "seconds" or ledger.reserved(exc.limit) <= 0:
+            if ledger is None or exc.limit == "seconds" or ledger.outstanding == 0:
                 raise
             await ledger.wait_for_settlement()
 
