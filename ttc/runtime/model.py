@@ -80,12 +80,15 @@ class RawResponse:
 
 class _LoopState:
     """Per-event-loop runtime state: asyncio primitives and HTTP sessions belong to one loop,
-    and ``run_sync`` may drive the same model from several loops over its life."""
+    and ``run_sync`` may drive the same model from several loops over its life.
+
+    The hot path uses asyncio's own primitives: anyio's cost several times more CPU a request
+    and client CPU per request is a speed target (see ``benchmarks/overhead.py``)."""
 
     __slots__ = ("limiter", "resources")
 
     def __init__(self, max_concurrency: int) -> None:
-        self.limiter = anyio.CapacityLimiter(max_concurrency)
+        self.limiter = asyncio.Semaphore(max_concurrency)
         self.resources: dict[str, Any] = {}
 
 
@@ -198,18 +201,20 @@ class Model(ABC):
         collected: list[Completion] = []
         failures: list[BaseException] = []
 
+        chunks = {size: request.model_copy(update={"n": size}) for size in set(sizes)}
+
         async def one(size: int) -> None:
             try:
-                await self._generate_chunk(request, size, on_completions, collected)
+                await self._generate_chunk(chunks[size], on_completions, collected)
             except (ProviderError, BudgetExceeded, GenerationError) as exc:
                 failures.append(exc)
 
         if len(sizes) == 1:
             await one(sizes[0])
         else:
-            async with anyio.create_task_group() as tg:
-                for size in sizes:
-                    tg.start_soon(one, size)
+            # Plain tasks: ``one`` catches every provider failure, so gather only ever sees
+            # cancellation, which it passes on to all chunks.
+            await asyncio.gather(*(one(size) for size in sizes))
         if failures:
             raise self._partial_failure(failures, collected, n)
         return collected
@@ -281,14 +286,13 @@ class Model(ABC):
     async def _generate_chunk(
         self,
         request: GenerateRequest,
-        size: int,
         on_completions: OnCompletions | None,
         collected: list[Completion],
     ) -> None:
-        """Get ``size`` samples; if the provider returns fewer, ask again for the rest (by
-        fan-out, since a provider that drops choices once tends to keep dropping them)."""
-        chunk = request if request.n == size else request.model_copy(update={"n": size})
-        got = await self._attempts(chunk)
+        """Get ``request.n`` samples; if the provider returns fewer, ask again for the rest
+        (by fan-out, since a provider that drops choices once tends to keep dropping them)."""
+        size = request.n
+        got = await self._attempts(request)
         await self._deliver(got[:size], on_completions, collected)
         missing = size - len(got)
         if missing <= 0:

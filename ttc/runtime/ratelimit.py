@@ -34,6 +34,8 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 def parse_duration(value: str) -> float | None:
     """Seconds in ``"2m59.56s"``, ``"7.66s"``, ``"120ms"``, ``"1h2m"`` or a bare ``"0.5"``."""
     value = value.strip()
+    if value[-1:] == "s" and value[-2:] != "ms" and "m" not in value and "h" not in value:
+        value = value[:-1]  # the common "7.66s"
     try:
         return float(value)
     except ValueError:
@@ -131,7 +133,6 @@ class RateLimiter:
         self._user_tpm = tpm is not None
         self._paused_until = 0.0
         self._max_pause = max_pause
-        self._lock: anyio.Lock | None = None
 
     @property
     def active(self) -> bool:
@@ -142,26 +143,27 @@ class RateLimiter:
         )
 
     async def acquire(self, tokens: int) -> None:
-        """Wait until one request of up to ``tokens`` tokens may go out, then take its share."""
+        """Wait until one request of up to ``tokens`` tokens may go out, then take its share.
+
+        No lock: checking and taking happen without an ``await`` in between, so they are
+        atomic on the event loop, and the limiter works from any loop (``run_sync``).
+        """
         if not self.active:
             return
-        if self._lock is None:
-            self._lock = anyio.Lock()
-        async with self._lock:  # first come, first served
-            while True:
-                now = time.monotonic()
-                wait = self._paused_until - now
-                for bucket, amount in ((self._requests, 1), (self._tokens, tokens)):
-                    if bucket is not None:
-                        bucket.refill(now)
-                        wait = max(wait, bucket.wait_for(amount))
-                if wait <= 0:
-                    if self._requests is not None:
-                        self._requests.level -= 1
-                    if self._tokens is not None:
-                        self._tokens.level -= min(tokens, self._tokens.capacity)
-                    return
-                await anyio.sleep(wait)
+        while True:
+            now = time.monotonic()
+            wait = self._paused_until - now
+            for bucket, amount in ((self._requests, 1), (self._tokens, tokens)):
+                if bucket is not None:
+                    bucket.refill(now)
+                    wait = max(wait, bucket.wait_for(amount))
+            if wait <= 0:
+                if self._requests is not None:
+                    self._requests.level -= 1
+                if self._tokens is not None:
+                    self._tokens.level -= min(tokens, self._tokens.capacity)
+                return
+            await anyio.sleep(wait)
 
     def refund(self, tokens: int) -> None:
         """Give back tokens taken for a worst case that did not happen."""
