@@ -1,0 +1,278 @@
+"""Client overhead of ttc against bare aiohttp (and its-hub / optillm where installed).
+
+The workload of the issue: best-of-16 on 50 prompts against an OpenAI-compatible server that
+answers every request in 50 ms, so about 0.05 s of wall time is ideal when every request can
+be in flight at once. The fake provider runs in its own process, so the client's CPU time
+(``time.process_time``) is the client's alone.
+
+    python benchmarks/overhead.py            # all rows
+    python benchmarks/overhead.py --quick    # fewer repeats
+
+Rows:
+- best-of-16 x 50 prompts, native n (one request a prompt): bare aiohttp, ttc ``OpenAI`` preset;
+- the same with fan-out (16 requests a prompt, 800 in all): bare aiohttp, ttc ``Groq`` preset;
+- client CPU per request with 256 requests in flight (2,000 requests, n = 1): bare aiohttp,
+  ttc, and ttc's ``LiteLLM`` adapter (litellm's own client) where litellm is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+import aiohttp
+
+from ttc import BestOfN, SamplingParams
+from ttc.adapters import Groq, LiteLLM, OpenAI
+from ttc.runtime.model import Model
+
+LATENCY = 0.05
+PROMPTS = [f"Question {i}: what is {i} * {i + 7}?" for i in range(50)]
+PARAMS = SamplingParams(max_tokens=32, temperature=0.8)
+
+
+@contextlib.contextmanager
+def fake_server(flavor: str) -> Iterator[str]:
+    """Start the fake provider in its own process; yield its base URL."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ttc.testing.fake_provider",
+            "--flavor",
+            flavor,
+            "--port",
+            "0",
+            "--latency",
+            str(LATENCY),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"fake provider did not start: {line!r}")
+        yield line.split("listening on", 1)[1].strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@dataclass
+class Row:
+    name: str
+    requests: int
+    wall_s: float
+    cpu_us_per_request: float
+    ideal_s: float
+
+    def show(self) -> str:
+        return (
+            f"| {self.name:<44} | {self.requests:>8} | {self.wall_s:>7.3f} | "
+            f"{self.ideal_s:>6.3f} | {self.wall_s / self.ideal_s:>5.2f}x | "
+            f"{self.cpu_us_per_request:>8.0f} |"
+        )
+
+
+async def measure(
+    name: str, requests: int, ideal: float, work: Callable[[], Awaitable[None]], repeats: int
+) -> Row:
+    await work()  # warm up: connections, imports, caches
+    walls, cpus = [], []
+    for _ in range(repeats):
+        gc.collect()
+        c0, t0 = time.process_time(), time.perf_counter()
+        await work()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return Row(
+        name, requests, statistics.median(walls), statistics.median(cpus) / requests * 1e6, ideal
+    )
+
+
+def bare_aiohttp(
+    base_url: str, prompts: list[str], n: int, fan_out: bool, limit: int
+) -> Callable[[], Awaitable[None]]:
+    """The floor: one session, raw JSON, no retries, no accounting."""
+    session: aiohttp.ClientSession | None = None
+
+    async def work() -> None:
+        nonlocal session
+        if session is None:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit + 8),
+                headers={"Authorization": "Bearer k", "Content-Type": "application/json"},
+            )
+        sem = asyncio.Semaphore(limit)
+
+        async def one(prompt: str, k: int) -> list[str]:
+            body = {
+                "model": "m",
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 32,
+                "temperature": 0.8,
+            }
+            if k > 1:
+                body["n"] = k
+            async with sem:
+                assert session is not None
+                async with session.post(f"{base_url}/chat/completions", data=json.dumps(body)) as r:
+                    data = json.loads(await r.text())
+            return [c["message"]["content"] for c in data["choices"]]
+
+        jobs = (
+            [one(p, 1) for p in prompts for _ in range(n)]
+            if fan_out
+            else [one(p, n) for p in prompts]
+        )
+        await asyncio.gather(*jobs)
+
+    return work
+
+
+def ttc_best_of_n(model: Model, prompts: list[str], n: int) -> Callable[[], Awaitable[None]]:
+    strategy = BestOfN(model, n=n, params=PARAMS, trace=False)
+
+    async def work() -> None:
+        results = await asyncio.gather(*(strategy.run(p) for p in prompts))
+        assert all(len(r.candidates) == n for r in results)
+
+    return work
+
+
+async def section_best_of_16(repeats: int) -> list[Row]:
+    rows = []
+    with fake_server("openai") as url:
+        rows.append(
+            await measure(
+                "bare aiohttp, native n=16",
+                50,
+                LATENCY,
+                bare_aiohttp(url, PROMPTS, 16, False, 256),
+                repeats,
+            )
+        )
+        model = OpenAI("gpt-4o-mini", base_url=url, api_key="k", max_concurrency=256)
+        rows.append(
+            await measure(
+                "ttc BestOfN, OpenAI preset (native n=16)",
+                50,
+                LATENCY,
+                ttc_best_of_n(model, PROMPTS, 16),
+                repeats,
+            )
+        )
+        await model.aclose()
+    with fake_server("groq") as url:
+        ideal = LATENCY * -(-800 // 256)
+        rows.append(
+            await measure(
+                "bare aiohttp, fan-out 16 (256 in flight)",
+                800,
+                ideal,
+                bare_aiohttp(url, PROMPTS, 16, True, 256),
+                repeats,
+            )
+        )
+        model = Groq("llama-3.1-8b-instant", base_url=url, api_key="k", max_concurrency=256)
+        rows.append(
+            await measure(
+                "ttc BestOfN, Groq preset (fan-out, 256 in flight)",
+                800,
+                ideal,
+                ttc_best_of_n(model, PROMPTS, 16),
+                repeats,
+            )
+        )
+        await model.aclose()
+    return rows
+
+
+async def section_cpu_per_request(repeats: int) -> list[Row]:
+    """2,000 single requests with 256 in flight: the client CPU a request costs."""
+    prompts = [f"Question {i}: what is {i} + {i}?" for i in range(125)]
+    ideal = LATENCY * -(-2000 // 256)
+    rows = []
+    with fake_server("groq") as url:
+        rows.append(
+            await measure(
+                "bare aiohttp, 2,000 requests, 256 in flight",
+                2000,
+                ideal,
+                bare_aiohttp(url, prompts, 16, True, 256),
+                repeats,
+            )
+        )
+        model = Groq("llama-3.1-8b-instant", base_url=url, api_key="k", max_concurrency=256)
+        rows.append(
+            await measure(
+                "ttc, 2,000 requests, 256 in flight",
+                2000,
+                ideal,
+                ttc_best_of_n(model, prompts, 16),
+                repeats,
+            )
+        )
+        await model.aclose()
+        try:
+            import litellm  # noqa: F401
+        except ImportError:
+            print("litellm not installed: skipping the LiteLLM row")
+        else:
+            lite = LiteLLM("openai/m", api_base=url, api_key="k", max_concurrency=256)
+            rows.append(
+                await measure(
+                    "ttc LiteLLM adapter (litellm's client), 256 in flight",
+                    2000,
+                    ideal,
+                    ttc_best_of_n(lite, prompts, 16),
+                    1,
+                )
+            )
+    return rows
+
+
+def others() -> list[str]:
+    notes = []
+    for module, name in (("its_hub", "its-hub"), ("optillm", "optillm")):
+        try:
+            __import__(module)
+        except ImportError:
+            notes.append(f"{name}: not installed (pip install {name}) - row skipped")
+        else:
+            notes.append(f"{name}: installed, but no comparable row is wired up yet")
+    return notes
+
+
+async def main(repeats: int) -> None:
+    rows = await section_best_of_16(repeats)
+    rows += await section_cpu_per_request(repeats)
+    print(
+        f"server latency {LATENCY * 1000:.0f} ms; fake provider in its own process; "
+        f"median of {repeats} runs; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
+    print(f"| {'workload':<44} | requests | wall s  | ideal  | ratio | CPU µs/req |")
+    print(f"|{'-' * 46}|---------:|--------:|-------:|------:|-----------:|")
+    for row in rows:
+        print(row.show())
+    for note in others():
+        print(note)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
+    args = parser.parse_args()
+    asyncio.run(main(3 if args.quick else 7))
