@@ -37,6 +37,7 @@ class Verifier(Scorer):
         """Return one verdict per candidate, in order."""
 
     async def score(self, prompt: Prompt, candidates: Sequence[Candidate]) -> list[float]:
+        """1.0 for each candidate ``verify`` accepts, 0.0 for the others."""
         return [1.0 if ok else 0.0 for ok in await self.verify(prompt, candidates)]
 
 

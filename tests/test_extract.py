@@ -1,0 +1,146 @@
+"""Answer extraction and normalization."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ttc.errors import ConfigError
+from ttc.scoring.extract import (
+    extract_answer,
+    extract_boxed,
+    gsm8k_reference,
+    normalize_answer,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"so \boxed{42}.", "42"),
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+        (r"first \boxed{1}, finally \boxed{2}", "2"),
+        (r"\fbox{7}", "7"),
+        (r"\boxed {x^{2}}", "x^{2}"),
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),  # escaped braces do not count
+        (r"\boxed{\boxed{3}}", r"\boxed{3}"),  # the last *top-level* box
+        (r"\boxed{\frac{1}{2}", None),  # cut off: no guess
+        (r"\boxed{1} and then \boxed{2", None),
+        ("no box here", None),
+    ],
+)
+def test_extract_boxed(text: str, expected: str | None) -> None:
+    assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"Thus $x = \boxed{\dfrac{3}{4}}$.", "0.75"),
+        (r"The answer is 5, so \boxed{6}", "6"),  # a box beats the phrase
+        ("Natalia sold 48 + 24 = 72 clips.\n#### 72", "72"),
+        ("#### 1,234", "1234"),
+        ("The answer is 18.", "18"),
+        ("So the final answer is **$42$**.", "42"),
+        ("THE ANSWER IS -3", "-3"),
+        ("The answer is 3. Then the answer is 4. Done", "4"),  # the last occurrence
+        ("The answer is 18 apples.", "18"),
+        ("The answer is: $\\frac{1}{2}$. That is all.", "0.5"),
+        ("**Final Answer:** 7", "7"),
+        ("The answer is x + 1", "x+1"),
+        ("we got 3 and then -17", "-17"),
+        ("it costs $1,234.50 in total", "1234.5"),
+        ("a ratio of 1/2", "0.5"),
+        ("about 3.5.", "3.5"),
+        ("5-3 leaves nothing", "3"),  # a minus between numbers is not a sign
+        ("1, 2, 3", "3"),  # commas that are not thousands separators
+        ("no numbers at all", None),
+        (r"we have \boxed{2", None),  # truncated inside its answer
+    ],
+)
+def test_extract_answer(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("  18  ", "18"),
+        ("18.0", "18"),
+        ("18.", "18"),
+        ("-0", "0"),
+        ("-0.00", "0"),
+        ("0.50", "0.5"),
+        ("+5", "5"),
+        ("1,234", "1234"),
+        ("1,234,567.80", "1234567.8"),
+        ("$18$", "18"),
+        ("$$18$$", "18"),
+        (r"\(18\)", "18"),
+        ("$18", "18"),  # leading currency
+        ("-$5", "-5"),
+        (r"\text{18}", "18"),
+        (r"\boxed{18}", "18"),
+        ("2/4", "0.5"),
+        (r"\frac{1}{3}", "1/3"),
+        (r"\dfrac{2}{6}", "1/3"),
+        (r"-\frac{1}{2}", "-0.5"),
+        ("0.1234567890123", "0.1234567890123"),
+        (r"\dfrac{x}{2}", r"\frac{x}{2}"),
+        (r"\left( 1, 2 \right)", "(1,2)"),
+        (r"\left[0,1\right)", "[0,1)"),
+        ("x + 1", "x+1"),
+        (r"a \cdot b", r"a\cdot b"),  # the space after a command stays
+        (r"50\%", "50%"),  # percent is kept: 50% is not 50
+        (r"1\,000", "1000"),
+        ("New York,  NY.", "New York, NY"),  # prose keeps its spaces
+        ("1,2", "1,2"),  # a pair, not a thousands separator
+        ("1e5", "1e5"),
+        ("x", "x"),
+        ("", ""),
+    ],
+)
+def test_normalize_answer(answer: str, expected: str) -> None:
+    assert normalize_answer(answer) == expected
+
+
+def test_normalize_huge_number_is_left_as_text() -> None:
+    digits = "9" * 6000  # more digits than int() converts by default
+    assert normalize_answer(digits) == digits
+
+
+def test_equal_numbers_share_one_spelling() -> None:
+    spellings = ["0.5", "0.50", "1/2", r"\frac{1}{2}", r"\dfrac{1}{2}", "$0.5$", r"\boxed{0.5}"]
+    assert {normalize_answer(s) for s in spellings} == {"0.5"}
+
+
+@given(st.integers(min_value=-(10**12), max_value=10**12))
+def test_integers_round_trip(n: int) -> None:
+    assert normalize_answer(str(n)) == str(n)
+    assert normalize_answer(f"{n:,}") == str(n)
+    assert normalize_answer(f"{n}.00") == str(n)
+
+
+@given(st.text(max_size=60))
+def test_normalize_is_idempotent(text: str) -> None:
+    once = normalize_answer(text)
+    assert normalize_answer(once) == once
+
+
+@given(st.text(max_size=200))
+def test_extract_never_raises(text: str) -> None:
+    result = extract_answer(text)
+    assert result is None or isinstance(result, str)
+
+
+def test_gsm8k_reference() -> None:
+    solution = "She has 3 * 400 = 1,200 apples.\nShe sells 34 more.\n#### 1,234"
+    assert gsm8k_reference(solution) == "1234"
+    assert gsm8k_reference("#### 72\n") == "72"
+
+
+@pytest.mark.parametrize("solution", ["The answer is 72.", "#### ", ""])
+def test_gsm8k_reference_missing(solution: str) -> None:
+    with pytest.raises(ConfigError, match="####"):
+        gsm8k_reference(solution)

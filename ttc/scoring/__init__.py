@@ -1,0 +1,45 @@
+"""Scoring candidates: verifiers (yes or no), scorers (a number), selectors (the final answer),
+and answer extraction.
+
+Importing this package is cheap: math-verify and sympy load only in ``MathAnswer``'s worker
+processes.
+"""
+
+from ttc.scoring.base import Scorer, Selection, Selector, Verifier
+from ttc.scoring.extract import extract_answer, extract_boxed, gsm8k_reference, normalize_answer
+from ttc.scoring.selectors import Argmax, FirstVerified, MajorityVote, WeightedMajority
+from ttc.scoring.unit_tests import UnitTestReport, UnitTests, extract_code
+from ttc.scoring.verifiers import (
+    FunctionScorer,
+    FunctionVerifier,
+    GSM8KAnswer,
+    MathAnswer,
+    Regex,
+    as_scorer,
+    as_verifier,
+)
+
+__all__ = [
+    "Argmax",
+    "FirstVerified",
+    "FunctionScorer",
+    "FunctionVerifier",
+    "GSM8KAnswer",
+    "MajorityVote",
+    "MathAnswer",
+    "Regex",
+    "Scorer",
+    "Selection",
+    "Selector",
+    "UnitTestReport",
+    "UnitTests",
+    "Verifier",
+    "WeightedMajority",
+    "as_scorer",
+    "as_verifier",
+    "extract_answer",
+    "extract_boxed",
+    "extract_code",
+    "gsm8k_reference",
+    "normalize_answer",
+]
