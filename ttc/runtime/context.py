@@ -8,7 +8,7 @@ and one model shared by many concurrent runs keeps their accounts apart.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -86,21 +86,23 @@ class RunContext:
 
     def record(
         self,
-        event: TraceEvent,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
         cost_usd: float | None,
+        seconds: float,
+        event: Callable[[], TraceEvent],
     ) -> None:
+        """Add one request's usage to this run and every enclosing run, and its trace event
+        (built only if some run keeps a trace) to those that trace."""
+        built: TraceEvent | None = None
         ctx: RunContext | None = self
         while ctx is not None:
-            ctx.usage.add(
-                event.prompt_tokens,
-                event.completion_tokens,
-                1,
-                cost_usd,
-                event.seconds,
-                event.model,
-            )
+            ctx.usage.add(prompt_tokens, completion_tokens, 1, cost_usd, seconds, model)
             if ctx.trace is not None:
-                ctx.trace.append(event)
+                if built is None:
+                    built = event()
+                ctx.trace.append(built)
             ctx = ctx.parent
 
 

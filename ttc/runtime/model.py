@@ -31,6 +31,7 @@ from ttc.runtime.budget import (
     deadline_seconds,
     reserve_when_affordable,
 )
+from ttc.runtime.concurrency import ConcurrencyLimit
 from ttc.runtime.context import UsageCounter, current_run
 from ttc.runtime.pricing import Price, lookup_price
 from ttc.runtime.ratelimit import RateLimiter, RateLimitInfo
@@ -82,13 +83,13 @@ class _LoopState:
     """Per-event-loop runtime state: asyncio primitives and HTTP sessions belong to one loop,
     and ``run_sync`` may drive the same model from several loops over its life.
 
-    The hot path uses asyncio's own primitives: anyio's cost several times more CPU a request
-    and client CPU per request is a speed target (see ``benchmarks/overhead.py``)."""
+    The hot path avoids anyio's primitives, which cost several times more CPU a request, and
+    client CPU per request is a speed target (see ``benchmarks/overhead.py``)."""
 
     __slots__ = ("limiter", "resources")
 
     def __init__(self, max_concurrency: int) -> None:
-        self.limiter = asyncio.Semaphore(max_concurrency)
+        self.limiter = ConcurrencyLimit(max_concurrency)
         self.resources: dict[str, Any] = {}
 
 
@@ -99,13 +100,16 @@ class Model(ABC):
         model: the provider's model name.
         budget: hard limits for everything sent through this model, across all runs.
         max_concurrency: requests in flight at once.
-        rpm, tpm: requests and tokens per minute; tokens-per-minute is also learned from the
-            provider's ``x-ratelimit-*`` headers when not given.
+        rpm: requests per minute (default: no limit).
+        tpm: tokens per minute; when not given, learned from the provider's ``x-ratelimit-*``
+            headers where it sends them.
         retry: the retry policy (default: 8 attempts, exponential backoff with jitter).
         price: USD per token; default from the price table. ``None`` and unknown there means
             unpriced: usage is reported under ``Usage.unpriced_models`` and a USD limit refuses.
         params: default sampling parameters for strategies that use this model.
         timeout: seconds one request may take.
+        capabilities: what the provider can do (default: the adapter's
+            ``default_capabilities()``); the runtime works around what it cannot.
     """
 
     provider: ClassVar[str] = "model"
@@ -153,6 +157,7 @@ class Model(ABC):
 
     @classmethod
     def default_capabilities(cls) -> Capabilities:
+        """The capabilities an instance gets unless ``capabilities=`` is passed."""
         return Capabilities()
 
     @abstractmethod
@@ -168,6 +173,7 @@ class Model(ABC):
 
     @property
     def name(self) -> str:
+        """``provider/model``, as usage, traces and errors report it."""
         return f"{self.provider}/{self.model}"
 
     @property
@@ -248,6 +254,8 @@ class Model(ABC):
         caps, p = self.capabilities, request.params
         if p.logprobs and not caps.logprobs:
             raise ConfigError(f"logprobs: {self.name} does not return log probabilities")
+        if p.prompt_logprobs is not None and not caps.prompt_logprobs:
+            raise ConfigError(f"prompt_logprobs: {self.name} does not return prompt logprobs")
         if p.top_logprobs and p.top_logprobs > caps.max_top_logprobs:
             raise ConfigError(
                 f"top_logprobs: {self.name} returns at most {caps.max_top_logprobs} alternatives"
@@ -482,20 +490,26 @@ class Model(ABC):
             error_text: str | None = "cancelled"
         else:
             error_text = None if error is None else f"{type(error).__name__}: {error}"
-        event = TraceEvent.model_construct(
-            model=self.name,
-            n=request.n,
-            attempt=attempt,
-            seconds=seconds,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            choices=choices,
-            error=error_text,
-        )
         self._usage.add(prompt_tokens, completion_tokens, 1, cost, seconds, self.name)
         run = current_run()
         if run is not None:
-            run.record(event, cost)
+            run.record(
+                self.name,
+                prompt_tokens,
+                completion_tokens,
+                cost,
+                seconds,
+                lambda: TraceEvent.model_construct(
+                    model=self.name,
+                    n=request.n,
+                    attempt=attempt,
+                    seconds=seconds,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    choices=choices,
+                    error=error_text,
+                ),
+            )
 
 
 def user_message(prompt: str | tuple[Message, ...]) -> tuple[Message, ...]:

@@ -136,6 +136,7 @@ class RateLimiter:
 
     @property
     def active(self) -> bool:
+        """Whether any limit or pause is in force (else ``acquire`` returns at once)."""
         return (
             self._requests is not None
             or self._tokens is not None
@@ -181,7 +182,8 @@ class RateLimiter:
         the user set none, track what is left, and pause when nothing is."""
         now = time.monotonic()
         limit = info.limit_tokens
-        if limit and not self._user_tpm and (self._tokens is None or self._tokens.capacity != limit):
+        changed = self._tokens is None or self._tokens.capacity != limit
+        if limit and not self._user_tpm and changed:
             self._tokens = _Bucket(limit)
         if self._tokens is not None and info.remaining_tokens is not None:
             self._tokens.refill(now)

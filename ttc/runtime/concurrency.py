@@ -1,0 +1,60 @@
+"""A first-come, first-served concurrency limit for one provider's requests.
+
+``asyncio.Semaphore`` (3.11) scans its whole waiter queue on every release, which turns
+thousands of queued requests into quadratic CPU time; anyio's limiter costs more per call.
+This one hands a released slot straight to the oldest waiter: O(1) per acquire and release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from types import TracebackType
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` holders at once; others wait in arrival order. One event loop."""
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # the slot was handed to us as we were cancelled: pass it on
+            else:
+                self._waiters.remove(future)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)  # the slot goes straight to the oldest waiter
+                return
+        self._free += 1
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
