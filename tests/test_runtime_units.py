@@ -1,0 +1,119 @@
+"""Focused tests of runtime pieces: the concurrency limit, rate-limit headers and pacing,
+retry waits, pricing."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from ttc import Price, register_price
+from ttc.errors import RateLimitError, ServerError
+from ttc.runtime.concurrency import ConcurrencyLimit
+from ttc.runtime.pricing import lookup_price
+from ttc.runtime.ratelimit import (
+    RateLimiter,
+    RateLimitInfo,
+    parse_duration,
+    parse_rate_limit_headers,
+)
+from ttc.runtime.retry import RetryPolicy
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_concurrency_limit_is_fifo_and_survives_cancellation() -> None:
+    limit = ConcurrencyLimit(2)
+    running = peak = 0
+    order: list[int] = []
+
+    async def worker(i: int) -> None:
+        nonlocal running, peak
+        async with limit:
+            order.append(i)
+            running += 1
+            peak = max(peak, running)
+            await anyio.sleep(0.01)
+            running -= 1
+
+    async with anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(worker, i)
+            await anyio.lowlevel.checkpoint()
+    assert peak == 2
+    assert order == list(range(10))
+
+    # A waiter cancelled while queued must not take a slot with it.
+    async with limit, limit:
+        with anyio.move_on_after(0.01):
+            await limit.acquire()
+        assert limit.waiting == 0
+    async with limit, limit:
+        pass  # both slots are free again
+
+
+def test_duration_and_header_parsing() -> None:
+    assert parse_duration("2m59.56s") == pytest.approx(179.56)
+    assert parse_duration("7.66s") == pytest.approx(7.66)
+    assert parse_duration("20ms") == pytest.approx(0.02)
+    assert parse_duration("1h2m") == 3720
+    assert parse_duration("soon") is None
+    groq = parse_rate_limit_headers(
+        {
+            "x-ratelimit-limit-requests": "14400",
+            "x-ratelimit-limit-tokens": "6000",
+            "x-ratelimit-remaining-requests": "14370",
+            "x-ratelimit-remaining-tokens": "5997",
+            "x-ratelimit-reset-requests": "2m59.56s",
+            "x-ratelimit-reset-tokens": "7.66s",
+        }
+    )
+    assert groq == RateLimitInfo(14400, 6000, 14370, 5997, pytest.approx(179.56), 7.66)
+    cerebras = parse_rate_limit_headers(
+        {
+            "x-ratelimit-limit-tokens-minute": "60000",
+            "x-ratelimit-remaining-tokens-minute": "0",
+            "x-ratelimit-reset-tokens-minute": "12.5",
+            "x-ratelimit-remaining-requests-day": "100",
+        }
+    )
+    assert cerebras is not None
+    assert (cerebras.limit_tokens, cerebras.remaining_tokens) == (60000, 0)
+    assert cerebras.reset_tokens_s == 12.5
+    assert parse_rate_limit_headers({"content-type": "application/json"}) is None
+
+
+async def test_rate_limiter_paces_requests_per_minute() -> None:
+    limiter = RateLimiter(rpm=600)  # a bucket of 600 that refills 10 a second
+    limiter._requests.level = 0  # type: ignore[union-attr]  # start empty
+    start = time.monotonic()
+    for _ in range(3):
+        await limiter.acquire(1)
+    assert time.monotonic() - start >= 0.25
+
+
+async def test_exhausted_headers_pause_every_request() -> None:
+    limiter = RateLimiter()
+    limiter.observe(RateLimitInfo(remaining_tokens=0, reset_tokens_s=0.2))
+    start = time.monotonic()
+    await limiter.acquire(10)
+    assert time.monotonic() - start >= 0.18
+
+
+def test_retry_waits_prefer_retry_after() -> None:
+    policy = RetryPolicy(initial_backoff=1.0, max_backoff=4.0, max_retry_after=30)
+    assert policy.wait_seconds(1, RateLimitError("slow down", retry_after=2.5)) == 2.5
+    assert policy.wait_seconds(1, RateLimitError("slow down", retry_after=999)) == 30
+    waits = [policy.wait_seconds(k, ServerError("boom")) for k in range(1, 8)]
+    assert all(0 <= w <= min(4.0, 2 ** (k - 1)) for k, w in enumerate(waits, start=1))
+
+
+def test_prices_from_table_and_overrides() -> None:
+    gpt = lookup_price("gpt-4o-mini", "openai")
+    assert gpt is not None and gpt.input_per_token > 0
+    assert lookup_price("no-such-model-xyz", "groq") is None
+    register_price("groq/my-finetune", Price.per_million(0.05, 0.08))
+    price = lookup_price("my-finetune", "groq")
+    assert price is not None and price.cost(1_000_000, 1_000_000) == pytest.approx(0.13)
