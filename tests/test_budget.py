@@ -172,3 +172,26 @@ async def test_usd_budget_needs_a_price() -> None:
     model.price = None  # as for a hosted model missing from the price table
     with pytest.raises(ConfigError, match="price"):
         await BestOfN(model, n=2).run("q", budget=Budget(usd=1.0))
+
+
+async def test_cancelled_requests_keep_their_worst_case_in_budgets() -> None:
+    async def reply(request: GenerateRequest, index: int) -> str:
+        await anyio.sleep(0.01 if index == 0 else 30)
+        return "The answer is 3"
+
+    from ttc import RepeatedSample
+
+    model = FunctionModel(reply, native_n=False, budget=Budget(tokens=10_000))
+    result = await RepeatedSample(
+        model,
+        n=4,
+        verifier=lambda text: "3" in text,
+        stop_on_success=True,
+        params=SamplingParams(max_tokens=50),
+    ).run("q")
+    assert result.stopped_by == "success"
+    assert model.ledger is not None
+    # Three requests were cut off: what they generated is unknown, so each keeps its worst
+    # case (prompt bound + 50 tokens) in the budget, while usage shows only what was reported.
+    assert model.ledger.spent_tokens >= result.usage.total_tokens + 3 * 50
+    assert model.ledger.outstanding == 0

@@ -144,3 +144,16 @@ def test_gsm8k_reference() -> None:
 def test_gsm8k_reference_missing(solution: str) -> None:
     with pytest.raises(ConfigError, match="####"):
         gsm8k_reference(solution)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is 100 - 20 = 95.", "95"),  # the result of a worked equation
+        ("The answer is 50% of 15 cups, so 7.5.", "7.5"),  # prose: its last number
+        ("The answer is 18 apples.", "18"),
+        ("The answer is New York.", "New York"),
+    ],
+)
+def test_answer_phrase_with_working_or_prose(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected

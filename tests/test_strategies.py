@@ -166,3 +166,16 @@ async def test_chat_prompts_and_trace() -> None:
     assert result.answer == "2"
     assert len(result.trace) == 1 and result.trace[0].n == 2 and result.trace[0].choices == 2
     assert result.elapsed_s > 0
+
+
+async def test_fan_out_gives_each_sample_its_own_seed() -> None:
+    seeds: list[int | None] = []
+
+    def reply(request: GenerateRequest, i: int) -> str:
+        seeds.append(request.params.seed)
+        return "The answer is 1"
+
+    model = FunctionModel(reply, native_n=False)
+    await model.generate("q", SamplingParams(seed=100), n=4)
+    # A deterministic engine would otherwise return the same sample four times.
+    assert sorted(seeds) == [100, 101, 102, 103]

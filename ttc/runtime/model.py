@@ -22,7 +22,15 @@ from typing import Any, ClassVar
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from ttc.errors import BudgetExceeded, ConfigError, GenerationError, ProviderError
+from ttc.errors import (
+    BudgetExceeded,
+    ConfigError,
+    GenerationError,
+    MalformedResponseError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeoutError,
+)
 from ttc.runtime.budget import (
     Budget,
     Charge,
@@ -48,6 +56,14 @@ from ttc.types import (
 )
 
 logger = logging.getLogger("ttc.model")
+
+# Failures after which nobody knows what the provider generated (and billed).
+_UNKNOWN_OUTCOME = (
+    ProviderTimeoutError,
+    ProviderConnectionError,
+    MalformedResponseError,
+    BudgetExceeded,  # the run's deadline cancelled the request in flight
+)
 
 OnCompletions = Callable[[list[Completion]], Awaitable[None] | None]
 
@@ -207,20 +223,20 @@ class Model(ABC):
         collected: list[Completion] = []
         failures: list[BaseException] = []
 
-        chunks = {size: request.model_copy(update={"n": size}) for size in set(sizes)}
+        chunks = self._chunk_requests(request, sizes)
 
-        async def one(size: int) -> None:
+        async def one(chunk: GenerateRequest) -> None:
             try:
-                await self._generate_chunk(chunks[size], on_completions, collected)
+                await self._generate_chunk(chunk, on_completions, collected)
             except (ProviderError, BudgetExceeded, GenerationError) as exc:
                 failures.append(exc)
 
-        if len(sizes) == 1:
-            await one(sizes[0])
+        if len(chunks) == 1:
+            await one(chunks[0])
         else:
             # Plain tasks: ``one`` catches every provider failure, so gather only ever sees
             # cancellation, which it passes on to all chunks.
-            await asyncio.gather(*(one(size) for size in sizes))
+            await asyncio.gather(*(one(chunk) for chunk in chunks))
         if failures:
             raise self._partial_failure(failures, collected, n)
         return collected
@@ -277,6 +293,22 @@ class Model(ABC):
         step = self.capabilities.max_n
         return [min(step, n - i) for i in range(0, n, step)]
 
+    @staticmethod
+    def _chunk_requests(request: GenerateRequest, sizes: list[int]) -> list[GenerateRequest]:
+        """One request per chunk. With a seed, each chunk gets ``seed + index of its first
+        sample``: the same seed on every fanned-out request would make a deterministic
+        engine return the same sample n times."""
+        seed = request.params.seed
+        if seed is None or len(sizes) == 1:
+            copies = {size: request.model_copy(update={"n": size}) for size in set(sizes)}
+            return [copies[size] for size in sizes]
+        chunks, offset = [], 0
+        for size in sizes:
+            params = request.params.model_copy(update={"seed": seed + offset})
+            chunks.append(request.model_copy(update={"n": size, "params": params}))
+            offset += size
+        return chunks
+
     def _partial_failure(
         self, failures: Sequence[BaseException], collected: list[Completion], wanted: int
     ) -> BaseException:
@@ -313,10 +345,14 @@ class Model(ABC):
                 len(got),
                 size,
             )
-        single = request.model_copy(update={"n": 1})
         failures: list[BaseException] = []
 
-        async def refill() -> None:
+        async def refill(k: int) -> None:
+            seed = request.params.seed
+            params = request.params
+            if seed is not None:  # samples this chunk did not get: the next seeds in line
+                params = params.model_copy(update={"seed": seed + len(got) + k})
+            single = request.model_copy(update={"n": 1, "params": params})
             for _ in range(self.retry.max_attempts):
                 try:
                     more = await self._attempts(single)
@@ -331,8 +367,8 @@ class Model(ABC):
             )
 
         async with anyio.create_task_group() as tg:
-            for _ in range(missing):
-                tg.start_soon(refill)
+            for k in range(missing):
+                tg.start_soon(refill, k)
         if failures:
             raise GenerationError(failures[-1], [], size)
 
@@ -461,8 +497,14 @@ class Model(ABC):
         error: BaseException | None,
         seconds: float,
     ) -> None:
-        """Charge what the provider reported (a failed or cancelled request: one request, no
-        tokens), refund the rest of the worst case, record usage and the trace."""
+        """Charge what the provider reported, refund the rest of the worst case, record usage
+        and the trace.
+
+        A request refused with an error status produced nothing: one request, no tokens. When
+        the outcome is unknown (cancelled, timed out, cut off, answered with a broken body) the
+        provider may have generated and billed up to the worst case, so budgets keep that
+        charge, while usage reports only what the provider reported: nothing.
+        """
         prompt_tokens = completion_tokens = 0
         choices = 0
         if raw is not None:
@@ -484,8 +526,11 @@ class Model(ABC):
             if raw.rate_limits is not None:
                 self.rate_limiter.observe(raw.rate_limits)
         cost = self.price.cost(prompt_tokens, completion_tokens) if self.price else None
-        reservation.settle(Charge(prompt_tokens + completion_tokens, cost or 0.0, 1))
-        self.rate_limiter.refund(worst.tokens - prompt_tokens - completion_tokens)
+        if raw is None and (error is None or isinstance(error, _UNKNOWN_OUTCOME)):
+            reservation.settle(worst)
+        else:
+            reservation.settle(Charge(prompt_tokens + completion_tokens, cost or 0.0, 1))
+            self.rate_limiter.refund(worst.tokens - prompt_tokens - completion_tokens)
         if error is None and raw is None:
             error_text: str | None = "cancelled"
         else:

@@ -223,10 +223,17 @@ def extract_answer(text: str) -> str | None:
         return normalize_answer(_strip_markup(gsm[-1]))
     phrase = _answer_phrase(text)
     if phrase is not None:
+        if "=" in phrase and "\\" not in phrase:
+            phrase = phrase.rsplit("=", 1)[1].strip() or phrase  # "100 - 20 = 80" -> "80"
         leading = _LEADING_NUMBER.match(phrase)  # "18 apples" -> "18"
         if leading is not None and _canonical_number(leading.group(1)) is not None:
             return normalize_answer(leading.group(1))
-        return normalize_answer(phrase)
+        answer = normalize_answer(phrase)
+        if _canonical_number(answer) is None and _PROSE.search(_LATEX_COMMAND.sub("", answer)):
+            in_prose: list[str] = _NUMBER.findall(phrase)  # "50% of 15 cups, so 7.5" -> "7.5"
+            if in_prose:
+                return normalize_answer(in_prose[-1])
+        return answer
     numbers: list[str] = _NUMBER.findall(text)
     if numbers:
         return normalize_answer(numbers[-1])
