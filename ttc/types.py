@@ -53,6 +53,13 @@ class SamplingParams(_Frozen):
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    prompt_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=20,
+        description="Return the prompt tokens' logprobs with this many alternatives each "
+        "(engines that declare the prompt_logprobs capability; used by PRM scoring).",
+    )
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -114,6 +121,11 @@ class Completion(_Frozen):
         None, ge=0, description="Tokens of this sample, where the provider reports them."
     )
     logprobs: tuple[TokenLogprob, ...] | None = None
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = Field(
+        None,
+        description="One entry per prompt token, when asked for; the first token has no "
+        "context, so its logprob is NaN.",
+    )
     model: str = ""
 
 
@@ -133,6 +145,7 @@ class Usage(_Frozen):
 
     @property
     def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
 
     def __add__(self, other: Usage) -> Usage:
@@ -166,6 +179,7 @@ class Candidate(BaseModel):
 
     @classmethod
     def from_completion(cls, completion: Completion, answer: str | None = None) -> Candidate:
+        """A candidate for ``completion``'s text, with ``answer`` as its extracted answer."""
         return cls(
             text=completion.text,
             answer=answer,
@@ -214,6 +228,7 @@ class Result(BaseModel):
 
     @property
     def cost_usd(self) -> float:
+        """``usage.cost_usd``: what the run cost, priced models only."""
         return self.usage.cost_usd
 
     @property
@@ -224,6 +239,7 @@ class Result(BaseModel):
 
     @property
     def num_correct(self) -> int:
+        """How many candidates a verifier accepted."""
         return sum(1 for c in self.candidates if c.verified)
 
 

@@ -1,0 +1,415 @@
+"""Local engines on this machine: load time, tokens/s, and speculative decoding on and off.
+
+    python benchmarks/local_engines.py                      # every engine that is installed
+    python benchmarks/local_engines.py --engines llama.cpp --repeats 3
+
+Each engine is one function returning rows; ``main`` runs the engines whose package is
+installed and prints one table. Numbers are medians over ``--repeats`` runs. The machine may be
+shared: a neighbour holding a core halves a one-thread engine's speed, so compare rows of one
+run, not numbers across runs.
+
+llama.cpp rows (``ttc.adapters.LlamaCpp`` on the embedded Gemma 3 270M, one thread):
+- load: building the ``Llama`` object from the cached GGUF;
+- prefill: prompt tokens/s of a cold few-shot prompt (about 320 tokens);
+- single stream: generated tokens/s of one greedy sample, prompt already cached;
+- n=8: generated tokens/s of eight sampled continuations of one prompt (llama-cpp-python has no
+  batched sampling, so the adapter runs them one after another on the cached prompt);
+- prompt lookup: generated tokens/s without and with ``prompt_lookup=10`` speculative drafting,
+  greedy, on a copy-heavy prompt and on a GSM8K few-shot prompt, and whether the text matched.
+
+vLLM rows (``ttc.adapters.VLLM``, the async engine in this process, on the Gemma weights
+converted once to a Hugging Face folder; bf16, eager mode): engine start, prefill, single
+stream, eight concurrent requests (one continuous batch) and n=8 in one request, and greedy
+tokens/s without and with n-gram speculative decoding (a second engine). transformers rows
+(``ttc.adapters.Transformers``, same folder, bf16): load, prefill, single stream, n=8 through
+``num_return_sequences``, and greedy tokens/s without and with prompt lookup (10 tokens).
+Scripts that start vLLM need the ``if __name__ == "__main__"`` guard this one has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+
+from ttc import SamplingParams
+from ttc.runtime.model import Model
+
+
+@dataclass
+class Row:
+    """One measurement."""
+
+    engine: str
+    metric: str
+    value: float
+    unit: str
+    note: str = ""
+
+
+COPY_PROMPT = (
+    "Copy the paragraph exactly.\n\n"
+    "Paragraph: The committee met on Tuesday to review the budget for the new library. After a "
+    "long discussion, the members agreed to fund the children's reading room, the study "
+    "carrels on the second floor, and a small cafe near the entrance. The work will start in "
+    "March and should be finished before the end of the school year.\n\n"
+    "Copy: The committee met on Tuesday to review the budget for the new library."
+)
+GSM8K_QUESTION = (
+    "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes "
+    "muffins for her friends every day with four. She sells the remainder at the farmers' "
+    "market daily for $2 per fresh duck egg. How much in dollars does she make every day at the "
+    "farmers' market?"
+)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+async def timed(work: Callable[[], Awaitable[int]]) -> tuple[float, int]:
+    """Seconds and tokens of one call of ``work`` (which returns the tokens it produced)."""
+    start = time.perf_counter()
+    tokens = await work()
+    return time.perf_counter() - start, tokens
+
+
+async def generated_tokens(
+    model: Model, prompt: str, params: SamplingParams, n: int = 1
+) -> tuple[int, str]:
+    completions = await model.generate(prompt, params, n)
+    return sum(c.completion_tokens or 0 for c in completions), completions[0].text
+
+
+# --------------------------------------------------------------------------------------------
+# llama.cpp
+
+
+async def bench_llamacpp(repeats: int, threads: int) -> list[Row]:
+    """The embedded default through ``LlamaCpp``: load, prefill, decode, n=8, prompt lookup."""
+    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, LlamaCpp, gemma_path
+
+    engine = f"llama.cpp ({threads} thread{'s' if threads > 1 else ''})"
+    rows: list[Row] = []
+    start = time.perf_counter()
+    path = gemma_path()
+    rows.append(
+        Row(engine, "GGUF path (assemble or stamp check)", time.perf_counter() - start, "s")
+    )
+
+    loads = []
+    for _ in range(repeats):
+        model = LlamaCpp(n_threads=threads)
+        start = time.perf_counter()
+        model.load()
+        loads.append(time.perf_counter() - start)
+        model.close()
+    rows.append(Row(engine, "load", median(loads), "s"))
+
+    model = LlamaCpp(n_threads=threads, seed=0).load()
+    prompt_tokens = model.count_tokens(model.render(GSM8K_QUESTION))
+    one = SamplingParams(temperature=0.0, max_tokens=1)
+    prefill = []
+    for _ in range(repeats):
+        model.reset()  # cold cache: the whole prompt is evaluated
+        seconds, _ = await timed(lambda: _tokens(model, GSM8K_QUESTION, one))
+        prefill.append(prompt_tokens / seconds)
+    rows.append(Row(engine, f"prefill ({prompt_tokens}-token prompt)", median(prefill), "tok/s"))
+
+    # Decode speed: a raw model that is not stopped by the template's stop strings.
+    raw = LlamaCpp(path, n_threads=threads, seed=0).load()
+    story = "Once upon a time, in a small village by the sea, there lived"
+    greedy = SamplingParams(temperature=0.0, max_tokens=128)
+    await _tokens(raw, story, SamplingParams(temperature=0.0, max_tokens=1))  # cache the prompt
+    single = []
+    for _ in range(repeats):
+        seconds, tokens = await timed(lambda: _tokens(raw, story, greedy))
+        single.append(tokens / seconds)
+    rows.append(Row(engine, "single stream, greedy, 128 tokens", median(single), "tok/s"))
+
+    sampled = SamplingParams(temperature=0.8, max_tokens=64)
+    batched = []
+    for _ in range(repeats):
+        seconds, tokens = await timed(lambda: _tokens(raw, story, sampled, n=8))
+        batched.append(tokens / seconds)
+    rows.append(
+        Row(engine, "n=8 samples, 64 tokens each", median(batched), "tok/s", "run one by one")
+    )
+    raw.close()
+    model.close()
+
+    cases = [
+        ("copy-heavy prompt", COPY_PROMPT, None, 96),
+        ("GSM8K few-shot prompt", GSM8K_QUESTION, GSM8K_FEW_SHOT, 128),
+    ]
+    for label, prompt, template, max_tokens in cases:
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+        results: dict[str, tuple[float, str]] = {}
+        for name, lookup in (("off", None), ("on", 10)):
+            spec = LlamaCpp(path, n_threads=threads, template=template, prompt_lookup=lookup)
+            spec.load()
+            await _tokens(spec, prompt, SamplingParams(temperature=0.0, max_tokens=1))
+            speeds = []
+            text = ""
+            for _ in range(repeats):
+                start = time.perf_counter()
+                tokens, text = await generated_tokens(spec, prompt, params)
+                speeds.append(tokens / (time.perf_counter() - start))
+            results[name] = (median(speeds), text)
+            spec.close()
+        same = "same text" if results["on"][1] == results["off"][1] else "text differs"
+        off, on = results["off"][0], results["on"][0]
+        rows.append(Row(engine, f"{label}, prompt lookup off", off, "tok/s"))
+        rows.append(
+            Row(engine, f"{label}, prompt lookup on (10)", on, "tok/s", f"{on / off:.2f}x, {same}")
+        )
+    return rows
+
+
+async def _tokens(model: Model, prompt: str, params: SamplingParams, n: int = 1) -> int:
+    return (await generated_tokens(model, prompt, params, n))[0]
+
+
+# --------------------------------------------------------------------------------------------
+# vLLM (in-process async engine) and transformers
+
+
+STORY = "Once upon a time, in a small village by the sea, there lived"
+
+
+def _spec_cases() -> list[tuple[str, str, tuple[str, ...], int]]:
+    """The two speculative-decoding prompts, as raw text for engines without a template."""
+    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS
+
+    gsm8k = GSM8K_FEW_SHOT.replace("{question}", GSM8K_QUESTION)
+    return [
+        ("copy-heavy prompt", COPY_PROMPT, (), 96),
+        ("GSM8K few-shot prompt", gsm8k, TEMPLATE_STOPS, 128),
+    ]
+
+
+async def _speeds(
+    model: Model, prompt: str, params: SamplingParams, repeats: int
+) -> tuple[float, str]:
+    """Median generated tokens/s of ``repeats`` greedy calls, and the text of the last."""
+    speeds = []
+    text = ""
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tokens, text = await generated_tokens(model, prompt, params)
+        speeds.append(tokens / (time.perf_counter() - start))
+    return median(speeds), text
+
+
+async def bench_vllm(repeats: int, threads: int) -> list[Row]:
+    """``ttc.adapters.VLLM`` on the converted Gemma (bf16, eager mode, 1 GiB KV cache).
+
+    vLLM's CPU backend binds its own OpenMP threads (``VLLM_CPU_OMP_THREADS_BIND``; on two
+    cores it reserves one for the frontend and computes on the other), so ``threads`` does not
+    apply. Rows: load (engine start in this process), prefill, single stream, eight concurrent
+    requests (continuous batching), and greedy tokens/s without and with n-gram speculation.
+    """
+    from ttc.adapters.hf_convert import gemma_hf_dir
+    from ttc.adapters.vllm_engine import VLLM, Speculative
+
+    engine = "vLLM (CPU, eager)"
+    rows: list[Row] = []
+    start = time.perf_counter()
+    folder = gemma_hf_dir()
+    rows.append(
+        Row(engine, "HF folder (convert once, then cached)", time.perf_counter() - start, "s")
+    )
+
+    def build(speculative: Speculative | None = None) -> VLLM:
+        return VLLM(
+            folder,
+            dtype="bfloat16",
+            max_model_len=2048,
+            enforce_eager=True,
+            kv_cache_gib=1,
+            speculative=speculative,
+        )
+
+    model = build().load()
+    rows.append(Row(engine, "load (engine start)", model.load_seconds or float("nan"), "s"))
+    cases = _spec_cases()
+    gsm8k = cases[1][1]
+    one = SamplingParams(temperature=0.0, max_tokens=1)
+    prompt_tokens = len(model.tokenizer(gsm8k)["input_ids"])
+    prefill = []
+    for i in range(repeats):
+        # a fresh first line each time: the prefix cache must not serve the prompt
+        fresh = f"Run {i}.\n{gsm8k}"
+        seconds, _ = await timed(lambda: _tokens(model, fresh, one))  # noqa: B023
+        prefill.append(prompt_tokens / seconds)
+    rows.append(Row(engine, f"prefill ({prompt_tokens}-token prompt)", median(prefill), "tok/s"))
+
+    greedy = SamplingParams(temperature=0.0, max_tokens=128)
+    await _tokens(model, STORY, one)
+    single, _ = await _speeds(model, STORY, greedy, repeats)
+    rows.append(Row(engine, "single stream, greedy, 128 tokens", single, "tok/s"))
+
+    sampled = SamplingParams(temperature=0.8, max_tokens=64)
+    batched = []
+    for _ in range(repeats):
+        counts: list[int] = []
+
+        async def one_request(counts: list[int] = counts) -> None:
+            counts.append(await _tokens(model, STORY, sampled))
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(one_request)
+        batched.append(sum(counts) / (time.perf_counter() - start))
+    rows.append(
+        Row(engine, "8 concurrent requests, 64 tokens each", median(batched), "tok/s", "one batch")
+    )
+    n8 = []
+    for _ in range(repeats):
+        seconds, tokens = await timed(lambda: _tokens(model, STORY, sampled, n=8))
+        n8.append(tokens / seconds)
+    rows.append(Row(engine, "n=8 samples in one request, 64 tokens each", median(n8), "tok/s"))
+
+    plain: dict[str, tuple[float, str]] = {}
+    for label, prompt, stops, max_tokens in cases:
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop=stops)
+        await _tokens(model, prompt, one)  # the prompt is cached for both engines alike
+        plain[label] = await _speeds(model, prompt, params, repeats)
+    await model.aclose()
+
+    spec = build(Speculative.ngram(4, prompt_lookup_min=2, prompt_lookup_max=4)).load()
+    rows.append(Row(engine, "load with n-gram speculation", spec.load_seconds or 0.0, "s"))
+    for label, prompt, stops, max_tokens in cases:
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop=stops)
+        await _tokens(spec, prompt, one)
+        on, text = await _speeds(spec, prompt, params, repeats)
+        off, plain_text = plain[label]
+        same = "same text" if text == plain_text else "text differs"
+        rows.append(Row(engine, f"{label}, n-gram speculation off", off, "tok/s"))
+        rows.append(
+            Row(
+                engine,
+                f"{label}, n-gram speculation on (k=4)",
+                on,
+                "tok/s",
+                f"{on / off:.2f}x, {same}",
+            )
+        )
+    await spec.aclose()
+    return rows
+
+
+async def bench_transformers(repeats: int, threads: int) -> list[Row]:
+    """``ttc.adapters.Transformers`` on the converted Gemma (bf16, ``threads`` torch threads).
+
+    Rows: load from the converted folder, prefill, single stream, n=8 in one ``generate`` call
+    (``num_return_sequences``), and greedy tokens/s without and with prompt lookup (10 tokens).
+    """
+    from ttc.adapters.hf import Transformers
+    from ttc.adapters.hf_convert import gemma_hf_dir
+
+    engine = f"transformers ({threads} thread{'s' if threads > 1 else ''}, bf16)"
+    rows: list[Row] = []
+    folder = gemma_hf_dir()
+    loads = []
+    for _ in range(repeats):
+        probe = Transformers(folder, dtype="bfloat16", num_threads=threads)
+        start = time.perf_counter()
+        probe.load()
+        loads.append(time.perf_counter() - start)
+        probe.close()
+    rows.append(Row(engine, "load", median(loads), "s"))
+
+    model = Transformers(folder, dtype="bfloat16", num_threads=threads).load()
+    cases = _spec_cases()
+    gsm8k = cases[1][1]
+    one = SamplingParams(temperature=0.0, max_tokens=1)
+    prompt_tokens = len(model.tokenizer(gsm8k)["input_ids"])
+    prefill = []
+    for _ in range(repeats):
+        seconds, _ = await timed(lambda: _tokens(model, gsm8k, one))
+        prefill.append(prompt_tokens / seconds)
+    rows.append(Row(engine, f"prefill ({prompt_tokens}-token prompt)", median(prefill), "tok/s"))
+
+    greedy = SamplingParams(temperature=0.0, max_tokens=128)
+    single, _ = await _speeds(model, STORY, greedy, repeats)
+    rows.append(Row(engine, "single stream, greedy, 128 tokens", single, "tok/s"))
+
+    sampled = SamplingParams(temperature=0.8, max_tokens=64)
+    n8 = []
+    for _ in range(repeats):
+        seconds, tokens = await timed(lambda: _tokens(model, STORY, sampled, n=8))
+        n8.append(tokens / seconds)
+    rows.append(
+        Row(engine, "n=8 samples, 64 tokens each", median(n8), "tok/s", "num_return_sequences")
+    )
+
+    lookup = Transformers(
+        folder, dtype="bfloat16", num_threads=threads, prompt_lookup_num_tokens=10
+    )
+    lookup.load()
+    for label, prompt, stops, max_tokens in cases:
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop=stops)
+        off, plain_text = await _speeds(model, prompt, params, repeats)
+        on, text = await _speeds(lookup, prompt, params, repeats)
+        same = "same text" if text == plain_text else "text differs"
+        rows.append(Row(engine, f"{label}, prompt lookup off", off, "tok/s"))
+        rows.append(
+            Row(engine, f"{label}, prompt lookup on (10)", on, "tok/s", f"{on / off:.2f}x, {same}")
+        )
+    model.close()
+    lookup.close()
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+
+#: engine name -> (benchmark, the package it needs)
+ENGINES: dict[str, tuple[Callable[[int, int], Awaitable[list[Row]]], str]] = {
+    "llama.cpp": (bench_llamacpp, "llama_cpp"),
+    "vllm": (bench_vllm, "vllm"),
+    "transformers": (bench_transformers, "transformers"),
+}
+
+
+def print_table(rows: list[Row]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="local engines on this machine", title_justify="left")
+    for column in ("engine", "metric", "value", "unit", "note"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for row in rows:
+        value = f"{row.value:.2f}" if row.unit == "s" else f"{row.value:.1f}"
+        table.add_row(row.engine, row.metric, value, row.unit, row.note)
+    Console(width=140).print(table)
+
+
+async def run(engines: list[str], repeats: int, threads: int) -> list[Row]:
+    rows: list[Row] = []
+    for name in engines:
+        bench, package = ENGINES[name]
+        if importlib.util.find_spec(package) is None:
+            print(f"skipping {name}: {package} is not installed")
+            continue
+        rows.extend(await bench(repeats, threads))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=list(ENGINES))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per engine")
+    args = parser.parse_args(argv)
+    print_table(anyio.run(run, args.engines, args.repeats, args.threads))
+
+
+if __name__ == "__main__":
+    main()

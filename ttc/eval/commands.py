@@ -1,0 +1,440 @@
+"""``ttc eval`` and ``ttc report``: the evaluation commands, as typer command functions.
+
+``register(app)`` adds them to the ``ttc`` typer app (``ttc/cli.py`` does); ``python -m
+ttc.eval`` runs them on their own. Option names follow ``ttc run``: ``--strategy``, ``--n``,
+``--model``, ``--temperature``, ``--max-tokens``, ``--seed``, ``--budget-*``, ``--json``.
+Heavy modules (llama_cpp, litellm, matplotlib, ray) load only when a command needs them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from ttc.eval.report import LevelRow, RunReport
+    from ttc.eval.runner import EvalSummary
+
+__all__ = [
+    "EvalStrategy",
+    "eval_command",
+    "markdown_report",
+    "print_reports",
+    "register",
+    "report_command",
+]
+
+
+class EvalStrategy(str, Enum):
+    """The strategies ``ttc eval`` offers (the names of ``ttc run --strategy``)."""
+
+    repeated_sample = "repeated-sample"
+    best_of_n = "best-of-n"
+    self_consistency = "self-consistency"
+
+
+class DatasetFormat(str, Enum):
+    """How to read a dataset file (``auto``: from the first line's fields)."""
+
+    auto = "auto"
+    gsm8k = "gsm8k"
+    math500 = "math500"
+    humaneval = "humaneval"
+
+
+def _fields(pairs: list[str] | None) -> dict[str, str]:
+    from ttc.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        role, eq, name = pair.partition("=")
+        if not eq or not role.strip() or not name.strip():
+            raise ConfigError(f"--field takes ROLE=NAME (e.g. question=problem), got {pair!r}")
+        out[role.strip()] = name.strip()
+    return out
+
+
+def eval_command(
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="A JSONL file, or a sample shipped with ttc: gsm8k-sample, math500-sample, "
+            "code-sample."
+        ),
+    ],
+    strategy: Annotated[
+        EvalStrategy, typer.Option("--strategy", "-s", help="How to spend the samples.")
+    ] = EvalStrategy.repeated_sample,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Samples per question.")] = 16,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="'embedded' (Gemma 3 270M in-process), a .gguf path, groq/<model>, "
+            "openai/<model>, vllm-server/<model>@<url>, or any LiteLLM name.",
+        ),
+    ] = "embedded",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Results folder (one SQLite file, many runs).")
+    ] = Path("results"),
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Run name in the folder (default: dataset-strategy-n-model)."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Skip questions this run already stored; --no-resume starts the run over.",
+        ),
+    ] = True,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Questions in flight at once.")
+    ] = 4,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Only the first N questions.")
+    ] = None,
+    data_format: Annotated[
+        DatasetFormat, typer.Option("--format", help="How to read the file.")
+    ] = DatasetFormat.auto,
+    field: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--field",
+            metavar="ROLE=NAME",
+            help="Read a role from another field, e.g. --field question=problem (roles: "
+            "question, answer, id, level, subject, tests, entry_point).",
+        ),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", min=1, help="Tokens per sample at most.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the first sample.")] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option("--budget-usd", min=0.0, help="USD for the whole run.")
+    ] = None,
+    budget_tokens: Annotated[
+        int | None, typer.Option("--budget-tokens", min=0, help="Tokens for the whole run.")
+    ] = None,
+    budget_requests: Annotated[
+        int | None, typer.Option("--budget-requests", min=0, help="Requests for the whole run.")
+    ] = None,
+    budget_seconds: Annotated[
+        float | None,
+        typer.Option("--budget-seconds", min=0.001, help="Wall seconds for this invocation."),
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            is_flag=False,
+            flag_value="local",
+            metavar="[ADDRESS]",
+            help="Spread questions over a Ray cluster: alone, a local one (ray.init()); or "
+            "its address ('auto', 'ray://host:10001'). Put it last, or write --ray=ADDRESS.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Ray workers (default: one a CPU).")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+) -> None:
+    """Run a strategy over a dataset, storing each question's result as it finishes.
+
+    Rerunning the same command resumes: stored questions are skipped. Ctrl-C stops cleanly.
+    """
+    import anyio
+
+    from ttc.adapters.registry import resolve_model
+    from ttc.cli import build_budget, build_params
+    from ttc.errors import ConfigError, TTCError
+    from ttc.eval.datasets import load_dataset
+    from ttc.eval.runner import evaluate
+    from ttc.eval.solver import Solver, named_strategy
+
+    err = Console(stderr=True)
+    try:
+        data = load_dataset(
+            dataset,
+            None if data_format is DatasetFormat.auto else data_format.value,
+            fields=_fields(field),
+            limit=limit,
+        )
+        llm = resolve_model(model)
+        params = build_params(llm, temperature, max_tokens, seed)
+        budget = build_budget(budget_usd, budget_tokens, budget_requests, budget_seconds)
+        make = named_strategy(strategy.value, n, params=params)
+        config = {
+            "strategy": strategy.value,
+            "n": n,
+            "model": llm.name,
+            "temperature": params.temperature,
+            "max_tokens": params.max_tokens,
+            "seed": params.seed,
+        }
+        # Ray workers build their own model from the name; locally the one built here runs.
+        source: Any = functools.partial(resolve_model, model) if ray is not None else llm
+        solver = Solver(model=source, strategy=make, config=config)
+    except (ConfigError, ValueError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+    async def go() -> EvalSummary:
+        return await evaluate(
+            data,
+            solver,
+            out,
+            run=name,
+            concurrency=concurrency,
+            budget=budget,
+            resume=resume,
+            progress=None if json_output else err,
+            ray=None if ray is None else (True if ray == "local" else ray),
+            workers=workers,
+        )
+
+    try:
+        summary = anyio.run(go)
+    except KeyboardInterrupt:
+        err.print(
+            f"[yellow]interrupted:[/] every finished question is stored in {out}; "
+            "rerun the same command to continue"
+        )
+        raise typer.Exit(130) from None
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    except TTCError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    _print_summary(summary, out, json_output, err)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary: EvalSummary, out: Path, json_output: bool, err: Console) -> None:
+    data = {
+        "run": summary.run,
+        "results": str(summary.path),
+        "questions": summary.total,
+        "stored": summary.stored,
+        "new": summary.new,
+        "skipped": summary.skipped,
+        "failed": summary.failed,
+        "stopped_by": summary.stopped_by,
+        "budget_error": summary.budget_error,
+        "accuracy": summary.accuracy,
+        "usage": summary.usage.model_dump(mode="json"),
+        "elapsed_s": summary.elapsed_s,
+    }
+    if json_output:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    console = Console()
+    accuracy = f"{summary.accuracy:.3f}" if summary.accuracy is not None else "-"
+    console.print(
+        f"[bold]{summary.run}[/]: {summary.stored}/{summary.total} questions stored "
+        f"({summary.new} new, {summary.skipped} already there) · accuracy {accuracy} · "
+        f"{summary.usage.total_tokens:,} tokens · ${summary.usage.cost_usd:.4f} · "
+        f"{summary.elapsed_s:.1f} s"
+    )
+    if summary.stopped_by == "budget":
+        err.print(
+            f"[yellow]stopped by the run's budget:[/] {summary.budget_error or ''}; "
+            "raise the budget and rerun to continue"
+        )
+    for qid, error in summary.failed.items():
+        err.print(f"[red]failed[/] {qid}: {error} (a rerun tries it again)")
+    console.print(f"report: ttc report {out}")
+
+
+# --------------------------------------------------------------------------------------------
+# Reports
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _table_rows(report: RunReport) -> list[list[str]]:
+    from ttc.eval.report import report_ks
+
+    rows = []
+    for k in report_ks(report.samples):
+        if k not in report.coverage:
+            continue
+        rows.append(
+            [
+                str(k),
+                _pct(report.coverage[k]),
+                _pct(report.majority.get(k)),
+                _pct(report.weighted.get(k)) if report.weighted else "-",
+                f"{report.tokens[k]:,.0f}",
+                f"{report.usd[k]:.5f}" if report.priced else "-",
+            ]
+        )
+    return rows
+
+
+_K_COLUMNS = ["k", "pass@k %", "majority@k %", "weighted@k %", "tokens/q", "USD/q"]
+
+
+def _overview(report: RunReport) -> list[str]:
+    n = report.samples
+    return [
+        report.run,
+        str(report.questions),
+        str(n),
+        _pct(report.accuracy),
+        _pct(report.coverage.get(1)),
+        _pct(report.coverage.get(n)),
+        _pct(report.majority.get(n)),
+        f"{report.tokens_per_question:,.0f}",
+        f"{report.cost_usd:.4f}",
+    ]
+
+
+_OVERVIEW_COLUMNS = [
+    "run",
+    "questions",
+    "n",
+    "accuracy %",
+    "pass@1 %",
+    "pass@n %",
+    "majority@n %",
+    "gen. tokens/q",
+    "USD",
+]
+
+
+_LEVEL_COLUMNS = ["level", "questions", "accuracy %", "pass@1 %", "pass@n %", "majority@n %"]
+
+
+def _level_cells(row: LevelRow) -> list[str]:
+    return [
+        row.level,
+        str(row.questions),
+        _pct(row.accuracy),
+        _pct(row.pass_at_1),
+        _pct(row.coverage),
+        _pct(row.majority),
+    ]
+
+
+def print_reports(console: Console, reports: list[RunReport]) -> None:
+    """The reports as rich tables: an overview of the runs, then each run's curve and its
+    breakdown by level."""
+    overview = Table(title="runs", title_justify="left")
+    for column in _OVERVIEW_COLUMNS:
+        overview.add_column(column, justify="left" if column == "run" else "right")
+    for report in reports:
+        overview.add_row(*_overview(report))
+    console.print(overview)
+    for report in reports:
+        table = Table(title=f"{report.run}: {report.label}", title_justify="left")
+        for column in _K_COLUMNS:
+            table.add_column(column, justify="right")
+        for row in _table_rows(report):
+            table.add_row(*row)
+        console.print(table)
+        if report.levels:
+            levels = Table(title=f"{report.run}: by level", title_justify="left")
+            for column in _LEVEL_COLUMNS:
+                levels.add_column(column, justify="right")
+            for level in report.levels:
+                levels.add_row(*_level_cells(level))
+            console.print(levels)
+        if report.failures:
+            console.print(f"[yellow]{report.failures} question(s) failed and are not counted[/]")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown_report(reports: list[RunReport], plots: list[Path] | None = None) -> str:
+    """The reports as Markdown for a README: the overview, each run's curve and levels, and
+    the plots (linked by file name, so the Markdown sits next to them)."""
+    parts = ["## Results", "", _md_table(_OVERVIEW_COLUMNS, [_overview(each) for each in reports])]
+    for report in reports:
+        config = ", ".join(f"{k}={v}" for k, v in report.config.items() if v is not None)
+        parts += ["", f"### {report.run}", "", config, ""]
+        parts.append(_md_table(_K_COLUMNS, _table_rows(report)))
+        if report.levels:
+            rows = [_level_cells(level) for level in report.levels]
+            parts += ["", _md_table(_LEVEL_COLUMNS, rows)]
+    for plot in plots or []:
+        if plot.suffix == ".png":
+            parts += ["", f"![{plot.stem.replace('_', ' ')}]({plot.name})"]
+    parts += [
+        "",
+        "pass@k: the unbiased estimator (Chen et al. 2021), mean over questions (coverage). "
+        "majority@k / weighted@k: expected accuracy of a vote over k of the n stored samples "
+        "(exact for majority; ties split evenly). tokens/q: generated tokens per question "
+        "for k samples.",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def report_command(
+    folder: Annotated[Path, typer.Argument(help="A results folder written by ttc eval.")],
+    run: Annotated[
+        list[str] | None, typer.Option("--run", help="Only this run (repeat for several).")
+    ] = None,
+    markdown: Annotated[
+        bool,
+        typer.Option("--markdown", help="Print Markdown (for a README) and write report.md."),
+    ] = False,
+    plots: Annotated[
+        bool, typer.Option("--plots/--no-plots", help="Write PNG and SVG plots to the folder.")
+    ] = True,
+) -> None:
+    """Tables and plots from a results folder: pass@k, votes at every k, accuracy against
+    tokens and USD, levels."""
+    from ttc.errors import ConfigError, MissingDependencyError
+    from ttc.eval.report import load_reports
+
+    err = Console(stderr=True)
+    try:
+        reports = load_reports(str(folder), run)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    written: list[Path] = []
+    if plots:
+        try:
+            from ttc.eval.plots import write_plots
+
+            written = write_plots(reports, folder)
+        except MissingDependencyError as exc:
+            err.print(f"[yellow]no plots:[/] {exc}")
+    if markdown:
+        text = markdown_report(reports, written)
+        (folder / "report.md").write_text(text, encoding="utf-8")
+        sys.stdout.write(text)
+    else:
+        print_reports(Console(), reports)
+    for path in written:
+        err.print(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``eval`` and ``report`` to a typer app (the ``ttc`` command's)."""
+    app.command("eval")(eval_command)
+    app.command("report")(report_command)

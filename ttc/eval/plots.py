@@ -1,0 +1,168 @@
+"""Plots of stored runs (matplotlib, Agg backend, PNG and SVG), written next to the results.
+
+- ``coverage``: coverage (pass@k) against k on a log2 axis, the Large Language Monkeys figure,
+  with the majority vote over the same samples dashed: the gap is what a verifier buys.
+- ``accuracy_vs_tokens``: accuracy against generated tokens per question for every run and
+  selection method on one chart, the Snell et al. figure; ``accuracy_vs_usd`` the same
+  against dollars, when some run cost money.
+
+matplotlib is imported when a plot is drawn, never by ``import ttc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ttc.errors import MissingDependencyError
+from ttc.eval.report import RunReport
+
+__all__ = ["plot_accuracy_vs_compute", "plot_coverage", "write_plots"]
+
+_FORMATS = ("png", "svg")
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError("matplotlib", "plot", "Plots") from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, folder: Path, stem: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in _FORMATS:
+        path = folder / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def _log2_axis(ax: Any, top: float) -> None:
+    ax.set_xscale("log", base=2)
+    ticks = []
+    k = 1
+    while k <= top:
+        ticks.append(k)
+        k *= 2
+    if ticks:
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+
+
+def plot_coverage(reports: Sequence[RunReport], folder: str | Path) -> list[Path]:
+    """Coverage against the number of samples k (log2 axis), one line per run, with each
+    run's majority vote dashed in the same colour. Returns the PNG and SVG paths."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    try:
+        top = 1
+        for index, report in enumerate(reports):
+            colour = f"C{index % 10}"
+            ks = sorted(report.coverage)
+            top = max(top, ks[-1] if ks else 1)
+            ax.plot(
+                ks,
+                [report.coverage[k] for k in ks],
+                marker="o",
+                markersize=3,
+                color=colour,
+                label=f"{report.label}: coverage",
+            )
+            maj = sorted(report.majority)
+            ax.plot(
+                maj,
+                [report.majority[k] for k in maj],
+                linestyle="--",
+                color=colour,
+                alpha=0.8,
+                label=f"{report.label}: majority vote",
+            )
+        _log2_axis(ax, top)
+        ax.set_xlabel("samples per question (k)")
+        ax.set_ylabel("fraction of questions solved")
+        ax.set_ylim(0, 1)
+        ax.set_title(_title(reports, "Coverage (pass@k) vs samples"))
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+        return _save(fig, Path(folder), "coverage")
+    finally:
+        plt.close(fig)
+
+
+def plot_accuracy_vs_compute(
+    reports: Sequence[RunReport], folder: str | Path, *, usd: bool = False
+) -> list[Path]:
+    """Accuracy against generated tokens (or USD) per question, log2 axis: for every run its
+    coverage with a verifier, its majority vote and its weighted vote (where scored) at each
+    k, and the run's own accuracy as a star. Returns the PNG and SVG paths."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    try:
+        for index, report in enumerate(reports):
+            colour = f"C{index % 10}"
+            cost = report.usd if usd else report.tokens
+            curves = [
+                ("verifier (pass@k)", report.coverage, "-"),
+                ("majority", report.majority, "--"),
+            ]
+            if report.weighted:
+                curves.append(("weighted vote", report.weighted, ":"))
+            for name, curve, style in curves:
+                ks = [k for k in sorted(curve) if cost.get(k, 0) > 0]
+                if not ks:
+                    continue
+                ax.plot(
+                    [cost[k] for k in ks],
+                    [curve[k] for k in ks],
+                    linestyle=style,
+                    marker="o",
+                    markersize=3,
+                    color=colour,
+                    label=f"{report.label}: {name}",
+                )
+            spent = report.usd_per_question if usd else report.tokens_per_question
+            if spent > 0:
+                ax.plot(
+                    [spent],
+                    [report.accuracy],
+                    marker="*",
+                    markersize=11,
+                    linestyle="none",
+                    color=colour,
+                    label=f"{report.label}: selected answer",
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("USD per question" if usd else "generated tokens per question")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        what = "USD" if usd else "generated tokens"
+        ax.set_title(_title(reports, f"Accuracy vs {what}"))
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+        return _save(fig, Path(folder), "accuracy_vs_usd" if usd else "accuracy_vs_tokens")
+    finally:
+        plt.close(fig)
+
+
+def _title(reports: Sequence[RunReport], what: str) -> str:
+    datasets = sorted({str(r.config.get("dataset", "")) for r in reports} - {""})
+    questions = sorted({r.questions for r in reports})
+    count = f"{questions[0]} questions" if len(questions) == 1 else "questions"
+    return f"{what}: {', '.join(datasets) or 'dataset'} ({count})"
+
+
+def write_plots(reports: Sequence[RunReport], folder: str | Path) -> list[Path]:
+    """Every plot for ``reports`` into ``folder``: coverage, accuracy vs tokens, and accuracy
+    vs USD when some run cost money. Returns the files written."""
+    paths = plot_coverage(reports, folder)
+    paths += plot_accuracy_vs_compute(reports, folder)
+    if any(r.priced for r in reports):
+        paths += plot_accuracy_vs_compute(reports, folder, usd=True)
+    return paths
