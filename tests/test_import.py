@@ -22,7 +22,8 @@ def test_import_ttc_loads_nothing_heavy() -> None:
         "t = time.perf_counter()\n"
         "import ttc\n"
         "dt = time.perf_counter() - t\n"
-        f"print(json.dumps({{'seconds': dt, 'loaded': [m for m in {HEAVY!r} if m in sys.modules]}}))"
+        f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print(json.dumps({'seconds': dt, 'loaded': loaded}))"
     )
     result = _probe(code)
     assert result["loaded"] == []

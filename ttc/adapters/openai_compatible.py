@@ -169,6 +169,8 @@ class OpenAICompatible(Model):
                     body["top_logprobs"] = p.top_logprobs
             else:
                 body["logprobs"] = p.top_logprobs or 0
+        if p.prompt_logprobs is not None:  # a vLLM extension; capabilities gate it
+            body["prompt_logprobs"] = p.prompt_logprobs
         if self.extra_body:
             body.update(self.extra_body)
         return body
@@ -237,7 +239,18 @@ class OpenAICompatible(Model):
             if cut:
                 finish = "stop"
         logprobs = _parse_logprobs(choice.get("logprobs")) if request.params.logprobs else None
-        return Completion(text=text, finish_reason=finish, logprobs=logprobs, model=self.model)
+        prompt_logprobs = (
+            _parse_prompt_logprobs(choice.get("prompt_logprobs"))
+            if request.params.prompt_logprobs is not None
+            else None
+        )
+        return Completion(
+            text=text,
+            finish_reason=finish,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            model=self.model,
+        )
 
     def _error(self, status: int, text: str, headers: Any) -> ProviderError:
         message, code = _error_message(text)
@@ -330,6 +343,31 @@ def _parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
             for tok, lp, top in zip(raw["tokens"], raw.get("token_logprobs") or [], tops)
         )
     return None
+
+
+def _parse_prompt_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
+    """vLLM's ``prompt_logprobs``: per prompt position ``None`` (the first token, which has no
+    context) or ``{token_id: {"logprob", "rank", "decoded_token"}}`` with the prompt's own
+    token first and then the top alternatives."""
+    if not isinstance(raw, list):
+        return None
+    out = []
+    for position in raw:
+        if not position:
+            out.append(TokenLogprob(token="", logprob=float("nan")))
+            continue
+        entries = list(position.values())
+        first = entries[0]
+        out.append(
+            TokenLogprob(
+                token=str(first.get("decoded_token", "")),
+                logprob=float(first["logprob"]),
+                top=tuple(
+                    (str(e.get("decoded_token", "")), float(e["logprob"])) for e in entries[1:]
+                ),
+            )
+        )
+    return tuple(out)
 
 
 __all__ = ["Capabilities", "Endpoint", "OpenAICompatible"]

@@ -482,6 +482,9 @@ class Model(ABC):
             if exc.status == 429 and exc.retry_after:
                 self.rate_limiter.pause(exc.retry_after)
             raise
+        except Exception as exc:  # an adapter's own error: traced as what it is
+            error = exc
+            raise
         finally:
             seconds = time.perf_counter() - start
             self._settle(request, attempt, reservation, worst, raw, error, seconds)
