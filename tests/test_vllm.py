@@ -135,24 +135,26 @@ def test_missing_vllm_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path:
 # ------------------------------------------------------------------ the in-process engine
 
 
+@pytest.fixture(scope="class")
+def model(gemma_dir: Path) -> Iterator[object]:
+    """The in-process engine, with n-gram speculation on; shut down after its class."""
+    from ttc.adapters import VLLM
+    from ttc.adapters.vllm_engine import Speculative
+
+    model = VLLM(
+        gemma_dir,
+        dtype="bfloat16",
+        max_model_len=1024,
+        enforce_eager=True,
+        kv_cache_gib=1,
+        speculative=Speculative.ngram(4, prompt_lookup_min=2, prompt_lookup_max=4),
+    ).load()
+    yield model
+    model.close()
+
+
 @needs_vllm
 class TestEngine:
-    @pytest.fixture(scope="class")
-    def model(self, gemma_dir: Path) -> Iterator[object]:
-        from ttc.adapters import VLLM
-        from ttc.adapters.vllm_engine import Speculative
-
-        model = VLLM(
-            gemma_dir,
-            dtype="bfloat16",
-            max_model_len=1024,
-            enforce_eager=True,
-            kv_cache_gib=1,
-            speculative=Speculative.ngram(4, prompt_lookup_min=2, prompt_lookup_max=4),
-        ).load()
-        yield model
-        model.close()
-
     async def test_generates_n_samples_with_logprobs(self, model: object) -> None:
         from ttc.adapters import VLLM
 
@@ -289,22 +291,24 @@ class TestEngine:
 # ------------------------------------------------------------------ the launched server
 
 
+@pytest.fixture(scope="class")
+def server(gemma_dir: Path) -> Iterator[object]:
+    """A launched server (plain decoding); stopped after its class."""
+    from ttc.adapters import launch_vllm_server
+
+    with launch_vllm_server(
+        gemma_dir,
+        served_model_name="gemma",
+        max_model_len=1024,
+        enforce_eager=True,
+        kv_cache_gib=1,
+    ) as server:
+        yield server
+    assert not server.running
+
+
 @needs_vllm
 class TestServer:
-    @pytest.fixture(scope="class")
-    def server(self, gemma_dir: Path) -> Iterator[object]:
-        from ttc.adapters import launch_vllm_server
-
-        with launch_vllm_server(
-            gemma_dir,
-            served_model_name="gemma",
-            max_model_len=1024,
-            enforce_eager=True,
-            kv_cache_gib=1,
-        ) as server:
-            yield server
-        assert not server.running
-
     async def test_server_generates_n_with_logprobs_and_echo(self, server: object) -> None:
         from ttc.adapters.vllm_engine import VLLMServerProcess
 
@@ -348,6 +352,13 @@ class TestServer:
         rows = data["choices"][0]["prompt_logprobs"]
         assert rows[0] is None and len(rows) == data["usage"]["prompt_tokens"]
         assert all(row for row in rows[1:])
+        # The same through the VLLMServer adapter, parsed into Completion.prompt_logprobs.
+        async with server.model(endpoint="completions") as model:
+            params = SamplingParams(max_tokens=1, prompt_logprobs=1)
+            [c] = await model.generate("The capital of France is", params)
+        assert c.prompt_logprobs is not None and len(c.prompt_logprobs) == len(rows)
+        assert math.isnan(c.prompt_logprobs[0].logprob)
+        assert all(t.logprob <= 0 and t.token for t in c.prompt_logprobs[1:])
 
 
 @needs_vllm
