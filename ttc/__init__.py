@@ -1,10 +1,10 @@
 """ttc: spend more inference on a question to get a better answer.
 
-    from ttc import BestOfN, Budget
-    from ttc.adapters import Groq
+    from ttc import Budget, SelfConsistency
+    from ttc.adapters import OpenAI
 
-    model = Groq("llama-3.1-8b-instant", budget=Budget(usd=0.50))
-    result = await BestOfN(model, n=16).run("What is 17 * 23?")
+    model = OpenAI("gpt-4o-mini", budget=Budget(usd=0.50))
+    result = await SelfConsistency(model, n=16).run("What is 17 * 23?")
 
 Names are loaded on first use, so ``import ttc`` stays cheap and imports no heavy dependency.
 """
@@ -22,6 +22,9 @@ _EXPORTS: dict[str, str] = {
     "RepeatedSample": "ttc.strategies.repeated_sample",
     "BestOfN": "ttc.strategies.best_of_n",
     "SelfConsistency": "ttc.strategies.best_of_n",
+    "BeamPRM": "ttc.strategies.beam_prm",
+    "Lookahead": "ttc.strategies.lookahead",
+    "DVTS": "ttc.strategies.dvts",
     # runtime
     "Model": "ttc.runtime.model",
     "Capabilities": "ttc.runtime.model",
@@ -51,6 +54,8 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "DVTS",
+    "BeamPRM",
     "BestOfN",
     "Budget",
     "BudgetExceeded",
@@ -59,6 +64,7 @@ __all__ = [
     "Completion",
     "ConfigError",
     "GenerationError",
+    "Lookahead",
     "Message",
     "MissingDependencyError",
     "Model",
@@ -110,7 +116,10 @@ if TYPE_CHECKING:
     from ttc.runtime.retry import RetryPolicy
     from ttc.runtime.sync import run_sync
     from ttc.strategies.base import Strategy
+    from ttc.strategies.beam_prm import BeamPRM
     from ttc.strategies.best_of_n import BestOfN, SelfConsistency
+    from ttc.strategies.dvts import DVTS
+    from ttc.strategies.lookahead import Lookahead
     from ttc.strategies.repeated_sample import RepeatedSample
     from ttc.types import (
         Candidate,

@@ -176,6 +176,9 @@ class Candidate(BaseModel):
     finish_reason: FinishReason = "unknown"
     completion_tokens: int | None = None
     model: str = ""
+    steps: list[str] | None = Field(
+        None, description="The solution's steps, delimiters kept, from a step-wise search."
+    )
 
     @classmethod
     def from_completion(cls, completion: Completion, answer: str | None = None) -> Candidate:
@@ -225,6 +228,11 @@ class Result(BaseModel):
     )
     elapsed_s: float = 0.0
     trace: list[TraceEvent] = Field(default_factory=list)
+    tree: list[dict[str, Any]] | None = Field(
+        None,
+        description="A step-wise search's tree, one entry a round: each beam's step, scores "
+        "and whether it was kept, pruned or finished.",
+    )
 
     @property
     def cost_usd(self) -> float:

@@ -7,6 +7,7 @@ processes.
 
 from ttc.scoring.base import Scorer, Selection, Selector, Verifier
 from ttc.scoring.extract import extract_answer, extract_boxed, gsm8k_reference, normalize_answer
+from ttc.scoring.prm import ArithmeticPRM, ProcessRewardModel, aggregate
 from ttc.scoring.selectors import Argmax, FirstVerified, MajorityVote, WeightedMajority
 from ttc.scoring.unit_tests import UnitTestReport, UnitTests, extract_code
 from ttc.scoring.verifiers import (
@@ -21,12 +22,14 @@ from ttc.scoring.verifiers import (
 
 __all__ = [
     "Argmax",
+    "ArithmeticPRM",
     "FirstVerified",
     "FunctionScorer",
     "FunctionVerifier",
     "GSM8KAnswer",
     "MajorityVote",
     "MathAnswer",
+    "ProcessRewardModel",
     "Regex",
     "Scorer",
     "Selection",
@@ -35,6 +38,7 @@ __all__ = [
     "UnitTests",
     "Verifier",
     "WeightedMajority",
+    "aggregate",
     "as_scorer",
     "as_verifier",
     "extract_answer",

@@ -1,7 +1,20 @@
 """Strategies: small objects with ``async run(prompt) -> Result`` that compose."""
 
 from ttc.strategies.base import Strategy
+from ttc.strategies.beam_prm import BeamPRM
 from ttc.strategies.best_of_n import BestOfN, SelfConsistency
+from ttc.strategies.dvts import DVTS
+from ttc.strategies.lookahead import Lookahead
 from ttc.strategies.repeated_sample import RepeatedSample
+from ttc.strategies.steps import StepFormat
 
-__all__ = ["BestOfN", "RepeatedSample", "SelfConsistency", "Strategy"]
+__all__ = [
+    "DVTS",
+    "BeamPRM",
+    "BestOfN",
+    "Lookahead",
+    "RepeatedSample",
+    "SelfConsistency",
+    "StepFormat",
+    "Strategy",
+]

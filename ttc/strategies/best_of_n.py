@@ -46,7 +46,8 @@ class BestOfN(Strategy):
             ``WeightedMajority()`` for weighted best-of-N.
         stop_when_settled: with a majority vote and no scorer, stop drawing (cancelling the
             requests in flight) once the leading answer can no longer be overtaken.
-        params, extract: sampling parameters and answer extraction.
+        params: sampling parameters (default: the model's).
+        extract: how to read the answer out of a sample's text.
     """
 
     def __init__(

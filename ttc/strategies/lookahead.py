@@ -1,0 +1,112 @@
+"""Lookahead search (Snell et al. 2024): beam search whose steps are judged by where they lead.
+
+Like ``BeamPRM``, but each candidate step is scored by rolling out ``k`` more steps at
+temperature 0 (stopping at the end of the solution) and taking the PRM score at the end of the
+rollout. The rollout only informs the ranking: the beam goes on from the candidate step. Cost
+about N x (k + 1) steps a round; ``k = 0`` is beam search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ttc.errors import ConfigError
+from ttc.runtime.budget import Budget
+from ttc.runtime.context import RunContext
+from ttc.runtime.model import Model
+from ttc.scoring.base import Selector
+from ttc.scoring.extract import extract_answer
+from ttc.scoring.prm import Aggregation, ProcessRewardModel, aggregate
+from ttc.strategies.base import Extractor, OnBudget
+from ttc.strategies.beam_prm import BeamPRM
+from ttc.strategies.search import Beam
+from ttc.strategies.steps import StepFormat
+from ttc.types import SamplingParams
+
+__all__ = ["Lookahead"]
+
+
+class Lookahead(BeamPRM):
+    """Beam search where a step's value is the PRM score after ``k`` greedy rollout steps.
+
+    Args: as ``BeamPRM``, plus ``k``: rollout steps per candidate (1; Snell et al. swept 1 and
+    3). Rollouts use ``params`` at temperature 0, and all rollouts of a round go out together.
+    The tree shows each beam's rollout.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        prm: ProcessRewardModel,
+        n: int = 16,
+        width: int = 4,
+        *,
+        k: int = 1,
+        max_rounds: int = 40,
+        aggregation: Aggregation | str = "last",
+        remove_duplicates: bool = True,
+        params: SamplingParams | None = None,
+        step_format: StepFormat | None = None,
+        final_selector: Selector | None = None,
+        extract: Extractor = extract_answer,
+        budget: Budget | None = None,
+        on_budget: OnBudget = "return",
+        trace: bool = True,
+    ) -> None:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ConfigError(f"k must be 0 or a positive integer, got {k!r}")
+        super().__init__(
+            model,
+            prm,
+            n,
+            width,
+            max_rounds=max_rounds,
+            aggregation=aggregation,
+            remove_duplicates=remove_duplicates,
+            params=params,
+            step_format=step_format,
+            final_selector=final_selector,
+            extract=extract,
+            budget=budget,
+            on_budget=on_budget,
+            trace=trace,
+        )
+        self.k = k
+        self.rollout_params = self.params.model_copy(update={"temperature": 0.0})
+
+    def __repr__(self) -> str:
+        return (
+            f"Lookahead({self.model!r}, {self.prm!r}, n={self.n}, width={self.width}, k={self.k})"
+        )
+
+    def round_extra(self) -> dict[str, Any]:
+        return {"lookahead": self.k}
+
+    async def value(self, ctx: RunContext, question: str, beams: Sequence[Beam]) -> None:
+        """Roll every unfinished beam out ``k`` greedy steps, then score each beam's path (its
+        steps plus its rollout) in one PRM call; the value is the aggregate at the path's end."""
+        rollouts: dict[int, list[str]] = {b.id: [] for b in beams}
+        open_ = [b for b in beams if not b.done]
+        ids = iter(range(-1, -(2**62), -1))  # rollout steps are not beams of the tree
+        for _ in range(self.k):
+            if not open_:
+                break
+            plan = [(Beam(id=b.id, steps=b.steps + rollouts[b.id]), 1) for b in open_]
+            groups = await self.expand(
+                ctx, question, plan, ids, to_end=False, params=self.rollout_params
+            )
+            still: list[Beam] = []
+            for beam, group in zip(open_, groups):
+                step = group[0]
+                if step.end != "empty":
+                    rollouts[beam.id].append(step.steps[-1])
+                if not step.done:
+                    still.append(beam)
+            open_ = still
+        paths = [Beam(id=b.id, steps=b.steps + rollouts[b.id]) for b in beams]
+        await self.score(ctx, question, paths)
+        for beam, path in zip(beams, paths):
+            beam.scores = path.scores[: len(beam.steps)]
+            beam.rollout = rollouts[beam.id]
+            beam.value = aggregate(path.scores, self.aggregation)
