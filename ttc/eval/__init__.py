@@ -46,19 +46,19 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "GSM8K",
+    "HUMANEVAL",
+    "MATH500",
+    "STRATEGIES",
     "Dataset",
     "DatasetError",
     "DatasetSpec",
     "EvalSummary",
     "Example",
-    "GSM8K",
-    "HUMANEVAL",
-    "MATH500",
     "Question",
     "QuestionRecord",
     "ResultsStore",
     "RunReport",
-    "STRATEGIES",
     "Solver",
     "build_report",
     "coverage",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -71,7 +72,13 @@ def eval_command(
         ),
     ],
     strategy: Annotated[
-        EvalStrategy, typer.Option("--strategy", "-s", help="How to spend the samples.")
+        EvalStrategy,
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="How to spend the samples. repeated-sample and best-of-n judge samples with "
+            "the dataset's reference (an oracle verifier); self-consistency only votes.",
+        ),
     ] = EvalStrategy.repeated_sample,
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Samples per question.")] = 16,
     model: Annotated[
@@ -136,14 +143,19 @@ def eval_command(
         typer.Option("--budget-seconds", min=0.001, help="Wall seconds for this invocation."),
     ] = None,
     ray: Annotated[
-        str | None,
+        bool,
         typer.Option(
             "--ray",
-            is_flag=False,
-            flag_value="local",
-            metavar="[ADDRESS]",
-            help="Spread questions over a Ray cluster: alone, a local one (ray.init()); or "
-            "its address ('auto', 'ray://host:10001'). Put it last, or write --ray=ADDRESS.",
+            help="Spread questions over a Ray cluster (a local one from ray.init(), unless "
+            "--ray-address names one).",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            metavar="ADDRESS",
+            help="The Ray cluster to use ('auto', 'ray://host:10001'); implies --ray.",
         ),
     ] = None,
     workers: Annotated[
@@ -187,39 +199,45 @@ def eval_command(
             "seed": params.seed,
         }
         # Ray workers build their own model from the name; locally the one built here runs.
-        source: Any = functools.partial(resolve_model, model) if ray is not None else llm
+        use_ray: bool | str | None = ray_address or (True if ray else None)
+        source: Any = functools.partial(resolve_model, model) if use_ray else llm
         solver = Solver(model=source, strategy=make, config=config)
     except (ConfigError, ValueError) as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
 
     async def go() -> EvalSummary:
-        return await evaluate(
-            data,
-            solver,
-            out,
-            run=name,
-            concurrency=concurrency,
-            budget=budget,
-            resume=resume,
-            progress=None if json_output else err,
-            ray=None if ray is None else (True if ray == "local" else ray),
-            workers=workers,
-        )
+        try:
+            return await evaluate(
+                data,
+                solver,
+                out,
+                run=name,
+                concurrency=concurrency,
+                budget=budget,
+                resume=resume,
+                progress=None if json_output else err,
+                ray=use_ray,
+                workers=workers,
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await llm.aclose()
 
     try:
         summary = anyio.run(go)
     except KeyboardInterrupt:
         err.print(
             f"[yellow]interrupted:[/] every finished question is stored in {out}; "
-            "rerun the same command to continue"
+            "rerun the same command to continue",
+            soft_wrap=True,
         )
         raise typer.Exit(130) from None
     except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     except TTCError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     _print_summary(summary, out, json_output, err)
     if summary.failed:
@@ -250,16 +268,21 @@ def _print_summary(summary: EvalSummary, out: Path, json_output: bool, err: Cons
         f"[bold]{summary.run}[/]: {summary.stored}/{summary.total} questions stored "
         f"({summary.new} new, {summary.skipped} already there) · accuracy {accuracy} · "
         f"{summary.usage.total_tokens:,} tokens · ${summary.usage.cost_usd:.4f} · "
-        f"{summary.elapsed_s:.1f} s"
+        f"{summary.elapsed_s:.1f} s",
+        soft_wrap=True,
     )
     if summary.stopped_by == "budget":
         err.print(
-            f"[yellow]stopped by the run's budget:[/] {summary.budget_error or ''}; "
-            "raise the budget and rerun to continue"
+            f"[yellow]stopped by the run's budget:[/] {escape(summary.budget_error or '')}; "
+            "raise the budget and rerun to continue",
+            soft_wrap=True,
         )
     for qid, error in summary.failed.items():
-        err.print(f"[red]failed[/] {qid}: {error} (a rerun tries it again)")
-    console.print(f"report: ttc report {out}")
+        err.print(
+            f"[red]failed[/] {escape(qid)}: {escape(error)} (a rerun tries it again)",
+            soft_wrap=True,
+        )
+    console.print(f"report: ttc report {out}", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,27 +293,29 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def _table_rows(report: RunReport) -> list[list[str]]:
+def _k_table(report: RunReport) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of a run's table by k (1, 2, 4, ... n); the weighted vote and USD
+    columns only where the run has scores and costs."""
     from ttc.eval.report import report_ks
 
+    header = ["k", "pass@k %", "majority@k %"]
+    if report.weighted:
+        header.append("weighted@k %")
+    header.append("tokens/q")
+    if report.priced:
+        header.append("USD/q")
     rows = []
     for k in report_ks(report.samples):
         if k not in report.coverage:
             continue
-        rows.append(
-            [
-                str(k),
-                _pct(report.coverage[k]),
-                _pct(report.majority.get(k)),
-                _pct(report.weighted.get(k)) if report.weighted else "-",
-                f"{report.tokens[k]:,.0f}",
-                f"{report.usd[k]:.5f}" if report.priced else "-",
-            ]
-        )
-    return rows
-
-
-_K_COLUMNS = ["k", "pass@k %", "majority@k %", "weighted@k %", "tokens/q", "USD/q"]
+        row = [str(k), _pct(report.coverage[k]), _pct(report.majority.get(k))]
+        if report.weighted:
+            row.append(_pct(report.weighted.get(k)))
+        row.append(f"{report.tokens[k]:,.0f}")
+        if report.priced:
+            row.append(f"{report.usd[k]:.5f}")
+        rows.append(row)
+    return header, rows
 
 
 def _overview(report: RunReport) -> list[str]:
@@ -319,6 +344,7 @@ _OVERVIEW_COLUMNS = [
     "gen. tokens/q",
     "USD",
 ]
+_SHORT_COLUMNS = ["run", "q", "n", "acc %", "p@1 %", "p@n %", "maj@n %", "tok/q", "USD"]
 
 
 _LEVEL_COLUMNS = ["level", "questions", "accuracy %", "pass@1 %", "pass@n %", "majority@n %"]
@@ -338,28 +364,44 @@ def _level_cells(row: LevelRow) -> list[str]:
 def print_reports(console: Console, reports: list[RunReport]) -> None:
     """The reports as rich tables: an overview of the runs, then each run's curve and its
     breakdown by level."""
-    overview = Table(title="runs", title_justify="left")
-    for column in _OVERVIEW_COLUMNS:
-        overview.add_column(column, justify="left" if column == "run" else "right")
+    overview = Table(
+        title="runs",
+        title_justify="left",
+        caption="acc: selected answer right · p@k: pass@k (coverage) · maj@n: majority vote "
+        "of all n · tok/q: generated tokens per question",
+        caption_justify="left",
+    )
+    # Short headers, so that a long run name keeps room on an 80-column terminal.
+    for column in _SHORT_COLUMNS:
+        if column == "run":
+            overview.add_column(column, overflow="fold")
+        else:
+            overview.add_column(column, justify="right", no_wrap=True)
     for report in reports:
         overview.add_row(*_overview(report))
     console.print(overview)
     for report in reports:
-        table = Table(title=f"{report.run}: {report.label}", title_justify="left")
-        for column in _K_COLUMNS:
+        console.print()
+        console.print(f"[bold]{escape(report.run)}[/]: {escape(report.label)}", soft_wrap=True)
+        table = Table(title="by samples per question", title_justify="left")
+        header, rows = _k_table(report)
+        for column in header:
             table.add_column(column, justify="right")
-        for row in _table_rows(report):
+        for row in rows:
             table.add_row(*row)
         console.print(table)
         if report.levels:
-            levels = Table(title=f"{report.run}: by level", title_justify="left")
+            levels = Table(title="by level", title_justify="left")
             for column in _LEVEL_COLUMNS:
                 levels.add_column(column, justify="right")
             for level in report.levels:
                 levels.add_row(*_level_cells(level))
             console.print(levels)
         if report.failures:
-            console.print(f"[yellow]{report.failures} question(s) failed and are not counted[/]")
+            console.print(
+                f"[yellow]{report.failures} question(s) failed and are not counted[/]",
+                soft_wrap=True,
+            )
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -375,7 +417,7 @@ def markdown_report(reports: list[RunReport], plots: list[Path] | None = None) -
     for report in reports:
         config = ", ".join(f"{k}={v}" for k, v in report.config.items() if v is not None)
         parts += ["", f"### {report.run}", "", config, ""]
-        parts.append(_md_table(_K_COLUMNS, _table_rows(report)))
+        parts.append(_md_table(*_k_table(report)))
         if report.levels:
             rows = [_level_cells(level) for level in report.levels]
             parts += ["", _md_table(_LEVEL_COLUMNS, rows)]
@@ -405,8 +447,11 @@ def report_command(
         bool, typer.Option("--plots/--no-plots", help="Write PNG and SVG plots to the folder.")
     ] = True,
 ) -> None:
-    """Tables and plots from a results folder: pass@k, votes at every k, accuracy against
-    tokens and USD, levels."""
+    """Tables and plots from a results folder written by ttc eval.
+
+    pass@k (coverage), majority and weighted votes at every k, accuracy against generated
+    tokens and USD, and a breakdown by level; plots are written into the folder.
+    """
     from ttc.errors import ConfigError, MissingDependencyError
     from ttc.eval.report import load_reports
 
@@ -414,7 +459,7 @@ def report_command(
     try:
         reports = load_reports(str(folder), run)
     except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     written: list[Path] = []
     if plots:
@@ -423,7 +468,7 @@ def report_command(
 
             written = write_plots(reports, folder)
         except MissingDependencyError as exc:
-            err.print(f"[yellow]no plots:[/] {exc}")
+            err.print(f"[yellow]no plots:[/] {escape(str(exc))}", soft_wrap=True)
     if markdown:
         text = markdown_report(reports, written)
         (folder / "report.md").write_text(text, encoding="utf-8")
@@ -431,7 +476,7 @@ def report_command(
     else:
         print_reports(Console(), reports)
     for path in written:
-        err.print(f"wrote {path}")
+        err.print(f"wrote {path}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,6 @@ import math
 import operator
 import random
 from collections.abc import Iterable, Sequence
-from fractions import Fraction
 
 from ttc.errors import ConfigError
 
@@ -149,7 +148,9 @@ def majority_at_k_curve(
     wanted = list(range(1, n + 1)) if ks is None else sorted(set(ks))
     for k in wanted:
         _check(n, 0, k)
-    win = dict.fromkeys(wanted, Fraction(0))
+    # Integer arithmetic throughout: 1/(t+1) becomes scale // (t+1).
+    scale = math.lcm(*range(1, len(groups) + 1))
+    win = dict.fromkeys(wanted, 0)
     for index, (size, ok) in enumerate(groups):
         if not ok:
             continue
@@ -157,23 +158,19 @@ def majority_at_k_curve(
         for x in range(1, size + 1):
             small = abstain + sum(s for s in others if s < x)
             ways = _tie_polynomial([s for s in others if s >= x], x, n - x)
+            # Ways to draw j from the groups that can reach x, weighted by g's share of a tie.
+            weighted = [sum(c * (scale // (t + 1)) for t, c in enumerate(row)) for row in ways]
             pick_g = math.comb(size, x)
             for k in wanted:
                 rest = k - x
                 if rest < 0:
                     continue
-                total = Fraction(0)
-                for drawn, by_ties in enumerate(ways):
-                    if drawn > rest:
-                        break
-                    fill = math.comb(small, rest - drawn)
-                    if not fill:
-                        continue
-                    for ties, count in enumerate(by_ties):
-                        if count:
-                            total += Fraction(count * fill, ties + 1)
+                total = 0
+                for drawn in range(min(rest, len(weighted) - 1) + 1):
+                    if weighted[drawn]:
+                        total += weighted[drawn] * math.comb(small, rest - drawn)
                 win[k] += total * pick_g
-    return {k: float(win[k] / math.comb(n, k)) for k in wanted}
+    return {k: win[k] / (scale * math.comb(n, k)) for k in wanted}
 
 
 def _tie_polynomial(sizes: Sequence[int], x: int, limit: int) -> list[list[int]]:

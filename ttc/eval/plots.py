@@ -11,6 +11,7 @@ matplotlib is imported when a plot is drawn, never by ``import ttc``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ def plot_coverage(reports: Sequence[RunReport], folder: str | Path) -> list[Path
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     try:
         top = 1
+        highest = 0.0
         for index, report in enumerate(reports):
             colour = f"C{index % 10}"
             ks = sorted(report.coverage)
@@ -72,9 +74,11 @@ def plot_coverage(reports: Sequence[RunReport], folder: str | Path) -> list[Path
                 [report.coverage[k] for k in ks],
                 marker="o",
                 markersize=3,
+                markevery=_powers_of_two(ks),
                 color=colour,
                 label=f"{report.label}: coverage",
             )
+            highest = max([highest, *report.coverage.values()])
             maj = sorted(report.majority)
             ax.plot(
                 maj,
@@ -87,7 +91,7 @@ def plot_coverage(reports: Sequence[RunReport], folder: str | Path) -> list[Path
         _log2_axis(ax, top)
         ax.set_xlabel("samples per question (k)")
         ax.set_ylabel("fraction of questions solved")
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, _y_top(highest))
         ax.set_title(_title(reports, "Coverage (pass@k) vs samples"))
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
@@ -105,6 +109,7 @@ def plot_accuracy_vs_compute(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     try:
+        highest = 0.0
         for index, report in enumerate(reports):
             colour = f"C{index % 10}"
             cost = report.usd if usd else report.tokens
@@ -124,9 +129,11 @@ def plot_accuracy_vs_compute(
                     linestyle=style,
                     marker="o",
                     markersize=3,
+                    markevery=_powers_of_two(ks),
                     color=colour,
                     label=f"{report.label}: {name}",
                 )
+                highest = max([highest, *(curve[k] for k in ks)])
             spent = report.usd_per_question if usd else report.tokens_per_question
             if spent > 0:
                 ax.plot(
@@ -138,10 +145,12 @@ def plot_accuracy_vs_compute(
                     color=colour,
                     label=f"{report.label}: selected answer",
                 )
+                highest = max(highest, report.accuracy)
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(_plain_numbers())
         ax.set_xlabel("USD per question" if usd else "generated tokens per question")
         ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, _y_top(highest))
         what = "USD" if usd else "generated tokens"
         ax.set_title(_title(reports, f"Accuracy vs {what}"))
         ax.grid(True, which="major", alpha=0.3)
@@ -149,6 +158,24 @@ def plot_accuracy_vs_compute(
         return _save(fig, Path(folder), "accuracy_vs_usd" if usd else "accuracy_vs_tokens")
     finally:
         plt.close(fig)
+
+
+def _powers_of_two(ks: Sequence[int]) -> list[int]:
+    """Indices of the points to mark: k = 1, 2, 4, ... and the last (every k is drawn)."""
+    return [i for i, k in enumerate(ks) if k & (k - 1) == 0 or i == len(ks) - 1]
+
+
+def _y_top(highest: float) -> float:
+    """The y axis's top: 1 for curves that get near it, else a little above the highest
+    point, so a weak model's curve is not flattened against the bottom."""
+    return min(1.0, max(0.1, math.ceil(highest * 12) / 10))
+
+
+def _plain_numbers() -> Any:
+    """Tick labels as numbers (1,024 tokens, $0.0125) rather than powers of two."""
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:.3g}")
 
 
 def _title(reports: Sequence[RunReport], what: str) -> str:

@@ -11,7 +11,9 @@ the stored questions cost). Each worker's questions run in a run scope on a ``Re
 a remote ledger (``ttc.runtime.budget.Ledger.remote``): the runtime reserves a request's worst
 case there (the actor waits while other workers' reservations block it, exactly as a local
 ledger does) before sending, and settles to the real usage after (a message that does not
-wait). So the spend never passes a limit across the cluster either. Ray is imported only here.
+wait). So the spend never passes a limit across the cluster either. A model's own budget
+(``Model(budget=...)``) is kept by each worker's own model, so on Ray it holds per worker:
+give cluster-wide limits as the run's budget. Ray is imported only here.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from ttc.eval.store import QuestionRecord, ResultsStore
 from ttc.runtime.budget import Budget, Charge, Ledger
 from ttc.runtime.context import run_scope
 from ttc.runtime.model import Model
+from ttc.strategies.base import Strategy
 from ttc.types import Result, Usage
 
 if TYPE_CHECKING:
@@ -99,19 +100,21 @@ async def solve_question(
     """Answer one question with ``solver``'s strategy, charging ``ledger``, and judge every
     candidate with the question's verifier. Used by the local runner and by Ray workers."""
     question = Question(example, spec.prompt(example), spec.verifier(example), spec.extractor())
+    strategy: Strategy | None = None
     with run_scope(ledger, trace=False) as scope:
         try:
             strategy = solver.strategy(model, question)
             result = await strategy.run(question.prompt)
-        except BudgetExceeded as exc:
-            if exc.result is None or _run_budget_spent(ledger, strategy_budget=False):
+        except BudgetExceeded as exc:  # a strategy with on_budget="raise"
+            own = strategy is not None and strategy.budget is not None
+            if exc.result is None or _run_budget_spent(ledger, strategy_budget=own):
                 return Outcome(example.id, "incomplete", scope.usage.snapshot(), error=str(exc))
             result = exc.result
         except TTCError as exc:
             error = f"{type(exc).__name__}: {exc}"
             return Outcome(example.id, "failed", scope.usage.snapshot(), error=error)
         if result.stopped_by == "budget" and _run_budget_spent(
-            ledger, strategy_budget=strategy.budget is not None
+            ledger, strategy_budget=strategy is not None and strategy.budget is not None
         ):
             error = "; ".join(result.errors) or "budget"
             return Outcome(example.id, "incomplete", scope.usage.snapshot(), error=error)
@@ -120,6 +123,7 @@ async def solve_question(
         except TTCError as exc:
             error = f"grading failed: {type(exc).__name__}: {exc}"
             return Outcome(example.id, "failed", scope.usage.snapshot(), error=error)
+        usage = scope.usage.snapshot()  # the strategy's, and any calls its grading made
     record = QuestionRecord(
         id=example.id,
         position=position,
@@ -131,14 +135,16 @@ async def solve_question(
         correct=correct,
         result=result,
     )
-    return Outcome(example.id, "done", result.usage, record=record)
+    return Outcome(example.id, "done", usage, record=record)
 
 
 def _run_budget_spent(ledger: EvalLedger | None, *, strategy_budget: bool) -> bool:
     """Whether a budget stop came from a budget of the whole run (the evaluation's, or a
     model's own) rather than from the strategy's per-question budget."""
-    if ledger is not None and ledger.exhausted is not None:
-        return True
+    if ledger is not None:
+        left = ledger.remaining_seconds()
+        if ledger.exhausted is not None or (left is not None and left <= 0):
+            return True
     return not strategy_budget
 
 
@@ -281,20 +287,23 @@ async def evaluate(
     name = run or default_run_name(dataset, config)
     started = time.perf_counter()
     with ResultsStore(out) as store:
-        skipped = store.open_run(name, config, resume=resume)
+        store.open_run(name, config, resume=resume)
         done = store.fingerprints(name)
         _check_same_questions(store, name, dataset, done)
         todo = [(i, ex) for i, ex in enumerate(dataset.examples) if ex.id not in done]
-        correct_before, _ = store.accuracy(name)
+        # Counts are over this dataset's questions (a run may hold more, e.g. before --limit).
+        verdicts = store.verdicts(name)
+        here = [ex.id for ex in dataset.examples if ex.id in done]
+        # The budget covers the whole run: everything stored counts.
         ledger = EvalLedger(budget, store.usage(name)) if budget is not None else None
         summary = EvalSummary(
             run=name,
             path=store.path,
             total=len(dataset),
-            stored=len(done),
+            stored=len(here),
             new=0,
-            skipped=skipped,
-            correct=correct_before,
+            skipped=len(here),
+            correct=sum(1 for qid in here if verdicts[qid]),
         )
         display = _Display.create(progress, summary)
         if ray is not None and ray is not False:
@@ -343,6 +352,8 @@ async def _drive(
     display: _Display,
 ) -> None:
     """Pull questions with ``concurrency`` workers; store each outcome as it comes."""
+    if not todo:
+        return
     pending: Iterator[tuple[int, Example]] = iter(todo)
     stop = False
 

@@ -269,6 +269,11 @@ class ResultsStore:
             cost_usd=float(row[3]),
         )
 
+    def verdicts(self, run: str) -> dict[str, bool]:
+        """Whether each stored question's selected answer is correct, by id."""
+        rows = self._db.execute("SELECT id, correct FROM results WHERE run = ?", (run,))
+        return {str(r[0]): bool(r[1]) for r in rows}
+
     def accuracy(self, run: str) -> tuple[int, int]:
         """``(correct, stored)`` over the stored questions of ``run``."""
         row = self._db.execute(

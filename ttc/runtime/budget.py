@@ -5,6 +5,11 @@ Reservation checks every ledger that applies (the provider's, the run's, an oute
 then reserves in all of them without an ``await`` in between, so on one event loop no two
 requests can both pass a check that only one of them fits: the spend never passes a limit, at
 any concurrency.
+
+A *remote* ledger (``Ledger.remote``) is one whose limits another process keeps, e.g. the one
+ledger actor of a Ray evaluation that all workers share: after the local checks pass,
+``reserve_when_affordable`` awaits its ``acquire``, and settling calls its ``release``. Plain
+ledgers never take that path, so the local hot path has no extra ``await``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +60,9 @@ _LIMITS = ("tokens", "usd", "requests")
 class Ledger:
     """The live state of one ``Budget``: what is spent, what is reserved, when time runs out."""
 
+    #: ``True`` for a ledger whose limits another process keeps (see ``acquire``).
+    remote: ClassVar[bool] = False
+
     def __init__(self, budget: Budget, scope: str) -> None:
         self.budget = budget
         self.scope = scope
@@ -70,10 +79,12 @@ class Ledger:
         self.outstanding = 0
 
     def start_clock(self) -> None:
+        """Start the ``seconds`` clock, if it has not started yet."""
         if self.started_at is None:
             self.started_at = time.monotonic()
 
     def remaining_seconds(self) -> float | None:
+        """Seconds left before the ``seconds`` limit; ``None`` without one."""
         if self.budget.seconds is None:
             return None
         if self.started_at is None:
@@ -121,14 +132,28 @@ class Ledger:
 
     @property
     def spent(self) -> Charge:
+        """What settled requests have cost so far (reservations not included)."""
         return Charge(self.spent_tokens, self.spent_usd, self.spent_requests)
 
     def would_exceed(self, charge: Charge) -> bool:
+        """Whether reserving ``charge`` now would pass a limit (or the clock has run out)."""
         try:
             self._check(charge)
         except BudgetExceeded:
             return True
         return False
+
+    async def acquire(self, charge: Charge) -> object:
+        """Remote ledgers only: reserve ``charge`` where the limits are kept, waiting while
+        other requests' reservations block it, and return a handle for ``release``; raise
+        ``BudgetExceeded`` when it cannot fit. Awaited by ``reserve_when_affordable`` once
+        every local check has passed."""
+        raise NotImplementedError(f"{type(self).__name__} is not a remote ledger")
+
+    def release(self, handle: object, actual: Charge) -> None:
+        """Remote ledgers only: settle the reservation ``acquire`` returned ``handle`` for,
+        to what the request really cost. Called from synchronous code: it must not block."""
+        raise NotImplementedError(f"{type(self).__name__} is not a remote ledger")
 
     def __repr__(self) -> str:
         return (
@@ -140,12 +165,14 @@ class Ledger:
 class Reservation:
     """A worst-case charge held in several ledgers until the request settles."""
 
-    __slots__ = ("charge", "ledgers", "settled")
+    __slots__ = ("charge", "ledgers", "remote", "settled")
 
     def __init__(self, ledgers: Sequence[Ledger], charge: Charge) -> None:
         self.ledgers = ledgers
         self.charge = charge
         self.settled = False
+        #: The remote ledgers whose ``acquire`` succeeded, with the handle each returned.
+        self.remote: tuple[tuple[Ledger, object], ...] = ()
 
     def settle(self, actual: Charge) -> None:
         """Replace the reserved worst case by what the request really cost. Idempotent."""
@@ -156,6 +183,21 @@ class Reservation:
             ledger._add_reserved(self.charge, -1)
             ledger._add_spent(actual)
             ledger._notify()
+        for ledger, handle in self.remote:
+            ledger.release(handle, actual)
+
+    async def _acquire_remote(self) -> None:
+        """Reserve in the remote ledgers too; on failure (or cancellation) undo everything."""
+        acquired: list[tuple[Ledger, object]] = []
+        try:
+            for ledger in self.ledgers:
+                if ledger.remote:
+                    acquired.append((ledger, await ledger.acquire(self.charge)))
+        except BaseException:
+            self.remote = tuple(acquired)
+            self.settle(Charge())
+            raise
+        self.remote = tuple(acquired)
 
 
 def reserve(ledgers: Sequence[Ledger], charge: Charge) -> Reservation:
@@ -183,12 +225,16 @@ async def reserve_when_affordable(ledgers: Sequence[Ledger], charge: Charge) -> 
     """
     while True:
         try:
-            return reserve(ledgers, charge)
+            reservation = reserve(ledgers, charge)
         except BudgetExceeded as exc:
             ledger = exc.ledger
             if ledger is None or exc.limit == "seconds" or ledger.outstanding == 0:
                 raise
             await ledger.wait_for_settlement()
+            continue
+        if any(ledger.remote for ledger in ledgers):
+            await reservation._acquire_remote()
+        return reservation
 
 
 def deadline_seconds(ledgers: Sequence[Ledger]) -> float | None:

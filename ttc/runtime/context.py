@@ -72,9 +72,14 @@ class RunContext:
 
     __slots__ = ("budget_error", "ledger", "ledgers", "parent", "trace", "usage")
 
-    def __init__(self, budget: Budget | None, parent: RunContext | None, trace: bool) -> None:
+    def __init__(
+        self, budget: Budget | Ledger | None, parent: RunContext | None, trace: bool
+    ) -> None:
         self.parent = parent
-        self.ledger = Ledger(budget, "run") if budget is not None else None
+        if isinstance(budget, Ledger):
+            self.ledger: Ledger | None = budget
+        else:
+            self.ledger = Ledger(budget, "run") if budget is not None else None
         if self.ledger is not None:
             self.ledger.start_clock()
         outer = parent.ledgers if parent is not None else ()
@@ -115,8 +120,14 @@ def current_run() -> RunContext | None:
 
 
 @contextmanager
-def run_scope(budget: Budget | None = None, *, trace: bool = True) -> Iterator[RunContext]:
-    """Open a run: calls inside are charged to ``budget`` and to every enclosing run's."""
+def run_scope(
+    budget: Budget | Ledger | None = None, *, trace: bool = True
+) -> Iterator[RunContext]:
+    """Open a run: calls inside are charged to ``budget`` and to every enclosing run's.
+
+    A ``Ledger`` instead of a ``Budget`` is used as is, so that several scopes (the questions
+    of an evaluation, say, or workers in other processes) can charge one ledger.
+    """
     ctx = RunContext(budget, _current.get(), trace)
     token = _current.set(ctx)
     try:
