@@ -72,6 +72,17 @@ def fake_server(flavor: str) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+_SESSIONS: list[Callable[[], aiohttp.ClientSession | None]] = []
+
+
+async def close_sessions() -> None:
+    for get in _SESSIONS:
+        session = get()
+        if session is not None:
+            await session.close()
+    _SESSIONS.clear()
+
+
 @dataclass
 class Row:
     name: str
@@ -109,6 +120,7 @@ def bare_aiohttp(
 ) -> Callable[[], Awaitable[None]]:
     """The floor: one session, raw JSON, no retries, no accounting."""
     session: aiohttp.ClientSession | None = None
+    _SESSIONS.append(lambda: session)
 
     async def work() -> None:
         nonlocal session
@@ -261,6 +273,7 @@ def others() -> list[str]:
 async def main(repeats: int) -> None:
     rows = await section_best_of_16(repeats)
     rows += await section_cpu_per_request(repeats)
+    await close_sessions()
     print(
         f"server latency {LATENCY * 1000:.0f} ms; fake provider in its own process; "
         f"median of {repeats} runs; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
@@ -276,5 +289,13 @@ async def main(repeats: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
+    parser.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
     args = parser.parse_args()
-    asyncio.run(main(3 if args.quick else 7))
+    repeats = 3 if args.quick else 7
+    if args.uvloop:
+        import uvloop
+
+        print("client event loop: uvloop")
+        uvloop.run(main(repeats))
+    else:
+        asyncio.run(main(repeats))

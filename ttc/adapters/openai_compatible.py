@@ -31,7 +31,7 @@ from ttc.errors import (
     RetryableError,
     ServerError,
 )
-from ttc.runtime.model import Capabilities, Model, RawResponse, user_message
+from ttc.runtime.model import Capabilities, Model, RawResponse
 from ttc.runtime.ratelimit import parse_duration, parse_rate_limit_headers
 from ttc.types import Completion, FinishReason, GenerateRequest, TokenLogprob
 
@@ -145,9 +145,12 @@ class OpenAICompatible(Model):
         p = request.params
         body: dict[str, Any] = {"model": self.model}
         if self.endpoint == "chat":
-            body["messages"] = [
-                {"role": m.role, "content": m.content} for m in user_message(request.prompt)
-            ]
+            prompt = request.prompt
+            body["messages"] = (
+                [{"role": "user", "content": prompt}]
+                if isinstance(prompt, str)
+                else [{"role": m.role, "content": m.content} for m in prompt]
+            )
         else:
             if not isinstance(request.prompt, str):
                 raise ConfigError("prompt: the completions endpoint takes raw text, not messages")
@@ -180,11 +183,11 @@ class OpenAICompatible(Model):
         return stops if limit is None else stops[:limit]
 
     async def _send(self, request: GenerateRequest) -> RawResponse:
-        body = json.dumps(self.build_payload(request))
+        body = json.dumps(self.build_payload(request)).encode()
         session = self._session()
         try:
             async with session.post(self._url, data=body) as resp:
-                text = await resp.text()
+                raw = await resp.read()  # bytes: no charset sniffing, json takes them as they are
                 status = resp.status
                 headers = resp.headers
         except asyncio.TimeoutError as exc:
@@ -196,12 +199,12 @@ class OpenAICompatible(Model):
                 f"{type(exc).__name__}: {exc}", provider=self.provider, model=self.model
             ) from exc
         if status != 200:
-            raise self._error(status, text, headers)
+            raise self._error(status, raw.decode("utf-8", "replace"), headers)
         try:
-            data = json.loads(text)
-        except ValueError as exc:
+            data = json.loads(raw)
+        except ValueError as exc:  # UnicodeDecodeError included
             raise MalformedResponseError(
-                f"response is not JSON ({len(text)} bytes)",
+                f"response is not JSON ({len(raw)} bytes)",
                 provider=self.provider,
                 model=self.model,
             ) from exc
