@@ -12,7 +12,12 @@ from ttc.runtime.model import Capabilities
 
 
 class Cerebras(OpenAICompatible):
-    """Cerebras (``https://api.cerebras.ai/v1``); the key comes from ``CEREBRAS_API_KEY``."""
+    """Cerebras (``https://api.cerebras.ai/v1``); the key comes from ``CEREBRAS_API_KEY``.
+
+    No native ``n`` (the runtime fans out), temperature 0 to 1.5, at most 4 stop strings on the
+    wire (the rest applied client-side); ``max_tokens`` is sent as ``max_completion_tokens``,
+    which Cerebras charges to its token rate limit in advance.
+    """
 
     provider: ClassVar[str] = "cerebras"
     default_base_url: ClassVar[str | None] = "https://api.cerebras.ai/v1"

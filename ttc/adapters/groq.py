@@ -12,7 +12,12 @@ from ttc.runtime.model import Capabilities
 
 
 class Groq(OpenAICompatible):
-    """Groq (``https://api.groq.com/openai/v1``); the key comes from ``GROQ_API_KEY``."""
+    """Groq (``https://api.groq.com/openai/v1``); the key comes from ``GROQ_API_KEY``.
+
+    No native ``n`` (the runtime fans out, one request a sample), no logprobs (refused before
+    sending), chat only, at most 4 stop strings on the wire. Its ``x-ratelimit-*`` headers pace
+    the requests.
+    """
 
     provider: ClassVar[str] = "groq"
     default_base_url: ClassVar[str | None] = "https://api.groq.com/openai/v1"

@@ -13,7 +13,11 @@ from ttc.runtime.pricing import Price
 
 
 class LlamaCppServer(OpenAICompatible):
-    """A llama.cpp server (default ``http://127.0.0.1:8080/v1``)."""
+    """A llama.cpp server (default ``http://127.0.0.1:8080/v1``; key from ``LLAMA_API_KEY``
+    if set).
+
+    No native ``n``: the Python server ignores it, so the runtime fans out. Free by default.
+    """
 
     provider: ClassVar[str] = "llamacpp"
     default_base_url: ClassVar[str | None] = "http://127.0.0.1:8080/v1"

@@ -9,7 +9,11 @@ from ttc.runtime.model import Capabilities
 
 
 class OpenAI(OpenAICompatible):
-    """OpenAI (``https://api.openai.com/v1``); the key comes from ``OPENAI_API_KEY``."""
+    """OpenAI (``https://api.openai.com/v1``); the key comes from ``OPENAI_API_KEY``.
+
+    Native ``n`` up to 128 a request (one request, shared prefill), logprobs, chat and text
+    completions; at most 4 stop strings go on the wire, further ones are applied client-side.
+    """
 
     provider: ClassVar[str] = "openai"
     default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"

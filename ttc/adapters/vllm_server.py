@@ -11,7 +11,10 @@ from ttc.runtime.pricing import Price
 
 
 class VLLMServer(OpenAICompatible):
-    """A vLLM server (default ``http://127.0.0.1:8000/v1``; key from ``VLLM_API_KEY`` if set)."""
+    """A vLLM server (default ``http://127.0.0.1:8000/v1``; key from ``VLLM_API_KEY`` if set).
+
+    Native ``n`` up to 256 a request, logprobs, chat and text completions; free by default.
+    """
 
     provider: ClassVar[str] = "vllm"
     default_base_url: ClassVar[str | None] = "http://127.0.0.1:8000/v1"

@@ -42,6 +42,7 @@ class Price(BaseModel):
         return cls(input_per_token=0.0, output_per_token=0.0)
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for ``prompt_tokens`` in and ``completion_tokens`` out."""
         return prompt_tokens * self.input_per_token + completion_tokens * self.output_per_token
 
 

@@ -239,9 +239,11 @@ class Stats:
 
     @property
     def billed_tokens(self) -> int:
+        """Billed prompt plus completion tokens."""
         return self.billed_prompt_tokens + self.billed_completion_tokens
 
     def as_dict(self) -> dict[str, Any]:
+        """The counters as a JSON-ready dict."""
         return asdict(self)
 
 
