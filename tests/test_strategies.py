@@ -82,6 +82,12 @@ async def test_self_consistency_majority_and_early_settlement() -> None:
     assert len(settled.candidates) == 5
 
 
+async def test_best_of_n_with_a_verifier_marks_candidates() -> None:
+    result = await BestOfN(scripted("391", "17"), n=4, scorer=MathAnswer("391")).run("q")
+    assert [c.verified for c in result.candidates] == [True, False, True, False]
+    assert result.verified and result.answer == "391"
+
+
 async def test_best_of_n_with_scorer_and_weighted_vote() -> None:
     model = scripted("12", "15", "15", "12", "12")
     # The scorer likes 15 a lot and 12 a little: argmax picks 15, so does the weighted vote
@@ -151,6 +157,8 @@ def test_run_sync_outside_and_inside_a_running_loop() -> None:
         return strategy.run_sync("q").answer
 
     assert asyncio.run(notebook_cell()) == "42"
+    # Each run_sync call ran on its own loop, which released what the model held on it.
+    assert len(model._loops) == 0
 
 
 async def test_chat_prompts_and_trace() -> None:

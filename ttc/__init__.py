@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "Message": "ttc.types",
     "Prompt": "ttc.types",
     "SamplingParams": "ttc.types",
+    "GenerateRequest": "ttc.types",
     "Completion": "ttc.types",
     "Usage": "ttc.types",
     "Candidate": "ttc.types",
@@ -63,6 +64,7 @@ __all__ = [
     "Capabilities",
     "Completion",
     "ConfigError",
+    "GenerateRequest",
     "GenerationError",
     "Lookahead",
     "Message",
@@ -124,6 +126,7 @@ if TYPE_CHECKING:
     from ttc.types import (
         Candidate,
         Completion,
+        GenerateRequest,
         Message,
         Prompt,
         Result,

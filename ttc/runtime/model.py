@@ -10,6 +10,7 @@ choices came back as were asked for (refilling the gap), usage, cost and the tra
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import time
 import weakref
@@ -261,6 +262,7 @@ class Model(ABC):
         state = self._loops.get(loop)
         if state is None:
             state = self._loops[loop] = _LoopState(self.max_concurrency)
+            _models_on_loop.setdefault(loop, weakref.WeakSet()).add(self)
         return state
 
     def _loop_resources(self) -> dict[str, Any]:
@@ -443,6 +445,11 @@ class Model(ABC):
                 f"price: no price is known for {self.name}, so a USD budget cannot be "
                 "enforced; pass price=Price.per_million(input, output) to the model, call "
                 "ttc.register_price(...), or drop the usd limit"
+                + (
+                    ""
+                    if importlib.util.find_spec("litellm")
+                    else " (pip install 'ttc-sdk[litellm]' brings litellm's price table)"
+                )
             )
         state = self._loop_state()
         async with state.limiter:
@@ -558,6 +565,20 @@ class Model(ABC):
                     error=error_text,
                 ),
             )
+
+
+# Models that hold resources (sessions, connections) on each event loop, so that a loop that
+# ends (``run_sync`` runs each call on a fresh one) can release them first.
+_models_on_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakSet[Model]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def close_models_on_this_loop() -> None:
+    """Release every model's resources held for the running loop (before it is closed)."""
+    models = _models_on_loop.pop(asyncio.get_running_loop(), None)
+    for model in list(models or ()):
+        await model.aclose()
 
 
 def user_message(prompt: str | tuple[Message, ...]) -> tuple[Message, ...]:

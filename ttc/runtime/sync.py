@@ -20,7 +20,13 @@ def run_sync(fn: Callable[[], Awaitable[T]]) -> T:
     """Call ``fn()`` and run the awaitable it returns to completion."""
 
     async def main() -> T:
-        return await fn()
+        try:
+            return await fn()
+        finally:
+            # This loop ends with the call: close the sessions models opened on it.
+            from ttc.runtime.model import close_models_on_this_loop
+
+            await close_models_on_this_loop()
 
     try:
         asyncio.get_running_loop()

@@ -16,7 +16,7 @@ import anyio
 from ttc.errors import BudgetExceeded
 from ttc.runtime.budget import Budget
 from ttc.runtime.context import RunContext
-from ttc.scoring.base import Scorer, Selector
+from ttc.scoring.base import Scorer, Selector, Verifier
 from ttc.scoring.extract import extract_answer, normalize_answer
 from ttc.scoring.selectors import Argmax, MajorityVote
 from ttc.scoring.verifiers import as_scorer
@@ -112,9 +112,12 @@ class BestOfN(Strategy):
                 stopped_by, scores = "budget", []
                 errors.append(f"scoring stopped: {exc}")
                 ctx.budget_error = ctx.budget_error or exc
+            judged = isinstance(self.scorer, Verifier)
             for candidate, value in zip(candidates, scores):
                 candidate.score = value
                 candidate.scores[self.scorer.name] = value
+                if judged:
+                    candidate.verified = value >= 1.0
         selector = self.selector
         if (
             stopped_by == "budget"
