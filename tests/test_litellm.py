@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ttc import SelfConsistency
+from ttc import SamplingParams, SelfConsistency
 from ttc.adapters import LiteLLM
 from ttc.errors import AuthenticationError
 from ttc.runtime.retry import RetryPolicy
@@ -22,6 +22,8 @@ async def test_litellm_through_the_runtime() -> None:
         assert server.stats.requests == 3  # fan-out by default
         assert result.usage.prompt_tokens == server.stats.billed_prompt_tokens
         assert result.usage.completion_tokens == server.stats.billed_completion_tokens
+        [sample] = await model.generate("hi", SamplingParams(logprobs=True, top_logprobs=2))
+        assert sample.logprobs and all(len(t.top) == 2 for t in sample.logprobs)
 
         wrong = LiteLLM("openai/fake-model", api_base=server.base_url, api_key="sk-wrong-999")
         with pytest.raises(AuthenticationError) as info:

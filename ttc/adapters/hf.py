@@ -41,6 +41,7 @@ from typing import Any, ClassVar, Literal
 import anyio
 import anyio.to_thread
 
+from ttc.adapters.chat_template import chat_prompt_text
 from ttc.errors import (
     ConfigError,
     ContextLengthError,
@@ -355,18 +356,7 @@ class Transformers(Model):
         if isinstance(prompt, str):
             ids: list[int] = tokenizer(prompt)["input_ids"]
             return ids
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError(
-                f"prompt: {self.model_dir.name} has no chat template; send raw text (a few-shot "
-                "prompt for a base model) or add a template to its tokenizer"
-            )
-        continue_final = prompt[-1].role == "assistant"
-        text = tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in prompt],
-            tokenize=False,
-            add_generation_prompt=not continue_final,
-            continue_final_message=continue_final,
-        )
+        text = chat_prompt_text(tokenizer, prompt, self.model_dir.name)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import SecretStr
 
+from ttc.adapters.openai_compatible import parse_logprobs
 from ttc.errors import (
     AuthenticationError,
     BadRequestError,
@@ -30,7 +31,7 @@ from ttc.errors import (
 )
 from ttc.runtime.model import Capabilities, Model, RawResponse, user_message
 from ttc.runtime.pricing import lookup_price
-from ttc.types import Completion, FinishReason, GenerateRequest
+from ttc.types import Completion, FinishReason, GenerateRequest, TokenLogprob
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -129,6 +130,7 @@ class LiteLLM(Model):
                 Completion(
                     text=choice.message.content or "",
                     finish_reason=_FINISH.get(choice.finish_reason or "", "unknown"),
+                    logprobs=_logprobs(choice) if p.logprobs else None,
                     model=self.model,
                 )
                 for choice in response.choices
@@ -179,6 +181,14 @@ class LiteLLM(Model):
         if isinstance(status, int):
             return BadRequestError(message, **kwargs)
         return ProviderConnectionError(f"{type(exc).__name__}: {message}", **kwargs)
+
+
+def _logprobs(choice: Any) -> tuple[TokenLogprob, ...] | None:
+    """litellm hands back OpenAI's chat logprobs, as a pydantic object or a dict."""
+    raw = getattr(choice, "logprobs", None)
+    if hasattr(raw, "model_dump"):
+        raw = raw.model_dump()
+    return parse_logprobs(raw)
 
 
 def _retry_after(exc: Exception) -> float | None:

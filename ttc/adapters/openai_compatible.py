@@ -241,7 +241,7 @@ class OpenAICompatible(Model):
             text, cut = _cut_at_stops(text, stops)
             if cut:
                 finish = "stop"
-        logprobs = _parse_logprobs(choice.get("logprobs")) if request.params.logprobs else None
+        logprobs = parse_logprobs(choice.get("logprobs")) if request.params.logprobs else None
         prompt_logprobs = (
             _parse_prompt_logprobs(choice.get("prompt_logprobs"))
             if request.params.prompt_logprobs is not None
@@ -321,7 +321,7 @@ def _retry_after(headers: Any) -> float | None:
     return parse_duration(value)
 
 
-def _parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
+def parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
     if not raw:
         return None
     if isinstance(raw, dict) and isinstance(raw.get("content"), list):  # chat format

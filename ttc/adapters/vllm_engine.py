@@ -55,6 +55,7 @@ import anyio
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field
 
+from ttc.adapters.chat_template import chat_prompt_text
 from ttc.adapters.vllm_server import VLLMServer
 from ttc.errors import (
     BadRequestError,
@@ -726,18 +727,7 @@ class VLLM(Model):
         return rendered
 
     def _chat_token_ids(self, tokenizer: Any, messages: tuple[Message, ...]) -> list[int]:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError(
-                f"prompt: {self.model_dir.name} has no chat template; send raw text (a few-shot "
-                "prompt for a base model) or add a template to its tokenizer"
-            )
-        continue_final = messages[-1].role == "assistant"
-        text = tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
-            tokenize=False,
-            add_generation_prompt=not continue_final,
-            continue_final_message=continue_final,
-        )
+        text = chat_prompt_text(tokenizer, messages, self.model_dir.name)
         ids: list[int] = tokenizer.encode(text, add_special_tokens=False)
         return ids
 
