@@ -185,10 +185,9 @@ class LiteLLM(Model):
 
 def _logprobs(choice: Any) -> tuple[TokenLogprob, ...] | None:
     """litellm hands back OpenAI's chat logprobs, as a pydantic object or a dict."""
-    raw = getattr(choice, "logprobs", None)
-    if hasattr(raw, "model_dump"):
-        raw = raw.model_dump()
-    return parse_logprobs(raw)
+    raw: Any = getattr(choice, "logprobs", None)
+    dump = getattr(raw, "model_dump", None)
+    return parse_logprobs(dump() if callable(dump) else raw)
 
 
 def _retry_after(exc: Exception) -> float | None:
