@@ -452,12 +452,15 @@ class Model(ABC):
                 )
             )
         state = self._loop_state()
-        async with state.limiter:
-            prompt_bound = self._prompt_token_bound(request)
-            worst = self._worst_case(request, prompt_bound)
+        limiter = state.limiter
+        await limiter.acquire()
+        try:
+            worst = self._worst_case(request, self._prompt_token_bound(request))
             await self.rate_limiter.acquire(worst.tokens)
             reservation = await reserve_when_affordable(ledgers, worst)
             return await self._send_and_settle(request, attempt, ledgers, reservation, worst)
+        finally:
+            limiter.release()
 
     async def _send_and_settle(
         self,

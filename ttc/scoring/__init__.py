@@ -9,6 +9,7 @@ from ttc.scoring.base import Scorer, Selection, Selector, Verifier
 from ttc.scoring.extract import extract_answer, extract_boxed, gsm8k_reference, normalize_answer
 from ttc.scoring.prm import ArithmeticPRM, ProcessRewardModel, aggregate
 from ttc.scoring.selectors import Argmax, FirstVerified, MajorityVote, WeightedMajority
+from ttc.scoring.step_judge import StepJudge
 from ttc.scoring.unit_tests import UnitTestReport, UnitTests, extract_code
 from ttc.scoring.verifiers import (
     FunctionScorer,
@@ -34,6 +35,7 @@ __all__ = [
     "Scorer",
     "Selection",
     "Selector",
+    "StepJudge",
     "UnitTestReport",
     "UnitTests",
     "Verifier",
