@@ -217,7 +217,10 @@ def run_page(path: Path) -> list[str]:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("path", pages(), ids=lambda p: p.relative_to(DOCS).as_posix())
-def test_page_examples_run(path: Path, world: FakeWorld) -> None:
+def test_page_examples_run(
+    path: Path, world: FakeWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # examples that write files (results folders) write here
     start = time.perf_counter()
     skipped = run_page(path)
     elapsed = time.perf_counter() - start
