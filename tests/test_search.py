@@ -267,18 +267,22 @@ async def test_tree_is_on_the_result_and_in_its_json() -> None:
     assert data["candidates"][0]["steps"][0] == "1 v=0.9\n\n"
 
 
-async def test_chat_models_and_chat_prompts_are_refused_clearly() -> None:
+async def test_chat_models_take_the_chat_step_protocol_and_chat_prompts_are_refused() -> None:
     chat_only = FunctionModel(lambda r, i: "x", capabilities=Capabilities(completions=False))
-    with pytest.raises(ConfigError, match="chat step protocol"):
-        BeamPRM(chat_only, ScriptedPRM(), n=2, width=2)
+    assert BeamPRM(chat_only, ScriptedPRM(), n=2, width=2).generator.path == "chat_protocol"
     strategy = BeamPRM(Tree().model, ScriptedPRM(), n=2, width=2)
+    assert strategy.generator.path == "completion"
     with pytest.raises(ConfigError, match="chat step protocol"):
         await strategy.run([Message(role="user", content="hi")])
     from ttc.adapters import OpenAICompatible
 
     chat = OpenAICompatible("m", base_url="http://127.0.0.1:9/v1", api_key="k")
-    with pytest.raises(ConfigError, match="chat step protocol"):
-        BeamPRM(chat, ScriptedPRM(), n=2, width=2)
+    assert BeamPRM(chat, ScriptedPRM(), n=2, width=2).generator.path == "chat_protocol"
+    neither = FunctionModel(
+        lambda r, i: "x", capabilities=Capabilities(completions=False, chat=False)
+    )
+    with pytest.raises(ConfigError, match="neither a text nor a chat endpoint"):
+        BeamPRM(neither, ScriptedPRM(), n=2, width=2)
     if importlib.util.find_spec("llama_cpp") is not None:
         from ttc.adapters import LlamaCpp
 

@@ -8,6 +8,7 @@ processes.
 from ttc.scoring.base import Scorer, Selection, Selector, Verifier
 from ttc.scoring.extract import extract_answer, extract_boxed, gsm8k_reference, normalize_answer
 from ttc.scoring.prm import ArithmeticPRM, ProcessRewardModel, aggregate
+from ttc.scoring.prm_hf import MathShepherdPRM, QwenPRM, RLHFlowPRM, TransformersPRM
 from ttc.scoring.selectors import Argmax, FirstVerified, MajorityVote, WeightedMajority
 from ttc.scoring.step_judge import StepJudge
 from ttc.scoring.unit_tests import UnitTestReport, UnitTests, extract_code
@@ -30,12 +31,16 @@ __all__ = [
     "GSM8KAnswer",
     "MajorityVote",
     "MathAnswer",
+    "MathShepherdPRM",
     "ProcessRewardModel",
+    "QwenPRM",
+    "RLHFlowPRM",
     "Regex",
     "Scorer",
     "Selection",
     "Selector",
     "StepJudge",
+    "TransformersPRM",
     "UnitTestReport",
     "UnitTests",
     "Verifier",

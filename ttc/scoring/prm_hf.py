@@ -33,7 +33,7 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -47,6 +47,8 @@ logger = logging.getLogger("ttc.prm_hf")
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 PaddingSide = Literal["left", "right"]
+
+_P = TypeVar("_P", bound="TransformersPRM")
 
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -173,7 +175,7 @@ class TransformersPRM(ProcessRewardModel):
         """Load the model now rather than on the first scoring call."""
         await anyio.to_thread.run_sync(self._load)
 
-    def load(self) -> TransformersPRM:
+    def load(self: _P) -> _P:
         """``start`` for synchronous code (scripts, fixtures); returns the PRM."""
         self._load()
         return self
@@ -219,14 +221,27 @@ class TransformersPRM(ProcessRewardModel):
         except (OSError, ValueError) as exc:
             raise ConfigError(f"model_dir: transformers cannot load the tokenizer: {exc}") from exc
         self._prepare(tokenizer)  # ConfigError before paying for the weights
+        auto = self._auto_class()
         try:
-            model: Any = self._auto_class().from_pretrained(
+            model: Any
+            model, info = auto.from_pretrained(
                 str(self.model_dir),
                 local_files_only=True,
                 dtype="auto" if self.dtype == "auto" else getattr(torch, self.dtype),
+                output_loading_info=True,
             )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"model_dir: transformers cannot load the model: {exc}") from exc
+        missing = sorted(info.get("missing_keys") or ())
+        if missing:
+            # transformers would fill them with random values: scores that look real but are
+            # noise (e.g. a causal LM's folder read as a classifier, or a head written in the
+            # checkpoint's own code, such as Qwen2.5-Math-PRM's)
+            shown = ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
+            raise ConfigError(
+                f"model_dir: the checkpoint has no weights for {shown} of "
+                f"{type(model).__name__} ({auto.__name__}); its scores would be random"
+            )
         model.to(device)
         model.eval()
         pad = tokenizer.pad_token_id
@@ -254,7 +269,8 @@ class TransformersPRM(ProcessRewardModel):
         """What the model sees for one solution (loads the model if needed): for inspection and
         tests."""
         loaded = self._loaded or self._load()
-        return self._checked(loaded, question, steps)
+        with self._run_lock:
+            return self._checked(loaded, question, steps)
 
     def _checked(self, loaded: _Loaded, question: str, steps: Sequence[str]) -> Encoded:
         encoded = self._encode(loaded.tokenizer, question, steps)
@@ -284,10 +300,12 @@ class TransformersPRM(ProcessRewardModel):
         """Every solution's step scores, ``batch_size`` solutions per forward pass (in a worker
         thread, holding the run lock)."""
         loaded = self._loaded or self._load()
-        encoded = [self._checked(loaded, question, steps) for steps in solutions]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
-        out: list[list[float]] = [[] for _ in encoded]
+        # the tokenizer under the lock too: a fast tokenizer used from two threads at once can
+        # fail ("Already borrowed")
         with self._run_lock:
+            encoded = [self._checked(loaded, question, steps) for steps in solutions]
+            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+            out: list[list[float]] = [[] for _ in encoded]
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
                 try:

@@ -164,11 +164,15 @@ class StepJudge(ProcessRewardModel):
 
     def _verdict(self, text: str) -> float:
         words = [w.lower() for w in _WORD.findall(text)]
-        for word in words[:3]:  # "**Correct**", "Verdict: incorrect", "The step is ..."
+        for word in words[:3]:  # "**Correct**", "Verdict: incorrect"
             if word in self.no:
                 return 0.0
             if word in self.yes:
                 return 1.0
+        # "The step is correct.": a verdict word later on, if only one kind occurs.
+        kinds = {"no" if w in self.no else "yes" for w in words if w in self.no or w in self.yes}
+        if len(kinds) == 1:
+            return 0.0 if kinds == {"no"} else 1.0
         return 0.5
 
     async def _score_steps(

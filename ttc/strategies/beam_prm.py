@@ -30,7 +30,8 @@ class BeamPRM(StepSearch):
     """Beam search with a PRM: keep the N/M best partial solutions, expand each M ways.
 
     Args:
-        model: a completion-style ``Model`` (raw text is continued as is).
+        model: any ``Model``: raw text is continued as is; chat endpoints continue the final
+            assistant message where they can, else take the chat step protocol.
         prm: the process reward model, e.g. ``ttc.scoring.ArithmeticPRM()``.
         n: N, the beams (16).
         width: M, the beam width (4); ``n`` must be a multiple of it.
@@ -120,7 +121,16 @@ class BeamPRM(StepSearch):
             active = self.top(going, keep)
             status.update({c.id: "finished" for c in done})
             status.update({c.id: "kept" for c in active})
-            tree.append(round_record(number, new, status, to_end=to_end, **self.round_extra()))
+            tree.append(
+                round_record(
+                    number,
+                    new,
+                    status,
+                    to_end=to_end,
+                    path=self.generator.path,
+                    **self.round_extra(),
+                )
+            )
             if not active or len(finished) >= self.n:
                 break
         final = finished or ([b for b in active if b.steps] if stopped is not None else [])

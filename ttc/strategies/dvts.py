@@ -114,7 +114,11 @@ class DVTS(StepSearch):
                 status.update({c.id: "finished" if c.done else "alternative" for c in group})
                 status[best.id] = "chosen"
             record = round_record(
-                number, [c for group in groups for c in group], status, to_end=to_end
+                number,
+                [c for group in groups for c in group],
+                status,
+                to_end=to_end,
+                path=self.generator.path,
             )
             for beam in record["beams"]:
                 beam["subtree"] = subtree_of[beam["id"]]

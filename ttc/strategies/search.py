@@ -147,8 +147,8 @@ class StepSearch(Strategy):
         """The question as text: step-wise search continues raw text."""
         if not isinstance(prompt, str):
             raise ConfigError(
-                "prompt: step-wise search takes the question as text; chat messages need the "
-                "chat step protocol, which is not implemented yet"
+                "prompt: step-wise search takes the question as text (the chat step protocol "
+                "builds the chat messages itself)"
             )
         return prompt
 

@@ -11,7 +11,10 @@ from ends with it. The model's capabilities pick one of three paths (``StepGener
 * ``"continue_final_message"``: a chat endpoint that can continue the last assistant message
   (``Capabilities.continue_final_message``, e.g. ``VLLMServer``): the question is the user
   message and the partial solution the final assistant message, which the server extends as is
-  (vLLM's ``continue_final_message: true, add_generation_prompt: false``).
+  (vLLM's ``continue_final_message: true, add_generation_prompt: false``). The first step is
+  an ordinary chat turn. Caveat: chat templates that trim message content (Llama 3's, Gemma's)
+  drop the partial solution's trailing delimiter, and the model may then stop at once on it
+  (an empty step); ``VLLMServer(endpoint="completions")`` takes the exact completion path.
 * ``"chat_protocol"``: any other chat endpoint (OpenAI's, Groq's, Cerebras's chat): the
   question and the steps so far are handed back in a user message and the model is asked for
   the next step only, stopping at the delimiter; its reply is taken as one step (a leading
@@ -153,7 +156,7 @@ class StepGenerator:
     """Generates the next step of partial solutions on any ttc ``Model``.
 
     ``path`` says how (``"completion"``, ``"continue_final_message"`` or ``"chat_protocol"``),
-    chosen from the model's capabilities; search results record it in their tree.
+    chosen from the model's capabilities (``step_path``), so a search can show it.
     """
 
     def __init__(self, model: Model, fmt: StepFormat | None = None) -> None:
@@ -163,6 +166,8 @@ class StepGenerator:
         self.path: StepPath = step_path(model)
         # vLLM continues the final assistant message only when the request says so; these
         # requests go through a view of the model that adds the two fields (see _continuing).
+        # The first step has no assistant message yet and goes out as an ordinary chat turn:
+        # an empty final message would be rendered closed, end-of-turn token and all.
         self._sender = _continuing(model) if self.path == "continue_final_message" else model
         self._answer = (
             re.compile(self.format.answer_pattern) if self.format.answer_pattern else None
@@ -181,10 +186,10 @@ class StepGenerator:
             return self.format.prompt(question, steps)
         text = self.format.template.replace("{question}", question)
         if self.path == "continue_final_message":
-            return (
-                Message(role="user", content=text),
-                Message(role="assistant", content="".join(steps)),
-            )
+            user = Message(role="user", content=text)
+            if not steps:  # nothing to continue: an ordinary turn (see ``__init__``)
+                return (user,)
+            return (user, Message(role="assistant", content="".join(steps)))
         delimiter = self.format.delimiter
         described = "a blank line" if delimiter == "\n\n" else f"the text {delimiter!r}"
         instruction = CHAT_STEP_TO_END_INSTRUCTION if to_end else CHAT_STEP_INSTRUCTION
@@ -209,25 +214,33 @@ class StepGenerator:
         provider has native ``n``; the runtime fans out where it has not); ``to_end``
         generates the rest of the solution instead."""
         prompt = self.prompt(question, steps, to_end=to_end)
-        completions = await self._sender.generate(prompt, self.params_for(params, to_end=to_end), n)
+        sender = self._sender if steps else self.model
+        completions = await sender.generate(prompt, self.params_for(params, to_end=to_end), n)
         if self.path == "chat_protocol":
             completions = [self._reply_as_step(c, steps) for c in completions]
         return [self.step(c, to_end=to_end) for c in completions]
 
     def _reply_as_step(self, completion: Completion, steps: Sequence[str]) -> Completion:
-        """A chat reply trimmed to the step it should be: surrounding whitespace, a leading
-        repetition of the earlier steps and the ``DONE_REPLY`` (an empty step) removed."""
+        """A chat reply trimmed to the step it should be: surrounding whitespace and a leading
+        repetition of the earlier steps removed, ``DONE_REPLY`` read as an empty step.
+
+        A reply that is nothing but an echo (the stop string cut it after a repeated step) is
+        kept as it is: emptied, it would end the beam as if the solution were complete; kept,
+        it is a repeated step that the PRM can score down."""
         text = completion.text.strip()
         earlier = "".join(steps).strip()
-        if earlier and text.startswith(earlier):
-            text = text[len(earlier) :].strip()
+        rest = text
+        if earlier and rest.startswith(earlier):
+            rest = rest[len(earlier) :].strip()
         else:  # echoed steps one by one, as far as they go
             for step in steps:
                 done = step.strip()
-                if done and text.startswith(done):
-                    text = text[len(done) :].lstrip()
+                if done and rest.startswith(done):
+                    rest = rest[len(done) :].lstrip()
                 else:
                     break
+        if rest:
+            text = rest
         if text.strip(" .*`'\"").upper() == DONE_REPLY:
             text = ""
         return completion.model_copy(update={"text": text})
