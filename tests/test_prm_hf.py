@@ -21,6 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+import tiny_models
+
 from ttc import BeamPRM, SamplingParams
 from ttc.adapters import FunctionModel
 from ttc.errors import ConfigError
@@ -47,10 +49,6 @@ SPECIALS = [
     " ки",
     "<extra_0>",
 ]
-TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 QUESTION = "Janet has 3 boxes of 5 eggs and eats 4. How many are left?"
 STEPS = [
     "Step 1: 3 * 5 = 15 eggs.\n\n",
@@ -62,56 +60,14 @@ STEPS = [
 def build_tiny(folder: Path, *, template: bool = True, classifier: bool = False) -> Path:
     """A 2-layer Llama (hidden size 64) with a BPE tokenizer holding the PRM markers as
     special tokens; a causal LM, or a 2-label token classifier for Qwen-style PRMs."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import (
-        LlamaConfig,
-        LlamaForCausalLM,
-        LlamaForTokenClassification,
-        PreTrainedTokenizerFast,
-    )
-
-    raw = Tokenizer(models.BPE(unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator(
+    return tiny_models.build_tiny_llama(
+        folder,
         CORPUS,
-        trainers.BpeTrainer(
-            vocab_size=320,
-            special_tokens=SPECIALS,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
+        SPECIALS,
+        vocab_size=320,
+        chat_template=tiny_models.CHAT_TEMPLATE if template else None,
+        classifier=classifier,
     )
-    raw.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", raw.token_to_id("<s>"))]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-    )
-    if template:
-        tokenizer.chat_template = TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        num_labels=2,
-    )
-    torch.manual_seed(0)
-    model = LlamaForTokenClassification(config) if classifier else LlamaForCausalLM(config)
-    model.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
 
 
 @pytest.fixture(scope="module")
