@@ -215,6 +215,19 @@ def reserve(ledgers: Sequence[Ledger], charge: Charge) -> Reservation:
     return Reservation(ledgers, charge)
 
 
+def try_reserve(ledgers: Sequence[Ledger], charge: Charge) -> Reservation | None:
+    """The common case without a coroutine: no ledgers at all, or local ledgers with room.
+    ``None`` means ``reserve_when_affordable`` must decide (wait, raise, or ask a remote)."""
+    if not ledgers:
+        return Reservation(ledgers, charge)
+    if any(ledger.remote for ledger in ledgers):
+        return None
+    try:
+        return reserve(ledgers, charge)
+    except BudgetExceeded:
+        return None
+
+
 async def reserve_when_affordable(ledgers: Sequence[Ledger], charge: Charge) -> Reservation:
     """Reserve ``charge``; if a limit is only blocked by other requests' reservations, wait
     for them to settle (their real usage is usually far below the worst case) and try again.

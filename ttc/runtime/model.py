@@ -39,6 +39,7 @@ from ttc.runtime.budget import (
     Reservation,
     deadline_seconds,
     reserve_when_affordable,
+    try_reserve,
 )
 from ttc.runtime.concurrency import ConcurrencyLimit
 from ttc.runtime.context import UsageCounter, current_run
@@ -451,13 +452,15 @@ class Model(ABC):
                     else " (pip install 'ttc-sdk[litellm]' brings litellm's price table)"
                 )
             )
-        state = self._loop_state()
-        limiter = state.limiter
+        limiter = self._loop_state().limiter
         await limiter.acquire()
         try:
             worst = self._worst_case(request, self._prompt_token_bound(request))
-            await self.rate_limiter.acquire(worst.tokens)
-            reservation = await reserve_when_affordable(ledgers, worst)
+            if not self.rate_limiter.try_acquire(worst.tokens):
+                await self.rate_limiter.acquire(worst.tokens)
+            reservation = try_reserve(ledgers, worst)
+            if reservation is None:
+                reservation = await reserve_when_affordable(ledgers, worst)
             return await self._send_and_settle(request, attempt, ledgers, reservation, worst)
         finally:
             limiter.release()
@@ -470,6 +473,7 @@ class Model(ABC):
         reservation: Reservation,
         worst: Charge,
     ) -> list[Completion]:
+        """Send under the run's deadline, then settle whatever happened."""
         start = time.perf_counter()
         raw: RawResponse | None = None
         error: BaseException | None = None

@@ -143,6 +143,24 @@ class RateLimiter:
             or self._paused_until > time.monotonic()
         )
 
+    def try_acquire(self, tokens: int) -> bool:
+        """Take one request's share now if it is free; ``False`` means ``acquire`` must wait."""
+        if not self.active:
+            return True
+        now = time.monotonic()
+        if self._paused_until > now:
+            return False
+        for bucket, amount in ((self._requests, 1), (self._tokens, tokens)):
+            if bucket is not None:
+                bucket.refill(now)
+                if bucket.wait_for(amount) > 0:
+                    return False
+        if self._requests is not None:
+            self._requests.level -= 1
+        if self._tokens is not None:
+            self._tokens.level -= min(tokens, self._tokens.capacity)
+        return True
+
     async def acquire(self, tokens: int) -> None:
         """Wait until one request of up to ``tokens`` tokens may go out, then take its share.
 
