@@ -6,7 +6,6 @@ names the field. Models that are shared between tasks are frozen.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -259,7 +258,3 @@ def as_request_prompt(prompt: Prompt) -> str | tuple[Message, ...]:
     for item in prompt:
         out.append(item if isinstance(item, Message) else Message.model_validate(item))
     return tuple(out)
-
-
-def finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))
