@@ -6,10 +6,10 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
 
 import anyio
 import anyio.to_thread
+import processes
 import pytest
 
 from ttc.errors import ConfigError, TTCError
@@ -31,22 +31,7 @@ def code(text: str) -> Candidate:
     return Candidate(text=text)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in status
-
-
-def _gone(pids: set[int], within: float) -> bool:
-    """Wait up to ``within`` seconds for every process in ``pids`` to be gone."""
-    deadline = time.monotonic() + within
-    while any(_alive(pid) for pid in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+_alive, _gone = processes.alive, processes.gone
 
 
 def test_extract_code() -> None:

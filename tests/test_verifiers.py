@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+import processes
 import pytest
 
 from ttc.errors import ConfigError
@@ -46,23 +47,7 @@ def answers(*values: str) -> list[Candidate]:
     return [Candidate(text=f"... so the answer is {v}", answer=v) for v in values]
 
 
-def _alive(pid: int) -> bool:
-    """Running (not a zombie) process ``pid``."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in status
-
-
-def _gone(pids: set[int], within: float) -> bool:
-    """Wait up to ``within`` seconds for every process in ``pids`` to be gone."""
-    deadline = time.monotonic() + within
-    while any(_alive(pid) for pid in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+_alive, _gone = processes.alive, processes.gone
 
 
 async def _warm_pool() -> None:
