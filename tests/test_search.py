@@ -21,6 +21,7 @@ from ttc.runtime.retry import RetryPolicy
 from ttc.scoring import ArithmeticPRM, ProcessRewardModel, aggregate
 from ttc.scoring.prm import check_arithmetic, safe_eval
 from ttc.strategies import StepFormat
+from ttc.strategies.search import Beam
 from ttc.strategies.steps import StepGenerator
 from ttc.types import Completion, GenerateRequest, Message
 
@@ -95,6 +96,10 @@ class ScriptedPRM(ProcessRewardModel):
 def _read_score(step: str) -> float:
     found = re.findall(r"v=([\d.]+)", step)
     return float(found[0]) if found else 0.5
+
+
+def _beam(beam_id: int, value: float) -> Beam:
+    return Beam(id=beam_id, steps=[f"s{beam_id}"], value=value)
 
 
 def survivors(result: Result, number: int) -> list[str]:
@@ -217,19 +222,58 @@ async def test_duplicates_removed_when_asked() -> None:
         else:
             assert first == ["kept", "kept", "pruned", "pruned"]
         assert result.usage.requests == 1 + expanded
+        # Every round samples N: a lone survivor is continued N ways, not M.
+        assert len(result.tree[1]["beams"]) == 4
+
+
+async def test_uneven_survivors_share_the_n_samples_best_first() -> None:
+    # Three survivors split N = 4 samples 1 + 2 + 1, the extra one to the best; in a run where
+    # "1" finishes in round 1, the N/M = 2 best unfinished beams are continued M ways each.
+    tree = Tree({"0": 0.1, "1": 0.9, "2": 0.6, "3": 0.3}, answers=["1"])
+    strategy = BeamPRM(tree.model, ScriptedPRM(), n=4, width=2, max_rounds=2)
+    assert [
+        (b.id, k) for b, k in strategy.spread([_beam(1, 0.2), _beam(2, 0.7), _beam(3, 0.5)])
+    ] == [
+        (1, 1),
+        (2, 2),
+        (3, 1),
+    ]
+    result = await strategy.run(Q)
+    assert [(tree.name_of(c.steps[-1]), c.n) for c in tree.calls[1:]] == [("2", 2), ("3", 2)]
+    assert result.stopped_by is None
+
+
+async def test_budget_keeps_the_paid_samples_of_a_cut_fan_out() -> None:
+    # No native n: each sample is its own request. Of three requests, round 1's N = 2 first
+    # steps take two, and only one of round 2's two samples of the survivor is paid for; that
+    # sample is kept, scored, and answers.
+    tree = Tree({"0": 0.1, "1": 0.9, "1.0": 0.8})
+    model = FunctionModel(tree.reply, native_n=False)
+    result = await BeamPRM(model, ScriptedPRM(), n=2, width=2, budget=Budget(requests=3)).run(Q)
+    assert result.stopped_by == "budget"
+    assert result.usage.requests == 3
+    assert [c.text for c in result.candidates] == ["1 v=0.9\n\n1.0 v=0.8\n\n"]
+    assert result.best is not None and result.best.score == pytest.approx(0.8)
 
 
 async def test_budget_stop_returns_the_best_so_far_marked() -> None:
-    # Three requests pay for round 1 and part of round 2: that round is dropped, and the
-    # survivors of round 1 (partial beams) are returned, best first by score.
-    tree = Tree({"0": 0.1, "1": 0.9, "2": 0.6, "3": 0.3})
+    # Two requests pay for round 1 and half of round 2: the steps round 2 paid for are kept
+    # and scored, and the answer comes from the deepest partial beams: the children of "1"
+    # and the survivor "2" that the budget could not continue.
+    tree = Tree({"0": 0.1, "1": 0.9, "2": 0.6, "3": 0.3, "1.0": 0.2, "1.1": 0.4})
     strategy = BeamPRM(tree.model, ScriptedPRM(), n=4, width=2, budget=Budget(requests=2))
     result = await strategy.run(Q)
     assert result.stopped_by == "budget"
-    assert [c.text for c in result.candidates] == ["1 v=0.9\n\n", "2 v=0.6\n\n"]
-    assert result.best is not None and result.best.score == pytest.approx(0.9)
+    assert [c.text for c in result.candidates] == [
+        "2 v=0.6\n\n",
+        "1 v=0.9\n\n1.0 v=0.2\n\n",
+        "1 v=0.9\n\n1.1 v=0.4\n\n",
+    ]
+    assert [c.score for c in result.candidates] == pytest.approx([0.6, 0.2, 0.4])
     assert result.errors and "budget" in result.errors[0]
-    assert result.usage.requests <= 2
+    assert result.usage.requests == 2
+    assert result.tree is not None and result.tree[-1]["stopped_by"] == "budget"
+    assert [b["step"][:3] for b in result.tree[-1]["beams"]] == ["1.0", "1.1"]
     # A beam that had finished is preferred to partial ones.
     tree = Tree({"0": 0.1, "1": 0.9, "2": 0.6, "3": 0.3}, answers=["3"])
     result = await BeamPRM(tree.model, ScriptedPRM(), n=4, width=2, budget=Budget(requests=2)).run(
@@ -401,6 +445,20 @@ async def test_dvts_subtrees_are_independent() -> None:
     # Output: each subtree's M last-step alternatives, N in all.
     assert len(result.candidates) == 4
     assert {(c.steps or [""])[0] for c in result.candidates} == {"a v=0.9\n\n", "c v=0.2\n\n"}
+
+
+async def test_dvts_budget_stop_keeps_each_subtrees_newest_paid_alternatives() -> None:
+    # Two subtrees; three requests pay for round 1 (one each) and one subtree's round 2.
+    tree = Tree({"0": 0.2, "1": 0.7})
+    result = await DVTS(tree.model, ScriptedPRM(), n=4, width=2, budget=Budget(requests=3)).run(Q)
+    assert result.stopped_by == "budget" and result.usage.requests == 3
+    assert sorted(c.text for c in result.candidates) == [
+        "0 v=0.2\n\n",
+        "1 v=0.7\n\n",
+        "1 v=0.7\n\n1.0 v=0.5\n\n",
+        "1 v=0.7\n\n1.1 v=0.5\n\n",
+    ]
+    assert result.tree is not None and result.tree[-1]["stopped_by"] == "budget"
 
 
 async def test_dvts_subtree_ends_on_its_chosen_step() -> None:

@@ -47,8 +47,9 @@ class BeamPRM(StepSearch):
 
     ``result.candidates`` are the finished beams (with ``steps`` and PRM ``score``; at most N,
     the best by score); ``result.tree`` the search tree. When the budget cannot pay for a
-    round, that round is dropped and the result holds the finished beams, or if none finished
-    yet the surviving partial beams, with ``stopped_by="budget"``.
+    whole round, the steps it did pay for are kept (scored, if the PRM can still be paid) and
+    the result holds the finished beams, or if none finished the deepest partial beams, with
+    ``stopped_by="budget"``.
     """
 
     def __init__(
@@ -100,27 +101,43 @@ class BeamPRM(StepSearch):
         keep = self.n // self.width
         active = [Beam(id=0, steps=[])]
         finished: list[Beam] = []
+        partial: list[Beam] = []  # after a stop: the unfinished beams to answer from
         tree: list[dict[str, Any]] = []
         stopped: SearchStopped | None = None
         for number in range(self.max_rounds):
             to_end = number == self.max_rounds - 1
-            # The first round samples N first steps; later ones M continuations per survivor.
-            plan = [(active[0], self.n)] if number == 0 else [(b, self.width) for b in active]
+            # The first round samples N first steps; later ones N continuations spread over
+            # the survivors (M each when N/M survived).
+            plan = [(active[0], self.n)] if number == 0 else self.spread(active)
             status: dict[int, str] = {}
             try:
                 groups = await self.expand(ctx, question, plan, ids, to_end=to_end)
-                new = [c for group in groups for c in group]
-                children = _drop_duplicates(new, status) if self.remove_duplicates else new
-                await self.value(ctx, question, children)
             except SearchStopped as stop:
-                stopped = stop
-                break
-            done = [c for c in children if c.done]
+                stopped, groups = stop, stop.groups
+            new = [c for group in groups for c in group]
+            children = _drop_duplicates(new, status) if self.remove_duplicates else new
+            scored = False
+            if stopped is None:
+                try:
+                    await self.value(ctx, question, children)
+                    scored = True
+                except SearchStopped as stop:
+                    stopped = stop
+            if not scored:  # what the interrupted round produced, scored if the PRM can be paid
+                scored = await self.score_what_was_paid(ctx, question, children)
+            done = [c for c in children if c.done] if scored else []
             going = [c for c in children if not c.done]
             finished.extend(done)
-            active = self.top(going, keep)
             status.update({c.id: "finished" for c in done})
-            status.update({c.id: "kept" for c in active})
+            if stopped is None:
+                active = self.top(going, keep)
+                status.update({c.id: "kept" for c in active})
+            else:
+                # Answer from the deepest beams paid for: the interrupted round's children
+                # where they were scored, else the beams they would have continued.
+                grown = {c.parent for c in children} if scored else set()
+                partial = [b for b in active if b.id not in grown and b.steps]
+                partial += going if scored else []
             tree.append(
                 round_record(
                     number,
@@ -129,14 +146,24 @@ class BeamPRM(StepSearch):
                     to_end=to_end,
                     path=self.generator.path,
                     **self.round_extra(),
+                    **({"stopped_by": stopped.reason} if stopped is not None else {}),
                 )
             )
-            if not active or len(finished) >= self.n:
+            if stopped is not None or not active or len(finished) >= self.n:
                 break
-        final = finished or ([b for b in active if b.steps] if stopped is not None else [])
+        final = finished or partial
         if len(final) > self.n:
             final = self.top(final, self.n)
         return self.result(final, tree, stopped)
+
+    def spread(self, beams: Sequence[Beam]) -> list[tuple[Beam, int]]:
+        """The round's N generations over the surviving ``beams``: M each when N/M survived;
+        when fewer did (the rest finished or were duplicates), the best get the extra ones,
+        so every round still samples N (search-and-learn repeats its active beams up to N)."""
+        each, extra = divmod(self.n, len(beams))
+        best = {b.id for b in self.top(beams, extra)} if extra else set()
+        counts = [each + (b.id in best) for b in beams]
+        return [(b, k) for b, k in zip(beams, counts) if k]
 
 
 def _drop_duplicates(beams: Sequence[Beam], status: dict[int, str]) -> list[Beam]:

@@ -43,8 +43,9 @@ class DVTS(StepSearch):
 
     ``result.candidates`` are the N last-step alternatives (finished or not: a subtree ends on
     its chosen step); ``result.tree`` records each round with the subtree of every beam. When
-    the budget cannot pay for a round, the alternatives of the last complete round are returned
-    with ``stopped_by="budget"``.
+    the budget cannot pay for a whole round, each subtree answers with the newest alternatives
+    it paid for (the interrupted round's, where they came back and could be scored), with
+    ``stopped_by="budget"``.
     """
 
     def __init__(
@@ -101,11 +102,17 @@ class DVTS(StepSearch):
                 # One PRM call for the whole round; each subtree then looks at its own only.
                 await self.score(ctx, question, [c for group in groups for c in group])
             except SearchStopped as stop:
-                stopped = stop
-                break
+                # Keep what the interrupted round paid for, where the PRM can still score it.
+                stopped, groups = stop, stop.groups
+                if not await self.score_what_was_paid(
+                    ctx, question, [c for group in groups for c in group]
+                ):
+                    break
             status: dict[int, str] = {}
             subtree_of: dict[int, int] = {}
             for i, group in zip(live, groups):
+                if not group:  # nothing came back for this subtree: it keeps its last round
+                    continue
                 alternatives[i] = group
                 best = self.top(group, 1)[0]
                 current[i] = best
@@ -120,8 +127,12 @@ class DVTS(StepSearch):
                 to_end=to_end,
                 path=self.generator.path,
             )
+            if stopped is not None:
+                record["stopped_by"] = stopped.reason
             for beam in record["beams"]:
                 beam["subtree"] = subtree_of[beam["id"]]
             tree.append(record)
+            if stopped is not None:
+                break
         final = [b for group in alternatives for b in group]
         return self.result(final, tree, stopped)

@@ -67,12 +67,22 @@ class Beam:
 
 
 class SearchStopped(Exception):
-    """A round could not be completed: the budget ran out or the provider failed for good."""
+    """A round could not be completed: the budget ran out or the provider failed for good.
 
-    def __init__(self, reason: StopReason, cause: BaseException) -> None:
+    ``groups`` holds what the round did generate (and was paid for), grouped by parent as
+    ``StepSearch.expand`` returns it; a parent whose requests failed has an empty group.
+    """
+
+    def __init__(
+        self,
+        reason: StopReason,
+        cause: BaseException,
+        groups: list[list[Beam]] | None = None,
+    ) -> None:
         super().__init__(str(cause))
         self.reason: StopReason = reason
         self.cause = cause
+        self.groups: list[list[Beam]] = groups or []
 
 
 class StepSearch(Strategy):
@@ -163,7 +173,10 @@ class StepSearch(Strategy):
         params: SamplingParams | None = None,
     ) -> list[list[Beam]]:
         """Continue each ``(beam, k)`` of ``plan`` with ``k`` sampled steps. All generations
-        of the round go out together; the children come back grouped by parent."""
+        of the round go out together; the children come back grouped by parent.
+
+        When some requests fail (budget, provider), the steps that did come back, paid-for
+        samples of a partly refused request included, travel on the ``SearchStopped``."""
         got: list[list[Step]] = [[] for _ in plan]
         failures: list[BaseException] = []
         use = params or self.params
@@ -173,7 +186,10 @@ class StepSearch(Strategy):
                 got[i] = await self.generator.next_steps(
                     question, beam.steps, k, use, to_end=to_end
                 )
-            except (BudgetExceeded, GenerationError, ProviderError) as exc:
+            except BudgetExceeded as exc:
+                got[i] = self.generator.read(exc.completions, beam.steps, to_end=to_end)
+                failures.append(exc)
+            except (GenerationError, ProviderError) as exc:
                 failures.append(exc)
 
         if len(plan) == 1:
@@ -182,11 +198,23 @@ class StepSearch(Strategy):
             async with anyio.create_task_group() as tg:
                 for i, (beam, k) in enumerate(plan):
                     tg.start_soon(one, i, beam, k)
-        if failures:
-            raise self._stopped(ctx, failures)
-        return [
+        groups = [
             [beam.child(next(ids), step) for step in steps] for (beam, _), steps in zip(plan, got)
         ]
+        if failures:
+            raise self._stopped(ctx, failures, groups)
+        return groups
+
+    async def score_what_was_paid(
+        self, ctx: RunContext, question: str, beams: Sequence[Beam]
+    ) -> bool:
+        """After a stop, score the beams the interrupted round did produce, if the PRM can
+        still be paid; whether it could."""
+        try:
+            await self.score(ctx, question, beams)
+        except SearchStopped:
+            return False
+        return True
 
     async def score(self, ctx: RunContext, question: str, beams: Sequence[Beam]) -> None:
         """Score every step of ``beams`` in one PRM call; set each beam's scores and value."""
@@ -201,12 +229,16 @@ class StepSearch(Strategy):
             beam.value = aggregate(row, self.aggregation)
 
     @staticmethod
-    def _stopped(ctx: RunContext, failures: Sequence[BaseException]) -> SearchStopped:
+    def _stopped(
+        ctx: RunContext,
+        failures: Sequence[BaseException],
+        groups: list[list[Beam]] | None = None,
+    ) -> SearchStopped:
         budget = next((f for f in failures if isinstance(f, BudgetExceeded)), None)
         if budget is not None:
             ctx.budget_error = ctx.budget_error or budget
-            return SearchStopped("budget", budget)
-        return SearchStopped("error", failures[-1])
+            return SearchStopped("budget", budget, groups)
+        return SearchStopped("error", failures[-1], groups)
 
     @staticmethod
     def top(beams: Sequence[Beam], k: int) -> list[Beam]:

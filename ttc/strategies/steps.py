@@ -216,6 +216,13 @@ class StepGenerator:
         prompt = self.prompt(question, steps, to_end=to_end)
         sender = self._sender if steps else self.model
         completions = await sender.generate(prompt, self.params_for(params, to_end=to_end), n)
+        return self.read(completions, steps, to_end=to_end)
+
+    def read(
+        self, completions: Sequence[Completion], steps: Sequence[str], *, to_end: bool = False
+    ) -> list[Step]:
+        """Completions of the step after ``steps`` read as steps (also the paid-for part of
+        a request the budget cut short)."""
         if self.path == "chat_protocol":
             completions = [self._reply_as_step(c, steps) for c in completions]
         return [self.step(c, to_end=to_end) for c in completions]
