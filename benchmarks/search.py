@@ -1,8 +1,8 @@
 """Step-level search against best-of-N on GSM8K with the embedded Gemma and the arithmetic PRM.
 
-    python benchmarks/search.py                                  # the 20 shipped questions
+    python benchmarks/search.py                                  # 50 GSM8K dev questions
     python benchmarks/search.py --limit 10 --n 4 --width 2       # a quicker look
-    python benchmarks/search.py --data ../shared/data/gsm8k_dev.jsonl --limit 50
+    python benchmarks/search.py --data ttc/eval/data/gsm8k_sample.jsonl   # the 20 shipped ones
 
 One ``LlamaCpp`` (Gemma 3 270M, one thread, ``raw=True``) and the few-shot GSM8K template
 (``GSM8K_FEW_SHOT``) serve every strategy, at the same N:
@@ -16,8 +16,8 @@ One ``LlamaCpp`` (Gemma 3 270M, one thread, ``raw=True``) and the few-shot GSM8K
 Matched budgets mean the same N; what each strategy actually generated is reported (generated
 tokens per question), because a step search spends N samples per round and Lookahead adds its
 greedy rollouts. Accuracy is the GSM8K verifier's verdict on each strategy's answer against the
-reference. Questions are the 20 GSM8K dev questions shipped in ``ttc/eval/data`` unless
-``--data`` names another JSONL file (e.g. ``../shared/data/gsm8k_dev.jsonl``).
+reference. Questions are the first 50 GSM8K dev questions (``benchmarks/data``) unless
+``--data`` names another JSONL file.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from ttc.strategies.base import Strategy
 from ttc.types import Candidate, Prompt, Result
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT / "ttc" / "eval" / "data" / "gsm8k_sample.jsonl"
+DEFAULT_DATA = ROOT / "benchmarks" / "data" / "gsm8k_dev_50.jsonl"
 
 #: How the few-shot answers are stepped: one paragraph, a sentence a step; a blank line or the
 #: model starting the next example ("Question:") ends the solution.

@@ -167,6 +167,53 @@ def test_qwen_reads_the_separators(cls_dir: Path) -> None:
     assert all(encoded.ids[p] == prm.separator_id for p in encoded.positions)
 
 
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_models.build_tiny_qwen_prm(tmp_path_factory.mktemp("tiny-qwen-prm"), CORPUS)
+
+
+async def test_qwen_prm_checkpoint_loads_its_own_head_without_remote_code(qwen_dir: Path) -> None:
+    """A folder saved as Qwen2.5-Math-PRM ships (architecture Qwen2ForProcessRewardModel,
+    ``score.0``/``score.2`` head weights): the head is read from the checkpoint, so the scores
+    are the checkpoint's, equal to the forward pass written out by hand."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import Qwen2Model
+
+    prm = QwenPRM(qwen_dir, dtype="float32")
+    scores = await prm.score_steps(QUESTION, SOLUTIONS)
+    assert [len(row) for row in scores] == [len(s) for s in SOLUTIONS]
+    assert len({round(v, 4) for row in scores for v in row}) > 3  # a real head, not constant
+
+    weights = load_file(str(qwen_dir / "model.safetensors"))
+    decoder = Qwen2Model.from_pretrained(str(qwen_dir), dtype=torch.float32).eval()
+    for steps, row in zip(SOLUTIONS, scores):
+        encoded = prm.encode(QUESTION, steps)
+        with torch.inference_mode():
+            hidden = decoder(input_ids=torch.tensor([encoded.ids])).last_hidden_state[0]
+            h = torch.relu(hidden @ weights["score.0.weight"].T + weights["score.0.bias"])
+            logits = h @ weights["score.2.weight"].T + weights["score.2.bias"]
+        expected = logits[encoded.positions].softmax(dim=-1)[:, 1].tolist()
+        assert row == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_qwen_prm_checkpoint_missing_its_head_is_refused(qwen_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "no-head"
+    broken.mkdir()
+    for file in qwen_dir.iterdir():
+        if file.name != "model.safetensors":
+            (broken / file.name).write_bytes(file.read_bytes())
+    weights = load_file(str(qwen_dir / "model.safetensors"))
+    save_file(
+        {k: v for k, v in weights.items() if not k.startswith("score.2")},
+        str(broken / "model.safetensors"),
+    )
+    with pytest.raises(ConfigError, match=r"score\.2\.weight"):
+        QwenPRM(broken).load()
+
+
 # ------------------------------------------------------------------------ scoring
 
 

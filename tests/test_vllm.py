@@ -10,11 +10,13 @@ gives the same text on both. Option checks that need no engine run first and are
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import anyio
@@ -23,7 +25,7 @@ import pytest
 # Tests never reach a model hub: every model is a local folder.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ttc import SamplingParams, SelfConsistency
+from ttc import Result, SamplingParams, SelfConsistency
 from ttc.errors import ConfigError, ContextLengthError, MissingDependencyError, ProviderError
 from ttc.types import Message
 
@@ -54,6 +56,35 @@ def few_shot(question: str) -> str:
     from ttc.adapters.llamacpp import GSM8K_FEW_SHOT
 
     return GSM8K_FEW_SHOT.replace("{question}", question)
+
+
+def search_strategy(kind: str, model: object) -> Any:
+    """A small search of ``kind`` on ``model``: N = 4, M = 2, three rounds, sentence steps on
+    the few-shot GSM8K template, guided by the arithmetic PRM."""
+    from ttc import DVTS, BeamPRM, Lookahead
+    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS
+    from ttc.scoring import ArithmeticPRM
+    from ttc.strategies import StepFormat
+
+    cls = {"BeamPRM": BeamPRM, "Lookahead": Lookahead, "DVTS": DVTS}[kind]
+    fmt = StepFormat(delimiter=". ", template=GSM8K_FEW_SHOT, end_markers=TEMPLATE_STOPS)
+    params = SamplingParams(temperature=0.8, max_tokens=32, seed=3)
+    return cls(model, ArithmeticPRM(), n=4, width=2, max_rounds=3, params=params, step_format=fmt)
+
+
+def check_search(result: Result, strategy: Any, *, path: str) -> None:
+    """What every search result promises: finished or partial beams as candidates, each with
+    its steps, a tree whose rounds record the path taken, and tokens counted."""
+    assert strategy.generator.path == path
+    assert result.stopped_by is None and result.tree is not None and 1 <= len(result.tree) <= 3
+    assert all(record["path"] == path for record in result.tree)
+    assert 1 <= len(result.candidates) <= 4
+    for candidate in result.candidates:  # (a beam may end on an empty first step)
+        assert candidate.steps is not None and candidate.text == "".join(candidate.steps)
+        assert candidate.score is not None
+        assert all(step.endswith(". ") for step in candidate.steps[:-1])
+    assert result.usage.completion_tokens > 0 and result.usage.requests >= 2
+    json.loads(result.model_dump_json())
 
 
 # ------------------------------------------------------------------ options, no engine
@@ -258,6 +289,32 @@ class TestEngine:
         # in flight at once means several runs' requests were in one batch.
         assert peak > 4
 
+    @pytest.mark.parametrize("kind", ["BeamPRM", "Lookahead", "DVTS"])
+    async def test_step_searches_run_in_the_engine(self, model: object, kind: str) -> None:
+        """BeamPRM, Lookahead and DVTS on the in-process engine with the arithmetic PRM: raw
+        text continued as is, a round's requests in the engine together."""
+        from ttc.adapters import VLLM
+
+        assert isinstance(model, VLLM)
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                if model.engine is not None:
+                    peak = max(peak, model.engine.get_num_unfinished_requests())
+                await anyio.sleep(0.02)
+
+        strategy = search_strategy(kind, model)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            result = await strategy.run(QUESTION)
+            tg.cancel_scope.cancel()
+        check_search(result, strategy, path="completion")
+        # Every round sends N = 4 samples at once (DVTS as two requests of M = 2, one per
+        # subtree): more than one request's samples in the engine at once.
+        assert peak > 2
+
     async def test_cancelling_aborts_the_request_in_the_engine(self, model: object) -> None:
         from ttc.adapters import VLLM
 
@@ -359,6 +416,19 @@ class TestServer:
         assert c.prompt_logprobs is not None and len(c.prompt_logprobs) == len(rows)
         assert math.isnan(c.prompt_logprobs[0].logprob)
         assert all(t.logprob <= 0 and t.token for t in c.prompt_logprobs[1:])
+
+    @pytest.mark.parametrize("endpoint", ["completions", "chat"])
+    async def test_step_searches_through_the_server(self, server: object, endpoint: str) -> None:
+        """The three searches through the OpenAI-compatible server: raw text on the
+        completions endpoint, the final assistant message continued on the chat endpoint."""
+        from ttc.adapters.vllm_engine import VLLMServerProcess
+
+        assert isinstance(server, VLLMServerProcess)
+        path = "completion" if endpoint == "completions" else "continue_final_message"
+        async with server.model(endpoint=endpoint) as model:
+            for kind in ("BeamPRM", "Lookahead", "DVTS"):
+                strategy = search_strategy(kind, model)
+                check_search(await strategy.run(QUESTION), strategy, path=path)
 
 
 @needs_vllm

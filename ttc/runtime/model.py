@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,6 +58,8 @@ from ttc.types import (
 )
 
 logger = logging.getLogger("ttc.model")
+
+_T = TypeVar("_T")
 
 # Failures after which nobody knows what the provider generated (and billed).
 _UNKNOWN_OUTCOME = (
@@ -404,6 +406,99 @@ class Model(ABC):
                 attempt += 1
                 return await self._attempt(request, attempt)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def metered(
+        self,
+        send: Callable[[], Awaitable[tuple[_T, int | None]]],
+        *,
+        prompt_bound: int,
+        kind: str = "score",
+    ) -> _T:
+        """Run a request that generates nothing (a PRM served on this model's server, say)
+        under this model's runtime: its retries, concurrency and rate limits, budgets, usage and
+        trace, as the model's own requests are.
+
+        ``send`` makes one attempt and returns its result with the prompt tokens the provider
+        reported (``None``: unknown, ``prompt_bound`` is charged). Budgets reserve
+        ``prompt_bound`` tokens and one request first, so no limit is passed."""
+        try:
+            return await self._metered_attempt(send, prompt_bound, kind, 1)
+        except ProviderError as exc:
+            if not exc.retryable or self.retry.max_attempts <= 1:
+                raise
+            await anyio.sleep(self.retry.wait_seconds(1, exc))
+        attempt = 1
+        async for retry_state in self.retry.retrying(done=1):
+            with retry_state:
+                attempt += 1
+                return await self._metered_attempt(send, prompt_bound, kind, attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _metered_attempt(
+        self,
+        send: Callable[[], Awaitable[tuple[_T, int | None]]],
+        prompt_bound: int,
+        kind: str,
+        attempt: int,
+    ) -> _T:
+        ledgers = self._ledgers()
+        usd = self.price.cost(prompt_bound, 0) if self.price is not None else 0.0
+        worst = Charge(tokens=prompt_bound, usd=usd, requests=1)
+        limiter = self._loop_state().limiter
+        await limiter.acquire()
+        try:
+            await self.rate_limiter.acquire(prompt_bound)
+            reservation = try_reserve(ledgers, worst) or await reserve_when_affordable(
+                ledgers, worst
+            )
+            start = time.perf_counter()
+            reported: int | None = None
+            error: BaseException | None = None
+            done = False
+            try:
+                result, reported = await send()
+                done = True
+                return result
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                seconds = time.perf_counter() - start
+                tokens = cost = None
+                if done:  # charge what was reported, refund the rest
+                    tokens = reported if reported is not None else prompt_bound
+                    cost = self.price.cost(tokens, 0) if self.price is not None else None
+                    reservation.settle(Charge(tokens, cost or 0.0, 1))
+                    self.rate_limiter.refund(prompt_bound - tokens)
+                elif isinstance(error, ProviderError) and not isinstance(error, _UNKNOWN_OUTCOME):
+                    reservation.settle(Charge(0, 0.0, 1))  # refused: nothing was processed
+                    self.rate_limiter.refund(prompt_bound)
+                else:  # cancelled, timed out, cut off: the worst case may have been billed
+                    reservation.settle(worst)
+                counted = tokens or 0
+                self._usage.add(counted, 0, 1, cost, seconds, self.name)
+                run = current_run()
+                if run is not None:
+                    error_text = None if error is None else f"{type(error).__name__}: {error}"
+                    run.record(
+                        self.name,
+                        counted,
+                        0,
+                        cost,
+                        seconds,
+                        lambda: TraceEvent.model_construct(
+                            model=f"{self.name} ({kind})",
+                            n=1,
+                            attempt=attempt,
+                            seconds=seconds,
+                            prompt_tokens=counted,
+                            completion_tokens=0,
+                            choices=0,
+                            error=error_text,
+                        ),
+                    )
+        finally:
+            limiter.release()
 
     def _ledgers(self) -> tuple[Ledger, ...]:
         run = current_run()

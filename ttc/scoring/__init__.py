@@ -2,8 +2,10 @@
 and answer extraction.
 
 Importing this package is cheap: math-verify and sympy load only in ``MathAnswer``'s worker
-processes.
+processes, and ``VLLMPoolingPRM`` (which brings the HTTP client) on first use.
 """
+
+from typing import Any
 
 from ttc.scoring.base import Scorer, Selection, Selector, Verifier
 from ttc.scoring.extract import extract_answer, extract_boxed, gsm8k_reference, normalize_answer
@@ -43,6 +45,7 @@ __all__ = [
     "TransformersPRM",
     "UnitTestReport",
     "UnitTests",
+    "VLLMPoolingPRM",
     "Verifier",
     "WeightedMajority",
     "aggregate",
@@ -54,3 +57,11 @@ __all__ = [
     "gsm8k_reference",
     "normalize_answer",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VLLMPoolingPRM":
+        from ttc.scoring.prm_vllm import VLLMPoolingPRM
+
+        return VLLMPoolingPRM
+    raise AttributeError(f"module 'ttc.scoring' has no attribute {name!r}")

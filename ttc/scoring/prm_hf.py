@@ -26,6 +26,7 @@ imports neither torch nor transformers.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import threading
 import time
@@ -41,7 +42,15 @@ import anyio.to_thread
 from ttc.errors import ConfigError, ContextLengthError, MissingDependencyError, ProviderError
 from ttc.scoring.prm import ProcessRewardModel
 
-__all__ = ["Encoded", "MathShepherdPRM", "QwenPRM", "RLHFlowPRM", "TransformersPRM"]
+__all__ = [
+    "Encoded",
+    "MathShepherdPRM",
+    "QwenPRM",
+    "QwenPRMHead",
+    "RLHFlowPRM",
+    "TransformersPRM",
+    "qwen_prm_messages",
+]
 
 logger = logging.getLogger("ttc.prm_hf")
 
@@ -235,8 +244,8 @@ class TransformersPRM(ProcessRewardModel):
         missing = sorted(info.get("missing_keys") or ())
         if missing:
             # transformers would fill them with random values: scores that look real but are
-            # noise (e.g. a causal LM's folder read as a classifier, or a head written in the
-            # checkpoint's own code, such as Qwen2.5-Math-PRM's)
+            # noise (e.g. a causal LM's folder read as a classifier, or a checkpoint whose
+            # head only its own remote code defines)
             shown = ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
             raise ConfigError(
                 f"model_dir: the checkpoint has no weights for {shown} of "
@@ -348,6 +357,99 @@ class TransformersPRM(ProcessRewardModel):
                 probs = self._probabilities(logits[b, at].float())
                 result.append([float(v) for v in probs.tolist()])
         return result
+
+
+QWEN_PRM_ARCHITECTURE = "Qwen2ForProcessRewardModel"
+
+
+def qwen_prm_messages(
+    question: str, steps: Sequence[str], *, separator: str = "<extra_0>", system: str = QWEN_SYSTEM
+) -> list[dict[str, str]]:
+    """The chat a Qwen2.5-Math-PRM scores: the system prompt, the question as the user turn,
+    and the steps (whitespace and stray separators removed) each followed by ``separator``."""
+    body = "".join(_clean(step, separator) + separator for step in steps)
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": body},
+    ]
+
+
+def _architectures(folder: Path) -> list[str]:
+    """The ``architectures`` a model folder's config names (empty if unreadable)."""
+    try:
+        names = json.loads((folder / "config.json").read_text()).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+class QwenPRMHead:
+    """Loads Qwen2.5-Math-PRM checkpoints (``Qwen2ForProcessRewardModel``) without their
+    remote code: transformers' ``Qwen2Model`` for the decoder (``model.*``) and the checkpoint's
+    head, ``score`` = Linear(hidden, hidden), ReLU, Linear(hidden, num_labels), read from its
+    safetensors. Called like a transformers Auto class; the model returns ``.logits``."""
+
+    __name__ = "QwenPRMHead"
+
+    @staticmethod
+    def from_pretrained(
+        path: str, *, dtype: Any = "auto", output_loading_info: bool = False, **kwargs: Any
+    ) -> Any:
+        import torch
+        from transformers import Qwen2Model
+        from transformers.modeling_outputs import TokenClassifierOutput
+
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the head's weights are read below, not "unexpected"
+        try:
+            loaded: Any = Qwen2Model.from_pretrained(
+                path, dtype=dtype, output_loading_info=True, **kwargs
+            )
+        finally:
+            hf_logging.set_verbosity(level)
+        decoder, info = loaded
+        config = decoder.config
+        labels = int(getattr(config, "num_labels", 2) or 2)
+        head = torch.nn.Sequential(
+            torch.nn.Linear(config.hidden_size, config.hidden_size),
+            torch.nn.ReLU(),
+            torch.nn.Linear(config.hidden_size, labels),
+        ).to(decoder.dtype)
+        state = _read_tensors(Path(path), prefix="score.")
+        missing = [f"score.{k}" for k in head.state_dict() if k not in state]
+        if not missing:
+            head.load_state_dict({k: v.to(decoder.dtype) for k, v in state.items()})
+
+        class _PRM(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = decoder
+                self.score = head
+                self.config = config
+
+            def forward(self, **inputs: Any) -> Any:
+                hidden = self.model(**inputs).last_hidden_state
+                return TokenClassifierOutput(logits=self.score(hidden))
+
+        model = _PRM()
+        loading = {"missing_keys": list(info.get("missing_keys") or ()) + missing}
+        return (model, loading) if output_loading_info else model
+
+
+def _read_tensors(folder: Path, *, prefix: str) -> dict[str, Any]:
+    """The tensors named ``prefix...`` in a folder's safetensors files, ``prefix`` dropped."""
+    from safetensors import safe_open
+
+    out: dict[str, Any] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if key.startswith(prefix):
+                    out[key[len(prefix) :]] = f.get_tensor(key)
+    return out
 
 
 def _plus_minus(logits: Any, good_id: int, bad_id: int) -> Any:
@@ -506,7 +608,10 @@ class QwenPRM(TransformersPRM):
     The chat is the system prompt, the question as the user turn, and an assistant message of
     the steps joined by ``separator`` with a trailing one; a step scores softmax(logits)[1] at
     its separator. Needs a chat template and the separator as one token of the tokenizer
-    (``ConfigError`` otherwise). Loads through ``AutoModelForTokenClassification``.
+    (``ConfigError`` otherwise). The released checkpoints (config architecture
+    ``Qwen2ForProcessRewardModel``, e.g. ``Qwen/Qwen2.5-Math-PRM-7B``) load without their
+    remote code through ``QwenPRMHead``; other folders through
+    ``AutoModelForTokenClassification``.
 
     Args:
         model_dir: the model folder.
@@ -531,6 +636,8 @@ class QwenPRM(TransformersPRM):
         self.separator_id: int | None = None
 
     def _auto_class(self) -> Any:
+        if QWEN_PRM_ARCHITECTURE in _architectures(self.model_dir):
+            return QwenPRMHead  # the released checkpoints: a head transformers has no class for
         from transformers import AutoModelForTokenClassification
 
         return AutoModelForTokenClassification
@@ -551,12 +658,7 @@ class QwenPRM(TransformersPRM):
 
     def messages(self, question: str, steps: Sequence[str]) -> list[dict[str, str]]:
         """System prompt, the question, and the steps each followed by the separator."""
-        body = "".join(_clean(step, self.separator) + self.separator for step in steps)
-        return [
-            {"role": "system", "content": self.system},
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": body},
-        ]
+        return qwen_prm_messages(question, steps, separator=self.separator, system=self.system)
 
     def _encode(self, tokenizer: Any, question: str, steps: Sequence[str]) -> Encoded:
         text: str = tokenizer.apply_chat_template(self.messages(question, steps), tokenize=False)

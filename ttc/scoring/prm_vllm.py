@@ -1,0 +1,230 @@
+"""A process reward model served by vLLM, scored through the server's ``/pooling`` endpoint.
+
+vLLM serves Qwen2.5-Math-PRM-style token-classification PRMs (``Qwen2ForProcessRewardModel``)
+as pooling models::
+
+    vllm serve Qwen/Qwen2.5-Math-PRM-7B --runner pooling
+
+Each partial solution goes out as the PRM's chat (``qwen_prm_messages``: system prompt,
+question, the steps each followed by ``<extra_0>``); the server renders it with the model's chat
+template and answers with one row of label probabilities per token (``task:
+"token_classify"``), or one row per step when it was started with ``--pooler-config
+'{"step_tag_id": <id of <extra_0>>}'``. Where rows come per token, the separator positions are
+read from the server's own ``/tokenize`` of the same chat, so no tokenizer is needed here. A
+step's score is the probability of the positive label (index 1) at its separator.
+
+vLLM pools this architecture at token 151651 (``<extra_0>`` in Qwen's tokenizer) unless
+``step_tag_id`` is set, so a PRM with another tokenizer needs ``--pooler-config
+'{"step_tag_id": <its separator's id>}'`` (or ``'{"tok_pooling_type": "ALL"}'``); without it
+the server returns no rows and this client says which flag to add.
+
+Requests run under the ``VLLMServer`` model's runtime (``Model.metered``): its concurrency
+limit, retries, budgets (a request and its prompt tokens), usage and trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import anyio
+
+from ttc.adapters.openai_compatible import OpenAICompatible
+from ttc.errors import (
+    ConfigError,
+    MalformedResponseError,
+    ProviderConnectionError,
+    ProviderTimeoutError,
+)
+from ttc.scoring.prm import ProcessRewardModel
+from ttc.scoring.prm_hf import QWEN_SYSTEM, qwen_prm_messages
+
+__all__ = ["VLLMPoolingPRM"]
+
+
+class VLLMPoolingPRM(ProcessRewardModel):
+    """A Qwen2.5-Math-PRM-style PRM on a vLLM server, through ``/pooling``.
+
+    Args:
+        server: the ``VLLMServer`` (any ``OpenAICompatible``) whose ``base_url`` is the PRM
+            server's API root (``http://host:8000/v1``) and whose ``model`` is the served name;
+            ``/pooling`` and ``/tokenize`` are read beside ``/v1``.
+        separator: the step separator token (``"<extra_0>"``).
+        system: the system prompt of the PRM's chat.
+        label: the index of the "step is correct" label in each row (1).
+        name: the key of this PRM's score in ``Candidate.scores``.
+        cache_size: step scores remembered (0: no cache).
+    """
+
+    name = "vllm_prm"
+
+    def __init__(
+        self,
+        server: OpenAICompatible,
+        *,
+        separator: str = "<extra_0>",
+        system: str = QWEN_SYSTEM,
+        label: int = 1,
+        name: str | None = None,
+        cache_size: int = 100_000,
+    ) -> None:
+        super().__init__(cache_size=cache_size)
+        if not isinstance(server, OpenAICompatible):
+            raise ConfigError(
+                "server: pass the PRM server as ttc.adapters.VLLMServer(model, base_url=...), "
+                f"got {type(server).__name__}"
+            )
+        if not separator:
+            raise ConfigError("separator must not be empty")
+        if label < 0:
+            raise ConfigError(f"label must be 0 or more, got {label}")
+        self.server = server
+        root = server.base_url
+        self.root = root[: -len("/v1")] if root.endswith("/v1") else root
+        self.separator = separator
+        self.system = system
+        self.label = label
+        if name is not None:
+            self.name = name
+        self._separator_id: int | None = None
+
+    def __repr__(self) -> str:
+        return f"VLLMPoolingPRM({self.server.model!r}, root={self.root!r})"
+
+    def messages(self, question: str, steps: Sequence[str]) -> list[dict[str, str]]:
+        """The chat the PRM scores for one partial solution."""
+        return qwen_prm_messages(question, steps, separator=self.separator, system=self.system)
+
+    async def _score_steps(
+        self, question: str, solutions: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        out: list[list[float]] = [[] for _ in solutions]
+        failures: list[Exception] = []
+
+        async def one(i: int, steps: Sequence[str]) -> None:
+            try:
+                out[i] = await self._score_one(question, steps)
+            except Exception as exc:  # raised as itself below, not in an exception group
+                failures.append(exc)
+
+        async with anyio.create_task_group() as tg:  # all at once: the server batches them
+            for i, steps in enumerate(solutions):
+                tg.start_soon(one, i, steps)
+        if failures:
+            raise failures[0]
+        return out
+
+    async def _score_one(self, question: str, steps: Sequence[str]) -> list[float]:
+        messages = self.messages(question, steps)
+        body = {
+            "model": self.server.model,
+            "messages": messages,
+            "add_generation_prompt": False,
+            "task": "token_classify",
+            "use_activation": True,
+        }
+        bound = sum(len(m["content"].encode()) + 8 for m in messages) + 32
+
+        async def send() -> tuple[list[Any], int | None]:
+            data = await self._post("/pooling", body)
+            try:
+                rows = data["data"][0]["data"]
+                tokens = (data.get("usage") or {}).get("prompt_tokens")
+            except (KeyError, IndexError, TypeError, AttributeError) as exc:
+                raise self._malformed(f"the /pooling answer lacks data ({exc!r})") from exc
+            if not isinstance(rows, list):
+                raise self._malformed("the /pooling answer's data is not a list of rows")
+            return rows, tokens if isinstance(tokens, int) else None
+
+        rows = await self.server.metered(send, prompt_bound=bound, kind="pooling")
+        if len(rows) != len(steps):  # a row per token: keep the separators' rows
+            ids = await self._tokenize(messages)
+            separator = await self._separator()
+            if len(rows) != len(ids):
+                # vLLM pools Qwen2ForProcessRewardModel at token 151651 (Qwen's <extra_0>)
+                # unless told otherwise: another tokenizer's separator is never found
+                raise ConfigError(
+                    f"separator: /pooling returned {len(rows)} rows for {len(steps)} steps "
+                    f"({len(ids)} tokens), so the server does not pool at {self.separator!r} "
+                    f"(token {separator}); start it with --pooler-config "
+                    f"'{{\"step_tag_id\": {separator}}}'"
+                )
+            rows = [row for row, token in zip(rows, ids) if token == separator]
+        if len(rows) != len(steps):
+            raise ValueError(
+                f"VLLMPoolingPRM: found {len(rows)} separator positions for {len(steps)} "
+                "steps; the tokenizer merged or split a separator"
+            )
+        return [self._positive(row) for row in rows]
+
+    def _positive(self, row: Any) -> float:
+        """The positive label's probability in one row of label probabilities."""
+        if isinstance(row, list) and len(row) > self.label:
+            return float(row[self.label])
+        raise self._malformed(
+            f"a /pooling row has {len(row) if isinstance(row, list) else 'no'} labels; label "
+            f"{self.label} was asked for (is this a 2-label token-classification PRM?)"
+        )
+
+    async def _separator(self) -> int:
+        """The separator's token id, from the server's tokenizer (once)."""
+        if self._separator_id is None:
+            data = await self._post(
+                "/tokenize",
+                {"model": self.server.model, "prompt": self.separator, "add_special_tokens": False},
+            )
+            ids = data.get("tokens") if isinstance(data, dict) else None
+            if not isinstance(ids, list) or len(ids) != 1:
+                raise ConfigError(
+                    f"separator: {self.separator!r} is not one token of the served model's "
+                    f"tokenizer (it tokenizes to {ids})"
+                )
+            self._separator_id = int(ids[0])
+        return self._separator_id
+
+    async def _tokenize(self, messages: list[dict[str, str]]) -> list[int]:
+        data = await self._post(
+            "/tokenize",
+            {"model": self.server.model, "messages": messages, "add_generation_prompt": False},
+        )
+        ids = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(ids, list):
+            raise self._malformed("the /tokenize answer has no token list")
+        return [int(t) for t in ids]
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST ``body`` to the server's ``path``; typed errors as the adapter raises them."""
+        server = self.server
+        try:
+            async with server._session().post(
+                f"{self.root}{path}", data=json.dumps(body).encode()
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                headers = resp.headers
+        except asyncio.TimeoutError as exc:
+            raise ProviderTimeoutError(
+                f"no answer within {server.timeout:g} s",
+                provider=server.provider,
+                model=server.model,
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise ProviderConnectionError(
+                f"{type(exc).__name__}: {exc}", provider=server.provider, model=server.model
+            ) from exc
+        if status != 200:
+            raise server._error(status, raw.decode("utf-8", "replace"), headers)
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise self._malformed(
+                f"{path} answered with {len(raw)} bytes that are not JSON"
+            ) from exc
+
+    def _malformed(self, message: str) -> MalformedResponseError:
+        return MalformedResponseError(
+            message, provider=self.server.provider, model=self.server.model
+        )
