@@ -7,9 +7,9 @@ PRMs' batched scoring, on a random-weight Llama built here (nothing is downloade
 Random weights make the text noise, so this measures what the library adds on a GPU (loading,
 ``generate`` with native n, quantized loading) rather than quality. Per setting it prints the
 load time, tokens per second for one sample and for n samples in one request, and peak GPU
-memory. Also checks that quantized layers really are bitsandbytes layers, and that a batched
-QwenPRM pass equals one-by-one passes on the GPU. Needs a CUDA GPU, torch, transformers and
-bitsandbytes.
+memory, beside the same bf16 generation through transformers alone. It also checks that
+quantized layers really are bitsandbytes layers, and that a batched QwenPRM pass equals
+one-by-one passes on the GPU. Needs a CUDA GPU, torch, transformers and bitsandbytes.
 """
 
 from __future__ import annotations
@@ -63,14 +63,59 @@ def build_llama(folder: Path, hidden: int, layers: int) -> Path:
     return folder
 
 
-async def measure(folder: Path, quantization: str | None, n: int, tokens: int) -> dict[str, Any]:
+def bare(folder: Path, n: int, tokens: int) -> dict[str, Any]:
+    """The same generation through transformers alone (bf16), for comparison."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16).to("cuda")
+    load = time.perf_counter() - start
+    ids = tokenizer("Janet has 3 boxes of 5 eggs.", return_tensors="pt").input_ids.to("cuda")
+    model.generate(ids, max_new_tokens=8, do_sample=True, pad_token_id=tokenizer.pad_token_id)
+    row: dict[str, Any] = {"setting": "bf16, transformers alone", "load_s": load}
+    for count in (1, n):
+        torch.manual_seed(0)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = model.generate(
+            ids,
+            max_new_tokens=tokens,
+            do_sample=True,
+            temperature=0.8,
+            top_p=1.0,
+            top_k=0,
+            num_return_sequences=count,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        new = out[:, ids.shape[1] :]
+        made = int((new != tokenizer.pad_token_id).sum())
+        row[f"tok_s_n{'1' if count == 1 else n}"] = made / seconds
+    row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    del model
+    torch.cuda.empty_cache()
+    return row
+
+
+async def measure(
+    folder: Path, quantization: str | None, n: int, tokens: int, threads: int | None = 1
+) -> dict[str, Any]:
     import torch
 
     from ttc import SamplingParams
     from ttc.adapters import Transformers
 
     torch.cuda.reset_peak_memory_stats()
-    model = Transformers(folder, dtype="bfloat16", quantization=quantization)  # type: ignore[arg-type]
+    model = Transformers(
+        folder,
+        dtype="bfloat16",
+        quantization=quantization,  # type: ignore[arg-type]
+        num_threads=threads,
+    )
     start = time.perf_counter()
     await model.start()
     load = time.perf_counter() - start
@@ -83,7 +128,10 @@ async def measure(folder: Path, quantization: str | None, n: int, tokens: int) -
         assert "Linear4bit" in layer_types, layer_types
     params = SamplingParams(temperature=0.8, max_tokens=tokens, seed=0)
     await model.generate("Janet has 3 boxes", params.model_copy(update={"max_tokens": 8}))
-    row: dict[str, Any] = {"setting": quantization or "bf16", "load_s": load}
+    label = quantization or "bf16"
+    threads_label = "" if threads == 1 else f", {threads or 'all torch'} threads"
+    row: dict[str, Any] = {"setting": label + threads_label}
+    row["load_s"] = load
     for label, count in (("1", 1), (f"{n}", n)):
         torch.cuda.synchronize()
         start = time.perf_counter()
@@ -139,7 +187,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_llama(Path(tmp) / "llama", args.hidden, args.layers)
         settings = [None, "4bit"] if args.quick else [None, "8bit", "4bit"]
-        rows = [asyncio.run(measure(folder, q, args.n, args.max_tokens)) for q in settings]
+        rows = [bare(folder, args.n, args.max_tokens)]
+        rows += [asyncio.run(measure(folder, q, args.n, args.max_tokens)) for q in settings]
+        # the adapter's default is one torch thread (right for CPUs shared by engines)
+        rows.append(asyncio.run(measure(folder, None, args.n, args.max_tokens, threads=None)))
         print(asyncio.run(prm_check(Path(tmp))))
     print(f"\n| setting | load s | tok/s, n=1 | tok/s, n={args.n} | peak GPU GiB |")
     print("|---|---:|---:|---:|---:|")

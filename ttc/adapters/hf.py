@@ -429,7 +429,7 @@ class Transformers(Model):
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         def cancelled(self: object, ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return torch.full((ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+            return torch.full((ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=ids.device)
 
         # a StoppingCriteria that ends generate at the next token once the request is cancelled
         # (built with type() so type checkers need not see transformers' classes)
