@@ -1,4 +1,4 @@
-"""Client overhead of ttc against bare aiohttp (and its-hub / optillm where installed).
+"""Client overhead of ttc against bare aiohttp (its-hub: ``overhead_others.py``).
 
 The workload of the issue: best-of-16 on 50 prompts against an OpenAI-compatible server that
 answers every request in 50 ms, so about 0.05 s of wall time is ideal when every request can
@@ -259,15 +259,14 @@ async def section_cpu_per_request(repeats: int) -> list[Row]:
 
 
 def others() -> list[str]:
-    notes = []
-    for module, name in (("its_hub", "its-hub"), ("optillm", "optillm")):
-        try:
-            __import__(module)
-        except ImportError:
-            notes.append(f"{name}: not installed (pip install {name}) - row skipped")
-        else:
-            notes.append(f"{name}: installed, but no comparable row is wired up yet")
-    return notes
+    """Where the other libraries' rows come from."""
+    return [
+        "its-hub: python benchmarks/overhead_others.py in an environment with its_hub[lm] "
+        "(one request per sample, at most 100 in flight: its session keeps aiohttp's default "
+        "pool)",
+        "optillm: no row; it is a proxy server whose best-of-N rates each sample with a "
+        "sequential LLM request (see benchmarks/overhead_others.py)",
+    ]
 
 
 async def main(repeats: int) -> None:

@@ -70,7 +70,17 @@ def test_duration_and_header_parsing() -> None:
             "x-ratelimit-reset-tokens": "7.66s",
         }
     )
-    assert groq == RateLimitInfo(14400, 6000, 14370, 5997, pytest.approx(179.56), 7.66)
+    # Reset times are read only once something is used up (parsing them costs CPU per response).
+    assert groq == RateLimitInfo(14400, 6000, 14370, 5997, None, None)
+    spent = parse_rate_limit_headers(
+        {
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-remaining-tokens": "0",
+            "x-ratelimit-reset-requests": "2m59.56s",
+            "x-ratelimit-reset-tokens": "7.66s",
+        }
+    )
+    assert spent == RateLimitInfo(None, None, 0, 0, pytest.approx(179.56), 7.66)
     cerebras = parse_rate_limit_headers(
         {
             "x-ratelimit-limit-tokens-minute": "60000",

@@ -120,9 +120,7 @@ def current_run() -> RunContext | None:
 
 
 @contextmanager
-def run_scope(
-    budget: Budget | Ledger | None = None, *, trace: bool = True
-) -> Iterator[RunContext]:
+def run_scope(budget: Budget | Ledger | None = None, *, trace: bool = True) -> Iterator[RunContext]:
     """Open a run: calls inside are charged to ``budget`` and to every enclosing run's.
 
     A ``Ledger`` instead of a ``Budget`` is used as is, so that several scopes (the questions

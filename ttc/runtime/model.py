@@ -556,48 +556,43 @@ class Model(ABC):
             reservation = try_reserve(ledgers, worst)
             if reservation is None:
                 reservation = await reserve_when_affordable(ledgers, worst)
-            return await self._send_and_settle(request, attempt, ledgers, reservation, worst)
+            # Send under the run's deadline, then settle whatever happened (inline: one
+            # coroutine frame less on every request's path).
+            start = time.perf_counter()
+            raw: RawResponse | None = None
+            error: BaseException | None = None
+            try:
+                deadline = deadline_seconds(ledgers)
+                if deadline is None:
+                    raw = await self._send(request)
+                else:
+                    with anyio.move_on_after(deadline):
+                        raw = await self._send(request)
+                    if raw is None:
+                        error = self._deadline_passed(ledgers)
+                        raise error
+            except ProviderError as exc:
+                error = exc
+                if exc.status == 429 and exc.retry_after:
+                    self.rate_limiter.pause(exc.retry_after)
+                raise
+            except Exception as exc:  # an adapter's own error: traced as what it is
+                error = exc
+                raise
+            finally:
+                seconds = time.perf_counter() - start
+                self._settle(request, attempt, reservation, worst, raw, error, seconds)
+            return raw.completions
         finally:
             limiter.release()
 
-    async def _send_and_settle(
-        self,
-        request: GenerateRequest,
-        attempt: int,
-        ledgers: tuple[Ledger, ...],
-        reservation: Reservation,
-        worst: Charge,
-    ) -> list[Completion]:
-        """Send under the run's deadline, then settle whatever happened."""
-        start = time.perf_counter()
-        raw: RawResponse | None = None
-        error: BaseException | None = None
-        try:
-            deadline = deadline_seconds(ledgers)
-            if deadline is None:
-                raw = await self._send(request)
-            else:
-                with anyio.move_on_after(deadline):
-                    raw = await self._send(request)
-                if raw is None:
-                    ledger = min(ledgers, key=lambda lg: lg.remaining_seconds() or float("inf"))
-                    assert ledger.budget.seconds is not None
-                    error = BudgetExceeded(
-                        "seconds", ledger.budget.seconds, ledger.budget.seconds, 0, ledger.scope
-                    )
-                    raise error
-        except ProviderError as exc:
-            error = exc
-            if exc.status == 429 and exc.retry_after:
-                self.rate_limiter.pause(exc.retry_after)
-            raise
-        except Exception as exc:  # an adapter's own error: traced as what it is
-            error = exc
-            raise
-        finally:
-            seconds = time.perf_counter() - start
-            self._settle(request, attempt, reservation, worst, raw, error, seconds)
-        return raw.completions
+    @staticmethod
+    def _deadline_passed(ledgers: tuple[Ledger, ...]) -> BudgetExceeded:
+        ledger = min(ledgers, key=lambda lg: lg.remaining_seconds() or float("inf"))
+        assert ledger.budget.seconds is not None
+        return BudgetExceeded(
+            "seconds", ledger.budget.seconds, ledger.budget.seconds, 0, ledger.scope
+        )
 
     def _settle(
         self,

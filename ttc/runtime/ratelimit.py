@@ -18,7 +18,8 @@ from ttc.errors import ConfigError
 
 @dataclass(frozen=True)
 class RateLimitInfo:
-    """What a provider's rate-limit headers said (``None`` where a header was absent)."""
+    """What a provider's rate-limit headers said (``None`` where a header was absent). Reset
+    times are read only for a count that is used up: nothing else needs them."""
 
     limit_requests: int | None = None
     limit_tokens: int | None = None
@@ -72,33 +73,35 @@ def parse_rate_limit_headers(headers: dict[str, str] | object) -> RateLimitInfo 
     get = getattr(headers, "get", None)
     if get is None:
         return None
-    if (
-        get("x-ratelimit-remaining-tokens-minute") is not None
-        or get("x-ratelimit-remaining-requests-day") is not None
-    ):
-        info = RateLimitInfo(
-            limit_requests=_int(get("x-ratelimit-limit-requests-day")),
-            limit_tokens=_int(get("x-ratelimit-limit-tokens-minute")),
-            remaining_requests=_int(get("x-ratelimit-remaining-requests-day")),
-            remaining_tokens=_int(get("x-ratelimit-remaining-tokens-minute")),
-            reset_requests_s=_seconds(get("x-ratelimit-reset-requests-day")),
-            reset_tokens_s=_seconds(get("x-ratelimit-reset-tokens-minute")),
-        )
-    elif (
-        get("x-ratelimit-remaining-requests") is not None
-        or get("x-ratelimit-remaining-tokens") is not None
-    ):
-        info = RateLimitInfo(
-            limit_requests=_int(get("x-ratelimit-limit-requests")),
-            limit_tokens=_int(get("x-ratelimit-limit-tokens")),
-            remaining_requests=_int(get("x-ratelimit-remaining-requests")),
-            remaining_tokens=_int(get("x-ratelimit-remaining-tokens")),
-            reset_requests_s=_seconds(get("x-ratelimit-reset-requests")),
-            reset_tokens_s=_seconds(get("x-ratelimit-reset-tokens")),
-        )
-    else:
-        return None
-    return info
+    suffix = ""  # OpenAI/Groq
+    remaining_tokens = get("x-ratelimit-remaining-tokens")
+    remaining_requests = get("x-ratelimit-remaining-requests")
+    if remaining_tokens is None and remaining_requests is None:
+        suffix = "-minute"  # Cerebras: tokens per minute, requests per day
+        remaining_tokens = get("x-ratelimit-remaining-tokens-minute")
+        remaining_requests = get("x-ratelimit-remaining-requests-day")
+        if remaining_tokens is None and remaining_requests is None:
+            return None
+    requests_suffix = "-day" if suffix else ""
+    tokens_left = _int(remaining_tokens)
+    requests_left = _int(remaining_requests)
+    # Reset times matter only once something is used up: parsed then, not on every response.
+    return RateLimitInfo(
+        limit_requests=_int(get("x-ratelimit-limit-requests" + requests_suffix)),
+        limit_tokens=_int(get("x-ratelimit-limit-tokens" + suffix)),
+        remaining_requests=requests_left,
+        remaining_tokens=tokens_left,
+        reset_requests_s=(
+            _seconds(get("x-ratelimit-reset-requests" + requests_suffix))
+            if requests_left is not None and requests_left <= 0
+            else None
+        ),
+        reset_tokens_s=(
+            _seconds(get("x-ratelimit-reset-tokens" + suffix))
+            if tokens_left is not None and tokens_left <= 0
+            else None
+        ),
+    )
 
 
 class _Bucket:

@@ -103,6 +103,8 @@ def _strip_markup(answer: str) -> str:
 
 def _canonical_number(text: str) -> str | None:
     """One spelling per plain number (``18.0`` -> ``18``, ``2/4`` -> ``0.5``); else ``None``."""
+    if len(text) < 20 and text.isascii() and text.isdigit():  # common: no Fraction needed
+        return str(int(text))
     s = text.replace("−", "-").strip()
     sign = ""
     if s and s[0] in "+-":
@@ -193,13 +195,16 @@ def normalize_answer(answer: str) -> str:
     return _SPACE_AROUND_SYMBOL.sub(r"\1", s)  # math: "x + 1" and "x+1" are one answer
 
 
+_SENTENCE_END = re.compile(r"\.(?:\s|$)")
+
+
 def _answer_phrase(text: str) -> str | None:
     """What follows the last "the (final) answer is" / "Answer:" in ``text``."""
     matches = list(_ANSWER_IS.finditer(text))
     for match in reversed(matches):
         phrase = _strip_markup(match.group(1))
         # End the answer at the end of its sentence ("18. So Tom has ..."), not inside "3.5".
-        phrase = re.split(r"\.(?:\s|$)", phrase, maxsplit=1)[0]
+        phrase = _SENTENCE_END.split(phrase, maxsplit=1)[0]
         phrase = _strip_markup(phrase)
         if phrase:
             return phrase

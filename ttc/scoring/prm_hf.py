@@ -399,11 +399,12 @@ class QwenPRMHead:
         import torch
         from transformers import Qwen2Model
         from transformers.modeling_outputs import TokenClassifierOutput
-
         from transformers.utils import logging as hf_logging
 
+        # quiet: the decoder's load report would call the head's weights "unexpected"; they
+        # are read below
         level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the head's weights are read below, not "unexpected"
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
         try:
             loaded: Any = Qwen2Model.from_pretrained(
                 path, dtype=dtype, output_loading_info=True, **kwargs
