@@ -44,3 +44,15 @@ async def test_litellm_errors_are_retried_by_our_runtime() -> None:
         assert len(out) == 4
         assert server.stats.faults["server_error"] > 0
         assert model.usage.requests == server.stats.requests
+
+
+async def test_litellm_groq_route_learns_the_rate_limit_headers() -> None:
+    """litellm's ``groq/`` route against the fake Groq (which sends what Groq sends, its
+    ``x_groq`` and ``service_tier`` fields included); the x-ratelimit-* headers litellm passes
+    on teach our limiter the provider's tokens per minute."""
+    async with FakeProvider("groq", api_key="gsk-1", tpm=50_000) as server:
+        model = LiteLLM("groq/llama-3.1-8b-instant", api_base=server.base_url, api_key="gsk-1")
+        out = await model.generate("What is 2 + 5?", n=2)
+        assert len(out) == 2 and server.stats.requests == 2
+        bucket = model.rate_limiter._tokens
+        assert bucket is not None and bucket.capacity == 50_000

@@ -31,6 +31,7 @@ from ttc.errors import (
 )
 from ttc.runtime.model import Capabilities, Model, RawResponse, user_message
 from ttc.runtime.pricing import lookup_price
+from ttc.runtime.ratelimit import parse_rate_limit_headers
 from ttc.types import Completion, FinishReason, GenerateRequest, TokenLogprob
 
 _FINISH: dict[str, FinishReason] = {
@@ -140,10 +141,14 @@ class LiteLLM(Model):
             raise MalformedResponseError(
                 f"unexpected response shape: {exc}", provider=self.provider, model=self.model
             ) from exc
+        # litellm keeps the provider's response headers here: its x-ratelimit-* ones pace us
+        hidden = getattr(response, "_hidden_params", None)
+        headers = hidden.get("additional_headers") if isinstance(hidden, dict) else None
         return RawResponse(
             completions=completions,
             prompt_tokens=getattr(usage, "prompt_tokens", None),
             completion_tokens=getattr(usage, "completion_tokens", None),
+            rate_limits=parse_rate_limit_headers(headers) if isinstance(headers, dict) else None,
         )
 
     def _translate(self, litellm: Any, exc: Exception) -> ProviderError:

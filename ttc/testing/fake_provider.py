@@ -983,7 +983,7 @@ class FakeProvider:
                         echo_tokens[p_index] if echo_tokens else None,
                     )
                 )
-        payload = {
+        payload: dict[str, Any] = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-fake{next(self._ids):012d}",
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
@@ -995,6 +995,10 @@ class FakeProvider:
                 "total_tokens": p.prompt_tokens + completion_tokens,
             },
         }
+        if self.flavor == "groq":  # what Groq adds to every completion (litellm reads it)
+            payload["system_fingerprint"] = "fp_fake"
+            payload["x_groq"] = {"id": f"req_fake{next(self._ids):012d}"}
+            payload["service_tier"] = "on_demand"
         body = json.dumps(payload, separators=(",", ":")).encode()
         return body, completion_tokens, len(choices)
 
