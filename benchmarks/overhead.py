@@ -7,6 +7,7 @@ be in flight at once. The fake provider runs in its own process, so the client's
 
     python benchmarks/overhead.py            # all rows
     python benchmarks/overhead.py --quick    # fewer repeats
+    python benchmarks/overhead.py --layers   # where ttc's CPU goes: adapter, runtime, strategy
 
 Rows:
 - best-of-16 x 50 prompts, native n (one request a prompt): bare aiohttp, ttc ``OpenAI`` preset;
@@ -37,6 +38,7 @@ import aiohttp
 from ttc import BestOfN, SamplingParams
 from ttc.adapters import Groq, LiteLLM, OpenAI
 from ttc.runtime.model import Model
+from ttc.types import GenerateRequest
 
 LATENCY = 0.05
 PROMPTS = [f"Question {i}: what is {i} * {i + 7}?" for i in range(50)]
@@ -269,9 +271,47 @@ def others() -> list[str]:
     ]
 
 
-async def main(repeats: int) -> None:
-    rows = await section_best_of_16(repeats)
-    rows += await section_cpu_per_request(repeats)
+async def section_layers(repeats: int) -> list[Row]:
+    """Where ttc's CPU goes: the same 2,000 fanned-out requests through the adapter's ``_send``
+    alone, through ``Model.generate`` (the runtime) and through ``BestOfN`` (the strategy)."""
+    prompts = [f"Question {i}: what is {i} + {i}?" for i in range(125)]
+    ideal = LATENCY * -(-2000 // 256)
+    rows = []
+    with fake_server("groq") as url:
+        model = Groq("llama-3.1-8b-instant", base_url=url, api_key="k", max_concurrency=256)
+        requests = [
+            GenerateRequest(prompt=p, params=PARAMS, n=1) for p in prompts for _ in range(16)
+        ]
+
+        async def adapter_only() -> None:
+            limit = asyncio.Semaphore(256)
+
+            async def one(request: GenerateRequest) -> None:
+                async with limit:
+                    await model._send(request)
+
+            await asyncio.gather(*(one(r) for r in requests))
+
+        async def runtime() -> None:
+            await asyncio.gather(*(model.generate(p, PARAMS, n=16) for p in prompts))
+
+        for name, work in (
+            ("layers: bare aiohttp", bare_aiohttp(url, prompts, 16, True, 256)),
+            ("layers: + adapter (OpenAICompatible._send)", adapter_only),
+            ("layers: + runtime (Model.generate, n=16)", runtime),
+            ("layers: + strategy (BestOfN)", ttc_best_of_n(model, prompts, 16)),
+        ):
+            rows.append(await measure(name, 2000, ideal, work, repeats))
+        await model.aclose()
+    return rows
+
+
+async def main(repeats: int, layers: bool) -> None:
+    if layers:
+        rows = await section_layers(repeats)
+    else:
+        rows = await section_best_of_16(repeats)
+        rows += await section_cpu_per_request(repeats)
     await close_sessions()
     print(
         f"server latency {LATENCY * 1000:.0f} ms; fake provider in its own process; "
@@ -289,12 +329,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
     parser.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
+    parser.add_argument(
+        "--layers", action="store_true", help="only where the CPU goes: adapter, runtime, strategy"
+    )
     args = parser.parse_args()
     repeats = 3 if args.quick else 7
     if args.uvloop:
         import uvloop
 
         print("client event loop: uvloop")
-        uvloop.run(main(repeats))
+        uvloop.run(main(repeats, args.layers))
     else:
-        asyncio.run(main(repeats))
+        asyncio.run(main(repeats, args.layers))
