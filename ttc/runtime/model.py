@@ -10,6 +10,7 @@ choices came back as were asked for (refilling the gap), usage, cost and the tra
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import logging
 import time
@@ -337,7 +338,7 @@ class Model(ABC):
         """Get ``request.n`` samples; if the provider returns fewer, ask again for the rest
         (by fan-out, since a provider that drops choices once tends to keep dropping them)."""
         size = request.n
-        got = await self._attempts(request)
+        got = await self._retrying(functools.partial(self._attempt, request))
         await self._deliver(got[:size], on_completions, collected)
         missing = size - len(got)
         if missing <= 0:
@@ -360,7 +361,7 @@ class Model(ABC):
             single = request.model_copy(update={"n": 1, "params": params})
             for _ in range(self.retry.max_attempts):
                 try:
-                    more = await self._attempts(single)
+                    more = await self._retrying(functools.partial(self._attempt, single))
                 except (ProviderError, BudgetExceeded) as exc:
                     failures.append(exc)
                     return
@@ -391,20 +392,21 @@ class Model(ABC):
             if maybe is not None:
                 await maybe
 
-    async def _attempts(self, request: GenerateRequest) -> list[Completion]:
-        """One request with retries. The first attempt skips tenacity's machinery: most
-        requests succeed at once and the client's CPU per request is a speed target."""
+    async def _retrying(self, attempt: Callable[[int], Awaitable[_T]]) -> _T:
+        """``attempt(1)``, then the later attempts the retry policy allows. The first attempt
+        skips tenacity's machinery: most requests succeed at once, and the client's CPU per
+        request is a speed target."""
         try:
-            return await self._attempt(request, 1)
+            return await attempt(1)
         except ProviderError as exc:
             if not exc.retryable or self.retry.max_attempts <= 1:
                 raise
             await anyio.sleep(self.retry.wait_seconds(1, exc))
-        attempt = 1
+        number = 1
         async for retry_state in self.retry.retrying(done=1):
             with retry_state:
-                attempt += 1
-                return await self._attempt(request, attempt)
+                number += 1
+                return await attempt(number)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def metered(
@@ -421,18 +423,9 @@ class Model(ABC):
         ``send`` makes one attempt and returns its result with the prompt tokens the provider
         reported (``None``: unknown, ``prompt_bound`` is charged). Budgets reserve
         ``prompt_bound`` tokens and one request first, so no limit is passed."""
-        try:
-            return await self._metered_attempt(send, prompt_bound, kind, 1)
-        except ProviderError as exc:
-            if not exc.retryable or self.retry.max_attempts <= 1:
-                raise
-            await anyio.sleep(self.retry.wait_seconds(1, exc))
-        attempt = 1
-        async for retry_state in self.retry.retrying(done=1):
-            with retry_state:
-                attempt += 1
-                return await self._metered_attempt(send, prompt_bound, kind, attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self._retrying(
+            functools.partial(self._metered_attempt, send, prompt_bound, kind)
+        )
 
     async def _metered_attempt(
         self,
