@@ -3,6 +3,7 @@
     python benchmarks/search.py                                  # 50 GSM8K dev questions
     python benchmarks/search.py --limit 10 --n 4 --width 2       # a quicker look
     python benchmarks/search.py --data ttc/eval/data/gsm8k_sample.jsonl   # the 20 shipped ones
+    python benchmarks/search.py --more-n 9 16 --only "N="   # best-of-N at the searches' tokens
 
 One ``LlamaCpp`` (Gemma 3 270M, one thread, ``raw=True``) and the few-shot GSM8K template
 (``GSM8K_FEW_SHOT``) serve every strategy, at the same N:
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -89,10 +91,11 @@ class PRMScorer(Scorer):
         return [aggregate(s, self.aggregation) for s in scores]  # type: ignore[arg-type]
 
 
-def strategies(
-    model: LlamaCpp, args: argparse.Namespace
-) -> dict[str, Callable[[str], tuple[Strategy, str]]]:
-    """For each strategy's name, a builder: question -> (strategy, prompt it runs on)."""
+Builder = Callable[[str], tuple[Strategy, str]]
+
+
+def strategies(model: LlamaCpp, args: argparse.Namespace) -> dict[str, tuple[int, Builder]]:
+    """For each strategy's name, its N and a builder: question -> (strategy, its prompt)."""
     prm = ArithmeticPRM()
     sample = SamplingParams(temperature=0.8, max_tokens=args.max_tokens, stop=TEMPLATE_STOPS)
     step = SamplingParams(temperature=0.8, max_tokens=args.max_tokens)
@@ -100,15 +103,22 @@ def strategies(
     def full_prompt(question: str) -> str:
         return STEP_FORMAT.prompt(question, [])
 
-    def majority(question: str) -> tuple[Strategy, str]:
-        return BestOfN(model, args.n, selector=MajorityVote(), params=sample), full_prompt(question)
+    def majority(n: int) -> Builder:
+        def build(question: str) -> tuple[Strategy, str]:
+            strategy = BestOfN(model, n, selector=MajorityVote(), params=sample)
+            return strategy, full_prompt(question)
 
-    def weighted(question: str) -> tuple[Strategy, str]:
-        scorer = PRMScorer(prm, question, args.aggregation)
-        strategy = BestOfN(model, args.n, scorer=scorer, selector=WeightedMajority(), params=sample)
-        return strategy, full_prompt(question)
+        return build
 
-    def search(kind: type[BeamPRM], **extra: Any) -> Callable[[str], tuple[Strategy, str]]:
+    def weighted(n: int) -> Builder:
+        def build(question: str) -> tuple[Strategy, str]:
+            scorer = PRMScorer(prm, question, args.aggregation)
+            strategy = BestOfN(model, n, scorer=scorer, selector=WeightedMajority(), params=sample)
+            return strategy, full_prompt(question)
+
+        return build
+
+    def search(kind: type[BeamPRM], **extra: Any) -> Builder:
         def build(question: str) -> tuple[Strategy, str]:
             strategy = kind(
                 model,
@@ -125,12 +135,20 @@ def strategies(
 
         return build
 
-    return {
-        "BestOfN, majority vote": majority,
-        f"BestOfN, weighted vote (PRM, {args.aggregation})": weighted,
-        f"BeamPRM (M={args.width})": search(BeamPRM),
-        f"Lookahead (k=1, M={args.width})": search(Lookahead, k=1),
+    weighted_name = f"BestOfN, weighted vote (PRM, {args.aggregation})"
+    rows: dict[str, tuple[int, Builder]] = {
+        "BestOfN, majority vote": (args.n, majority(args.n)),
+        weighted_name: (args.n, weighted(args.n)),
+        f"BeamPRM (M={args.width})": (args.n, search(BeamPRM)),
+        f"Lookahead (k=1, M={args.width})": (args.n, search(Lookahead, k=1)),
     }
+    # Best-of-N at larger N, to compare with the searches at about the same generated tokens.
+    for n in args.more_n:
+        rows[f"BestOfN, majority vote, N={n}"] = (n, majority(n))
+        rows[f"{weighted_name}, N={n}"] = (n, weighted(n))
+    if args.only:
+        rows = {name: row for name, row in rows.items() if re.search(args.only, name)}
+    return rows
 
 
 async def correct(result: Result, reference: str) -> bool:
@@ -147,7 +165,7 @@ async def evaluate(
     model = LlamaCpp(raw=True, n_threads=1, seed=args.seed)
     builders = strategies(model, args)
     rows: list[dict[str, Any]] = []
-    for name, build in builders.items():
+    for name, (n, build) in builders.items():
         right = tokens = 0
         seconds = 0.0
         stopped: dict[str, int] = {}
@@ -174,7 +192,7 @@ async def evaluate(
         rows.append(
             {
                 "strategy": name,
-                "n": args.n,
+                "n": n,
                 "accuracy": right / count,
                 "right": right,
                 "questions": count,
@@ -212,6 +230,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-rounds", type=int, default=40, help="step rounds of a search")
     parser.add_argument("--aggregation", default="last", choices=["last", "min", "prod", "mean"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--more-n",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also best-of-N (majority and weighted) at these N, to match the searches' tokens",
+    )
+    parser.add_argument("--only", help="run only the strategies whose name matches this regex")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     problems = load(args.data, args.limit)

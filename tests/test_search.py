@@ -621,3 +621,45 @@ async def test_search_on_the_embedded_gemma_with_the_arithmetic_prm(
     assert result.answer is not None
     assert result.usage.completion_tokens > 0
     json.loads(result.model_dump_json())
+
+
+@pytest.mark.llamacpp
+@pytest.mark.parametrize("kind", ["step_judge", "qwen_prm"])
+async def test_beam_search_on_the_embedded_gemma_with_other_prm_kinds(
+    gemma: object, kind: str, tmp_path: Path
+) -> None:
+    """The same search guided by the generative step judge (the embedded model judging its
+    own steps through the runtime) and by a transformers PRM (a tiny Qwen2.5-Math-PRM-format
+    checkpoint, random weights: the plumbing, not the quality)."""
+    from ttc.adapters import LlamaCpp
+    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT
+    from ttc.scoring import QwenPRM, StepJudge
+
+    assert isinstance(gemma, LlamaCpp)
+    prm: ProcessRewardModel
+    if kind == "step_judge":
+        prm = StepJudge(gemma)
+    else:
+        pytest.importorskip("torch")
+        pytest.importorskip("transformers")
+        import tiny_models
+
+        corpus = ["Janet has 3 boxes of 5 eggs, so 3 * 5 = 15 eggs. The answer is 15."] * 4
+        prm = QwenPRM(tiny_models.build_tiny_qwen_prm(tmp_path / "prm", corpus))
+    question = json.loads(GSM8K_DEV.read_text().splitlines()[0])["question"]
+    fmt = StepFormat(delimiter=". ", template=GSM8K_FEW_SHOT, end_markers=("\n\n", "Question:"))
+    search = BeamPRM(
+        gemma,
+        prm,
+        n=2,
+        width=2,
+        max_rounds=2,
+        params=SamplingParams(temperature=0.8, max_tokens=24, seed=2),
+        step_format=fmt,
+    )
+    result = await search.run(question.strip())
+    assert result.stopped_by is None and result.candidates
+    assert all(c.score is not None and 0.0 <= c.score <= 1.0 for c in result.candidates)
+    assert prm.steps_scored > 0
+    if kind == "step_judge":  # one judge request a scored step, counted in the run's usage
+        assert result.usage.requests >= prm.steps_scored + 1
