@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "Price": "ttc.runtime.pricing",
     "register_price": "ttc.runtime.pricing",
     "RetryPolicy": "ttc.runtime.retry",
+    "MemoryCache": "ttc.runtime.cache",
+    "SQLiteCache": "ttc.runtime.cache",
     "run_scope": "ttc.runtime.context",
     "run_sync": "ttc.runtime.sync",
     # types
@@ -67,6 +69,7 @@ __all__ = [
     "GenerateRequest",
     "GenerationError",
     "Lookahead",
+    "MemoryCache",
     "Message",
     "MissingDependencyError",
     "Model",
@@ -76,6 +79,7 @@ __all__ = [
     "RepeatedSample",
     "Result",
     "RetryPolicy",
+    "SQLiteCache",
     "SamplingParams",
     "SelfConsistency",
     "Strategy",
@@ -112,6 +116,7 @@ if TYPE_CHECKING:
     )
     from ttc.eval.metrics import pass_at_k
     from ttc.runtime.budget import Budget
+    from ttc.runtime.cache import MemoryCache, SQLiteCache
     from ttc.runtime.context import run_scope
     from ttc.runtime.model import Capabilities, Model
     from ttc.runtime.pricing import Price, register_price

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib.util
+import json
 import logging
 import time
 import weakref
@@ -19,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import anyio
@@ -42,6 +44,7 @@ from ttc.runtime.budget import (
     reserve_when_affordable,
     try_reserve,
 )
+from ttc.runtime.cache import ResponseCache
 from ttc.runtime.concurrency import ConcurrencyLimit
 from ttc.runtime.context import UsageCounter, current_run
 from ttc.runtime.pricing import Price, lookup_price
@@ -61,6 +64,28 @@ from ttc.types import (
 logger = logging.getLogger("ttc.model")
 
 _T = TypeVar("_T")
+
+# Model attributes that never change an answer (or are secret): left out of the cache key.
+_NOT_IN_CACHE_IDENTITY = frozenset(
+    {
+        "api_key",
+        "headers",
+        "max_concurrency",
+        "timeout",
+        "retry",
+        "params",
+        "budget",
+        "ledger",
+        "price",
+        "rate_limiter",
+        "cache",
+        "capabilities",
+        "load_seconds",
+        "n_threads",
+        "num_threads",
+        "verbose",
+    }
+)
 
 # Failures after which nobody knows what the provider generated (and billed).
 _UNKNOWN_OUTCOME = (
@@ -131,6 +156,8 @@ class Model(ABC):
         timeout: seconds one request may take.
         capabilities: what the provider can do (default: the adapter's
             ``default_capabilities()``); the runtime works around what it cannot.
+        cache: a ``ResponseCache`` (``MemoryCache()``, ``SQLiteCache(path)``): repeated greedy
+            or seeded requests are answered from it, without a request or a charge.
     """
 
     provider: ClassVar[str] = "model"
@@ -150,6 +177,7 @@ class Model(ABC):
         params: SamplingParams | None = None,
         timeout: float = 120.0,
         capabilities: Capabilities | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         if not model:
             raise ConfigError("model: a model name is required")
@@ -167,6 +195,12 @@ class Model(ABC):
         self.ledger = Ledger(budget, f"{self.provider}/{model}") if budget else None
         self.price = price or lookup_price(model, self.provider) or self.default_price
         self.rate_limiter = RateLimiter(rpm, tpm)
+        if cache is not None and not isinstance(cache, ResponseCache):
+            raise ConfigError(
+                "cache must be a ttc ResponseCache (MemoryCache() or SQLiteCache(path)), "
+                f"got {type(cache).__name__}"
+            )
+        self.cache = cache
         self._usage = UsageCounter()
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
@@ -338,7 +372,15 @@ class Model(ABC):
         """Get ``request.n`` samples; if the provider returns fewer, ask again for the rest
         (by fan-out, since a provider that drops choices once tends to keep dropping them)."""
         size = request.n
+        cache = self.cache
+        key = cache.key(self._cache_identity(), request) if cache is not None else None
+        hit = cache.lookup(key) if cache is not None and key is not None else None
+        if hit is not None:
+            await self._deliver(hit[:size], on_completions, collected)
+            return
         got = await self._retrying(functools.partial(self._attempt, request))
+        if cache is not None and key is not None and len(got) >= size:
+            cache.put(key, got[:size])
         await self._deliver(got[:size], on_completions, collected)
         missing = size - len(got)
         if missing <= 0:
@@ -492,6 +534,20 @@ class Model(ABC):
                     )
         finally:
             limiter.release()
+
+    def _cache_identity(self) -> str:
+        """What, besides the request, decides this model's answers: its class, its name and
+        its settings (server, endpoint, extra request fields, template, weights, dtype...).
+        Runtime settings that do not change an answer are left out, and so are credentials."""
+        settings = {
+            name: value
+            for name, value in vars(self).items()
+            if not name.startswith("_")
+            and name not in _NOT_IN_CACHE_IDENTITY
+            and isinstance(value, (str, int, float, bool, type(None), Path, dict, list, tuple))
+        }
+        text = json.dumps(settings, sort_keys=True, default=str)
+        return f"{type(self).__name__} {self.name} {text}"
 
     def _ledgers(self) -> tuple[Ledger, ...]:
         run = current_run()
