@@ -469,7 +469,8 @@ class MathShepherdPRM(TransformersPRM):
     Args:
         model_dir: the model folder.
         step_tag: the text ending every step (``" ки"``).
-        good_token, bad_token: the label tokens (``"+"``, ``"-"``).
+        good_token: the label token of a correct step (``"+"``).
+        bad_token: the label token of a wrong step (``"-"``).
         **options: ``TransformersPRM``'s (batch_size, padding_side, dtype, device...).
     """
 
@@ -537,7 +538,8 @@ class RLHFlowPRM(TransformersPRM):
 
     Args:
         model_dir: the model folder.
-        good_token, bad_token: the label tokens (``"+"``, ``"-"``).
+        good_token: the label token of a correct step (``"+"``).
+        bad_token: the label token of a wrong step (``"-"``).
         **options: ``TransformersPRM``'s.
     """
 
