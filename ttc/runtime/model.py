@@ -10,7 +10,6 @@ choices came back as were asked for (refilling the gap), usage, cost and the tra
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib.util
 import json
 import logging
@@ -21,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,6 +63,17 @@ from ttc.types import (
 logger = logging.getLogger("ttc.model")
 
 _T = TypeVar("_T")
+_A = TypeVar("_A")
+
+
+@dataclass(frozen=True)
+class _Metered(Generic[_T]):
+    """A metered request (``Model.metered``): how to send it and its worst case."""
+
+    send: Callable[[], Awaitable[tuple[_T, int | None]]]
+    prompt_bound: int
+    kind: str
+
 
 # Model attributes that never change an answer (or are secret): left out of the cache key.
 _NOT_IN_CACHE_IDENTITY = frozenset(
@@ -372,15 +382,10 @@ class Model(ABC):
         """Get ``request.n`` samples; if the provider returns fewer, ask again for the rest
         (by fan-out, since a provider that drops choices once tends to keep dropping them)."""
         size = request.n
-        cache = self.cache
-        key = cache.key(self._cache_identity(), request) if cache is not None else None
-        hit = cache.lookup(key) if cache is not None and key is not None else None
-        if hit is not None:
-            await self._deliver(hit[:size], on_completions, collected)
-            return
-        got = await self._retrying(functools.partial(self._attempt, request))
-        if cache is not None and key is not None and len(got) >= size:
-            cache.put(key, got[:size])
+        if self.cache is None:
+            got = await self._retrying(self._attempt, request)
+        else:
+            got = await self._cached(request)
         await self._deliver(got[:size], on_completions, collected)
         missing = size - len(got)
         if missing <= 0:
@@ -403,7 +408,7 @@ class Model(ABC):
             single = request.model_copy(update={"n": 1, "params": params})
             for _ in range(self.retry.max_attempts):
                 try:
-                    more = await self._retrying(functools.partial(self._attempt, single))
+                    more = await self._retrying(self._attempt, single)
                 except (ProviderError, BudgetExceeded) as exc:
                     failures.append(exc)
                     return
@@ -434,12 +439,12 @@ class Model(ABC):
             if maybe is not None:
                 await maybe
 
-    async def _retrying(self, attempt: Callable[[int], Awaitable[_T]]) -> _T:
-        """``attempt(1)``, then the later attempts the retry policy allows. The first attempt
-        skips tenacity's machinery: most requests succeed at once, and the client's CPU per
-        request is a speed target."""
+    async def _retrying(self, attempt: Callable[[_A, int], Awaitable[_T]], arg: _A) -> _T:
+        """``attempt(arg, 1)``, then the later attempts the retry policy allows. The first
+        attempt skips tenacity's machinery: most requests succeed at once, and the client's
+        CPU per request is a speed target."""
         try:
-            return await attempt(1)
+            return await attempt(arg, 1)
         except ProviderError as exc:
             if not exc.retryable or self.retry.max_attempts <= 1:
                 raise
@@ -448,8 +453,23 @@ class Model(ABC):
         async for retry_state in self.retry.retrying(done=1):
             with retry_state:
                 number += 1
-                return await attempt(number)
+                return await attempt(arg, number)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _cached(self, request: GenerateRequest) -> list[Completion]:
+        """``request`` answered from the cache, or sent and (when complete) stored there."""
+        cache = self.cache
+        assert cache is not None
+        key = cache.key(self._cache_identity(), request)
+        if key is None:
+            return await self._retrying(self._attempt, request)
+        hit = cache.lookup(key)
+        if hit is not None:
+            return hit
+        got = await self._retrying(self._attempt, request)
+        if len(got) >= request.n:
+            cache.put(key, got[: request.n])
+        return got
 
     async def metered(
         self,
@@ -465,17 +485,10 @@ class Model(ABC):
         ``send`` makes one attempt and returns its result with the prompt tokens the provider
         reported (``None``: unknown, ``prompt_bound`` is charged). Budgets reserve
         ``prompt_bound`` tokens and one request first, so no limit is passed."""
-        return await self._retrying(
-            functools.partial(self._metered_attempt, send, prompt_bound, kind)
-        )
+        return await self._retrying(self._metered_attempt, _Metered(send, prompt_bound, kind))
 
-    async def _metered_attempt(
-        self,
-        send: Callable[[], Awaitable[tuple[_T, int | None]]],
-        prompt_bound: int,
-        kind: str,
-        attempt: int,
-    ) -> _T:
+    async def _metered_attempt(self, metered: _Metered[_T], attempt: int) -> _T:
+        send, prompt_bound, kind = metered.send, metered.prompt_bound, metered.kind
         ledgers = self._ledgers()
         usd = self.price.cost(prompt_bound, 0) if self.price is not None else 0.0
         worst = Charge(tokens=prompt_bound, usd=usd, requests=1)
