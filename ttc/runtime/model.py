@@ -490,6 +490,8 @@ class Model(ABC):
     async def _metered_attempt(self, metered: _Metered[_T], attempt: int) -> _T:
         send, prompt_bound, kind = metered.send, metered.prompt_bound, metered.kind
         ledgers = self._ledgers()
+        if self.price is None and ledgers:
+            self._check_priced(ledgers)
         usd = self.price.cost(prompt_bound, 0) if self.price is not None else 0.0
         worst = Charge(tokens=prompt_bound, usd=usd, requests=1)
         limiter = self._loop_state().limiter
@@ -548,6 +550,20 @@ class Model(ABC):
         finally:
             limiter.release()
 
+    def _check_priced(self, ledgers: tuple[Ledger, ...]) -> None:
+        """Refuse to spend against a USD limit on a model whose price nobody knows."""
+        if any(lg.budget.usd is not None for lg in ledgers):
+            raise ConfigError(
+                f"price: no price is known for {self.name}, so a USD budget cannot be "
+                "enforced; pass price=Price.per_million(input, output) to the model, call "
+                "ttc.register_price(...), or drop the usd limit"
+                + (
+                    ""
+                    if importlib.util.find_spec("litellm")
+                    else " (pip install 'ttc-sdk[litellm]' brings litellm's price table)"
+                )
+            )
+
     def _cache_identity(self) -> str:
         """What, besides the request, decides this model's answers: its class, its name and
         its settings (server, endpoint, extra request fields, template, weights, dtype...).
@@ -598,17 +614,8 @@ class Model(ABC):
 
     async def _attempt(self, request: GenerateRequest, attempt: int) -> list[Completion]:
         ledgers = self._ledgers()
-        if self.price is None and any(lg.budget.usd is not None for lg in ledgers):
-            raise ConfigError(
-                f"price: no price is known for {self.name}, so a USD budget cannot be "
-                "enforced; pass price=Price.per_million(input, output) to the model, call "
-                "ttc.register_price(...), or drop the usd limit"
-                + (
-                    ""
-                    if importlib.util.find_spec("litellm")
-                    else " (pip install 'ttc-sdk[litellm]' brings litellm's price table)"
-                )
-            )
+        if self.price is None and ledgers:
+            self._check_priced(ledgers)
         limiter = self._loop_state().limiter
         await limiter.acquire()
         try:
