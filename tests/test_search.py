@@ -15,7 +15,7 @@ import pytest
 
 from ttc import DVTS, BeamPRM, Budget, Lookahead, Result, SamplingParams
 from ttc.adapters import FunctionModel
-from ttc.errors import ConfigError, ServerError
+from ttc.errors import BudgetExceeded, ConfigError, ServerError
 from ttc.runtime.model import Capabilities
 from ttc.runtime.retry import RetryPolicy
 from ttc.scoring import ArithmeticPRM, ProcessRewardModel, aggregate
@@ -281,6 +281,32 @@ async def test_budget_stop_returns_the_best_so_far_marked() -> None:
     )
     assert result.stopped_by == "budget"
     assert [c.text for c in result.candidates] == ["3 v=0.3 The answer is 3."]
+    assert result.answer == "3"
+
+
+class BudgetAfter(ScriptedPRM):
+    """A PRM whose budget pays for ``calls`` scoring calls, then refuses."""
+
+    def __init__(self, calls: int) -> None:
+        super().__init__()
+        self.calls = calls
+
+    async def _score_steps(
+        self, question: str, solutions: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        if len(self.batches) >= self.calls:
+            raise BudgetExceeded("requests", self.calls, self.calls, 1, "run")
+        return await super()._score_steps(question, solutions)
+
+
+async def test_beams_finished_in_a_round_the_prm_could_not_pay_for_are_kept_unscored() -> None:
+    # Round 2 generates to the end (every beam finishes), then the PRM's budget is spent: the
+    # finished beams are still the answer, without scores, and the run says why it stopped.
+    tree = Tree({"0": 0.1, "1": 0.9, "2": 0.6, "3": 0.3})
+    result = await BeamPRM(tree.model, BudgetAfter(1), n=4, width=2, max_rounds=2).run(Q)
+    assert result.stopped_by == "budget"
+    assert len(result.candidates) == 4 and all(c.score is None for c in result.candidates)
+    assert all(c.text.endswith("The answer is 3.") for c in result.candidates)
     assert result.answer == "3"
 
 

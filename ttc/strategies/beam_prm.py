@@ -125,7 +125,8 @@ class BeamPRM(StepSearch):
                     stopped = stop
             if not scored:  # what the interrupted round produced, scored if the PRM can be paid
                 scored = await self.score_what_was_paid(ctx, question, children)
-            done = [c for c in children if c.done] if scored else []
+            # Finished beams are kept even unscored (paid for; they vote with no weight).
+            done = [c for c in children if c.done]
             going = [c for c in children if not c.done]
             finished.extend(done)
             status.update({c.id: "finished" for c in done})

@@ -102,12 +102,10 @@ class DVTS(StepSearch):
                 # One PRM call for the whole round; each subtree then looks at its own only.
                 await self.score(ctx, question, [c for group in groups for c in group])
             except SearchStopped as stop:
-                # Keep what the interrupted round paid for, where the PRM can still score it.
+                # Keep what the interrupted round paid for, scored where the PRM can still
+                # be paid (unscored alternatives are kept too: they vote with no weight).
                 stopped, groups = stop, stop.groups
-                if not await self.score_what_was_paid(
-                    ctx, question, [c for group in groups for c in group]
-                ):
-                    break
+                await self.score_what_was_paid(ctx, question, [c for g in groups for c in g])
             status: dict[int, str] = {}
             subtree_of: dict[int, int] = {}
             for i, group in zip(live, groups):

@@ -110,3 +110,4 @@ class Lookahead(BeamPRM):
             beam.scores = path.scores[: len(beam.steps)]
             beam.rollout = rollouts[beam.id]
             beam.value = aggregate(path.scores, self.aggregation)
+            beam.scored = True

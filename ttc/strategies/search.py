@@ -43,6 +43,8 @@ class Beam:
     value: float = 0.0
     completion_tokens: int = 0
     rollout: list[str] = field(default_factory=list)
+    #: Whether the PRM scored it (not when the budget stopped the search first).
+    scored: bool = False
 
     @property
     def done(self) -> bool:
@@ -227,6 +229,7 @@ class StepSearch(Strategy):
         for beam, row in zip(beams, rows):
             beam.scores = row
             beam.value = aggregate(row, self.aggregation)
+            beam.scored = True
 
     @staticmethod
     def _stopped(
@@ -253,8 +256,8 @@ class StepSearch(Strategy):
             text=text,
             steps=list(beam.steps),
             answer=self.extract(text),
-            score=beam.value,
-            scores={self.prm.name: beam.value},
+            score=beam.value if beam.scored else None,
+            scores={self.prm.name: beam.value} if beam.scored else {},
             finish_reason="length" if beam.end == "length" else "stop",
             completion_tokens=beam.completion_tokens,
             model=self.model.model,
