@@ -49,6 +49,7 @@ from ttc.errors import (
     ProviderError,
     ProviderTimeoutError,
 )
+from ttc.hf_local import Dtype, check_settings, model_folder, require_hf, torch_device
 from ttc.runtime.model import Capabilities, Model, RawResponse
 from ttc.runtime.pricing import Price
 from ttc.types import (
@@ -65,23 +66,6 @@ __all__ = ["Quantization", "Transformers", "bitsandbytes_config"]
 logger = logging.getLogger("ttc.hf")
 
 Quantization = Literal["8bit", "4bit"]
-Dtype = Literal["auto", "bfloat16", "float16", "float32"]
-
-
-def _require_hf(purpose: str) -> None:
-    for module, package in (("torch", "torch"), ("transformers", "transformers")):
-        if importlib.util.find_spec(module) is None:
-            raise MissingDependencyError(package, "hf", purpose)
-
-
-def _model_folder(path: str | Path, setting: str) -> Path:
-    folder = Path(path).expanduser()
-    if not (folder / "config.json").is_file():
-        raise ConfigError(
-            f"{setting}: {str(folder)!r} is not a local Hugging Face model folder (no "
-            "config.json); ttc never downloads models"
-        )
-    return folder
 
 
 def bitsandbytes_config(quantization: Quantization, compute_dtype: str = "bfloat16") -> Any:
@@ -89,7 +73,7 @@ def bitsandbytes_config(quantization: Quantization, compute_dtype: str = "bfloat
     double quantization, computing in ``compute_dtype``: the QLoRA recipe)."""
     if quantization not in ("8bit", "4bit"):
         raise ConfigError(f"quantization must be '8bit' or '4bit', got {quantization!r}")
-    _require_hf("bitsandbytes quantization")
+    require_hf("bitsandbytes quantization")
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -149,12 +133,9 @@ class Transformers(Model):
         num_threads: int | None = 1,
         **runtime: Any,
     ) -> None:
-        _require_hf("The in-process transformers model")
-        folder = _model_folder(model_dir, "model_dir")
-        if dtype not in ("auto", "bfloat16", "float16", "float32"):
-            raise ConfigError(f"dtype must be auto, bfloat16, float16 or float32, got {dtype!r}")
-        if num_threads is not None and num_threads < 1:
-            raise ConfigError("num_threads must be at least 1")
+        require_hf("The in-process transformers model")
+        folder = model_folder(model_dir, "model_dir")
+        check_settings(dtype, num_threads)
         if prompt_lookup_num_tokens is not None and prompt_lookup_num_tokens < 1:
             raise ConfigError("prompt_lookup_num_tokens must be at least 1")
         if assistant_model is not None and prompt_lookup_num_tokens is not None:
@@ -163,7 +144,7 @@ class Transformers(Model):
                 "pick one"
             )
         assistant = (
-            _model_folder(assistant_model, "assistant_model")
+            model_folder(assistant_model, "assistant_model")
             if assistant_model is not None
             else None
         )
@@ -260,12 +241,9 @@ class Transformers(Model):
         return kwargs
 
     def _load_now(self) -> _Loaded:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if self.num_threads is not None:
-            torch.set_num_threads(self.num_threads)
-        device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = torch_device(self.device, self.num_threads)
         try:
             tokenizer: Any = AutoTokenizer.from_pretrained(
                 str(self.model_dir), local_files_only=True

@@ -25,7 +25,6 @@ imports neither torch nor transformers.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import threading
@@ -39,7 +38,8 @@ from typing import Any, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-from ttc.errors import ConfigError, ContextLengthError, MissingDependencyError, ProviderError
+from ttc.errors import ConfigError, ContextLengthError, ProviderError
+from ttc.hf_local import Dtype, check_settings, model_folder, require_hf, torch_device
 from ttc.scoring.prm import ProcessRewardModel
 
 __all__ = [
@@ -54,7 +54,6 @@ __all__ = [
 
 logger = logging.getLogger("ttc.prm_hf")
 
-Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 PaddingSide = Literal["left", "right"]
 
 _P = TypeVar("_P", bound="TransformersPRM")
@@ -78,22 +77,6 @@ class _Loaded:
     device: Any
     pad_id: int
     max_positions: int | None
-
-
-def _require_hf(purpose: str) -> None:
-    for module in ("torch", "transformers"):
-        if importlib.util.find_spec(module) is None:
-            raise MissingDependencyError(module, "hf", purpose)
-
-
-def _model_folder(path: str | Path) -> Path:
-    folder = Path(path).expanduser()
-    if not (folder / "config.json").is_file():
-        raise ConfigError(
-            f"model_dir: {str(folder)!r} is not a local Hugging Face model folder (no "
-            "config.json); ttc never downloads models"
-        )
-    return folder
 
 
 def _single_token(tokenizer: Any, text: str, what: str) -> int:
@@ -151,16 +134,13 @@ class TransformersPRM(ProcessRewardModel):
         cache_size: int = 100_000,
     ) -> None:
         super().__init__(cache_size=cache_size)
-        _require_hf(type(self).__name__)
-        self.model_dir = _model_folder(model_dir)
+        require_hf(type(self).__name__)
+        self.model_dir = model_folder(model_dir)
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        if dtype not in ("auto", "bfloat16", "float16", "float32"):
-            raise ConfigError(f"dtype must be auto, bfloat16, float16 or float32, got {dtype!r}")
-        if num_threads is not None and num_threads < 1:
-            raise ConfigError("num_threads must be at least 1")
+        check_settings(dtype, num_threads)
         self.batch_size = batch_size
         self.padding_side: PaddingSide = padding_side
         self.dtype: Dtype = dtype
@@ -220,9 +200,7 @@ class TransformersPRM(ProcessRewardModel):
         import torch
         from transformers import AutoTokenizer
 
-        if self.num_threads is not None:
-            torch.set_num_threads(self.num_threads)
-        device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = torch_device(self.device, self.num_threads)
         try:
             tokenizer: Any = AutoTokenizer.from_pretrained(
                 str(self.model_dir), local_files_only=True
