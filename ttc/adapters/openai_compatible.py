@@ -190,14 +190,8 @@ class OpenAICompatible(Model):
                 raw = await resp.read()  # bytes: no charset sniffing, json takes them as they are
                 status = resp.status
                 headers = resp.headers
-        except asyncio.TimeoutError as exc:
-            raise ProviderTimeoutError(
-                f"no answer within {self.timeout:g} s", provider=self.provider, model=self.model
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise ProviderConnectionError(
-                f"{type(exc).__name__}: {exc}", provider=self.provider, model=self.model
-            ) from exc
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc) from exc
         if status != 200:
             raise self._error(status, raw.decode("utf-8", "replace"), headers)
         try:
@@ -253,6 +247,17 @@ class OpenAICompatible(Model):
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             model=self.model,
+        )
+
+    def _transport_error(self, exc: BaseException) -> ProviderError:
+        """The typed error for a request that got no answer: timed out, or the connection
+        failed or broke."""
+        if isinstance(exc, asyncio.TimeoutError):
+            return ProviderTimeoutError(
+                f"no answer within {self.timeout:g} s", provider=self.provider, model=self.model
+            )
+        return ProviderConnectionError(
+            f"{type(exc).__name__}: {exc}", provider=self.provider, model=self.model
         )
 
     def _error(self, status: int, text: str, headers: Any) -> ProviderError:

@@ -36,8 +36,6 @@ from ttc.adapters.openai_compatible import OpenAICompatible
 from ttc.errors import (
     ConfigError,
     MalformedResponseError,
-    ProviderConnectionError,
-    ProviderTimeoutError,
 )
 from ttc.scoring.prm import ProcessRewardModel
 from ttc.scoring.prm_hf import QWEN_SYSTEM, qwen_prm_messages
@@ -205,16 +203,8 @@ class VLLMPoolingPRM(ProcessRewardModel):
                 raw = await resp.read()
                 status = resp.status
                 headers = resp.headers
-        except asyncio.TimeoutError as exc:
-            raise ProviderTimeoutError(
-                f"no answer within {server.timeout:g} s",
-                provider=server.provider,
-                model=server.model,
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise ProviderConnectionError(
-                f"{type(exc).__name__}: {exc}", provider=server.provider, model=server.model
-            ) from exc
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise server._transport_error(exc) from exc
         if status != 200:
             raise server._error(status, raw.decode("utf-8", "replace"), headers)
         try:
