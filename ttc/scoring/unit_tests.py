@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import keyword
+import logging
 import math
 import os
 import re
@@ -28,6 +29,8 @@ from ttc.scoring.base import Verifier
 from ttc.scoring.verifiers import _run_all
 from ttc.types import Candidate, Prompt
 
+logger = logging.getLogger("ttc.unit_tests")
+
 __all__ = ["UnitTestReport", "UnitTests", "extract_code"]
 
 _FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -40,6 +43,9 @@ _MAX_OPEN_FILES = 64
 _SANDBOX_FAILED = 86
 #: How long to wait for output pipes after the process group is killed.
 _DRAIN_GRACE_S = 1.0
+#: The exit status asyncio reports for a child whose real status it could not collect,
+#: because something else in this process (a library's child reaper) collected it first.
+_STATUS_LOST = 255
 
 # The first lines of run_tests.py, before any candidate code: private network namespace where
 # the kernel allows one, then resource limits (soft = hard, so the candidate cannot raise them).
@@ -116,9 +122,19 @@ if callable(globals().get("check")):
     check(candidate)
 """
 
+# The tests ran to their end: say so, then leave at once with 0, so that nothing the candidate
+# left behind (exit handlers, threads) can change the outcome.
 _DONE = """
 with open(".ttc_done", "w") as _ttc_f:
     _ttc_f.write({nonce!r})
+import os as _ttc_os
+import sys as _ttc_sys
+for _ttc_stream in (_ttc_sys.stdout, _ttc_sys.stderr):
+    try:
+        _ttc_stream.flush()
+    except Exception:
+        pass
+_ttc_os._exit(0)
 """
 
 
@@ -186,7 +202,9 @@ class UnitTests(Verifier):
     text). Each candidate runs in a fresh temporary directory as ``solution.py``, with
     ``run_tests.py`` importing its namespace and then running ``tests`` as a script (``assert``
     lines, or a unittest module ending in ``unittest.main()``); it passes iff the tests ran to
-    their end and the process exited with 0 (a candidate calling ``sys.exit(0)`` fails). With
+    their end and the process exited with 0 (a candidate calling ``sys.exit(0)`` fails; once the
+    tests have passed the process exits at once, so exit handlers and threads the candidate
+    left cannot change the verdict). With
     ``entry_point``, ``candidate`` names that function and a ``check(candidate)`` defined by the
     tests (HumanEval style) is called.
 
@@ -375,6 +393,11 @@ class UnitTests(Verifier):
         code = process.returncode
         if not ready and code == _SANDBOX_FAILED:
             raise TTCError(f"UnitTests could not set up its sandbox: {err.text().strip()}")
+        if code == _STATUS_LOST and done and not timed_out:
+            # The script's last act after the done marker is os._exit(0): the status was lost
+            # to another reaper, not set by the candidate.
+            logger.debug("UnitTests: exit status of a finished run was lost; it exited with 0")
+            code = 0
         return UnitTestReport(
             passed=not timed_out and code == 0 and done,
             exit_code=code,
