@@ -117,6 +117,31 @@ async def measure(
     )
 
 
+async def measure_alternating(
+    works: list[tuple[str, Callable[[], Awaitable[None]]]],
+    requests: int,
+    ideal: float,
+    repeats: int,
+) -> list[Row]:
+    """Like ``measure`` for several workloads, run in turns (A B A B ...), so that a slow
+    stretch of a shared machine falls on all of them rather than on whichever ran then."""
+    for _, work in works:
+        await work()
+    walls: list[list[float]] = [[] for _ in works]
+    cpus: list[list[float]] = [[] for _ in works]
+    for _ in range(repeats):
+        for i, (_, work) in enumerate(works):
+            gc.collect()
+            c0, t0 = time.process_time(), time.perf_counter()
+            await work()
+            walls[i].append(time.perf_counter() - t0)
+            cpus[i].append(time.process_time() - c0)
+    return [
+        Row(name, requests, statistics.median(w), statistics.median(c) / requests * 1e6, ideal)
+        for (name, _), w, c in zip(works, walls, cpus)
+    ]
+
+
 def bare_aiohttp(
     base_url: str, prompts: list[str], n: int, fan_out: bool, limit: int
 ) -> Callable[[], Awaitable[None]]:
@@ -171,46 +196,34 @@ def ttc_best_of_n(model: Model, prompts: list[str], n: int) -> Callable[[], Awai
 async def section_best_of_16(repeats: int) -> list[Row]:
     rows = []
     with fake_server("openai") as url:
-        rows.append(
-            await measure(
-                "bare aiohttp, native n=16",
-                50,
-                LATENCY,
-                bare_aiohttp(url, PROMPTS, 16, False, 256),
-                repeats,
-            )
-        )
         model = OpenAI("gpt-4o-mini", base_url=url, api_key="k", max_concurrency=256)
-        rows.append(
-            await measure(
-                "ttc BestOfN, OpenAI preset (native n=16)",
-                50,
-                LATENCY,
-                ttc_best_of_n(model, PROMPTS, 16),
-                repeats,
-            )
+        rows += await measure_alternating(
+            [
+                ("bare aiohttp, native n=16", bare_aiohttp(url, PROMPTS, 16, False, 256)),
+                ("ttc BestOfN, OpenAI preset (native n=16)", ttc_best_of_n(model, PROMPTS, 16)),
+            ],
+            50,
+            LATENCY,
+            repeats,
         )
         await model.aclose()
     with fake_server("groq") as url:
         ideal = LATENCY * -(-800 // 256)
-        rows.append(
-            await measure(
-                "bare aiohttp, fan-out 16 (256 in flight)",
-                800,
-                ideal,
-                bare_aiohttp(url, PROMPTS, 16, True, 256),
-                repeats,
-            )
-        )
         model = Groq("llama-3.1-8b-instant", base_url=url, api_key="k", max_concurrency=256)
-        rows.append(
-            await measure(
-                "ttc BestOfN, Groq preset (fan-out, 256 in flight)",
-                800,
-                ideal,
-                ttc_best_of_n(model, PROMPTS, 16),
-                repeats,
-            )
+        rows += await measure_alternating(
+            [
+                (
+                    "bare aiohttp, fan-out 16 (256 in flight)",
+                    bare_aiohttp(url, PROMPTS, 16, True, 256),
+                ),
+                (
+                    "ttc BestOfN, Groq preset (fan-out, 256 in flight)",
+                    ttc_best_of_n(model, PROMPTS, 16),
+                ),
+            ],
+            800,
+            ideal,
+            repeats,
         )
         await model.aclose()
     return rows
@@ -222,24 +235,18 @@ async def section_cpu_per_request(repeats: int) -> list[Row]:
     ideal = LATENCY * -(-2000 // 256)
     rows = []
     with fake_server("groq") as url:
-        rows.append(
-            await measure(
-                "bare aiohttp, 2,000 requests, 256 in flight",
-                2000,
-                ideal,
-                bare_aiohttp(url, prompts, 16, True, 256),
-                repeats,
-            )
-        )
         model = Groq("llama-3.1-8b-instant", base_url=url, api_key="k", max_concurrency=256)
-        rows.append(
-            await measure(
-                "ttc, 2,000 requests, 256 in flight",
-                2000,
-                ideal,
-                ttc_best_of_n(model, prompts, 16),
-                repeats,
-            )
+        rows += await measure_alternating(
+            [
+                (
+                    "bare aiohttp, 2,000 requests, 256 in flight",
+                    bare_aiohttp(url, prompts, 16, True, 256),
+                ),
+                ("ttc, 2,000 requests, 256 in flight", ttc_best_of_n(model, prompts, 16)),
+            ],
+            2000,
+            ideal,
+            repeats,
         )
         await model.aclose()
         try:
@@ -295,13 +302,17 @@ async def section_layers(repeats: int) -> list[Row]:
         async def runtime() -> None:
             await asyncio.gather(*(model.generate(p, PARAMS, n=16) for p in prompts))
 
-        for name, work in (
-            ("layers: bare aiohttp", bare_aiohttp(url, prompts, 16, True, 256)),
-            ("layers: + adapter (OpenAICompatible._send)", adapter_only),
-            ("layers: + runtime (Model.generate, n=16)", runtime),
-            ("layers: + strategy (BestOfN)", ttc_best_of_n(model, prompts, 16)),
-        ):
-            rows.append(await measure(name, 2000, ideal, work, repeats))
+        rows += await measure_alternating(
+            [
+                ("layers: bare aiohttp", bare_aiohttp(url, prompts, 16, True, 256)),
+                ("layers: + adapter (OpenAICompatible._send)", adapter_only),
+                ("layers: + runtime (Model.generate, n=16)", runtime),
+                ("layers: + strategy (BestOfN)", ttc_best_of_n(model, prompts, 16)),
+            ],
+            2000,
+            ideal,
+            repeats,
+        )
         await model.aclose()
     return rows
 
@@ -315,7 +326,8 @@ async def main(repeats: int, layers: bool) -> None:
     await close_sessions()
     print(
         f"server latency {LATENCY * 1000:.0f} ms; fake provider in its own process; "
-        f"median of {repeats} runs; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+        f"median of {repeats} runs, the rows of a section in turns; "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
     )
     print(f"| {'workload':<44} | requests | wall s  | ideal  | ratio | CPU µs/req |")
     print(f"|{'-' * 46}|---------:|--------:|-------:|------:|-----------:|")

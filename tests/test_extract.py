@@ -157,3 +157,11 @@ def test_gsm8k_reference_missing(solution: str) -> None:
 )
 def test_answer_phrase_with_working_or_prose(text: str, expected: str) -> None:
     assert extract_answer(text) == expected
+
+
+def test_markup_stripping_knows_every_whitespace_character() -> None:
+    """``_strip_markup`` strips with an explicit character list (faster than ``str.strip()``
+    in a loop); it must hold exactly what ``str.isspace`` accepts."""
+    from ttc.scoring.extract import _WHITESPACE
+
+    assert set(_WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}

@@ -206,8 +206,11 @@ class OpenAICompatible(Model):
 
     def _parse(self, data: Any, request: GenerateRequest, rate_limits: Any) -> RawResponse:
         try:
-            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-            completions = [self._completion(choice, request) for choice in choices]
+            choices = data["choices"]
+            if len(choices) > 1:
+                choices = sorted(choices, key=lambda c: c.get("index", 0))
+            cut_stops = len(request.params.stop) > len(self._wire_stops(request.params.stop))
+            completions = [self._completion(choice, request, cut_stops) for choice in choices]
             usage = data.get("usage") or {}
         except (KeyError, TypeError, AttributeError) as exc:
             raise MalformedResponseError(
@@ -224,21 +227,26 @@ class OpenAICompatible(Model):
             rate_limits=rate_limits,
         )
 
-    def _completion(self, choice: dict[str, Any], request: GenerateRequest) -> Completion:
-        chat = self.endpoint == "chat"
-        text = (choice["message"].get("content") or "") if chat else choice["text"]
+    def _completion(
+        self, choice: dict[str, Any], request: GenerateRequest, cut_stops: bool
+    ) -> Completion:
+        """One choice as a ``Completion``; ``cut_stops``: apply the stop strings the provider
+        could not take."""
+        params = request.params
+        text = (
+            (choice["message"].get("content") or "") if self.endpoint == "chat" else choice["text"]
+        )
         if not isinstance(text, str):
             raise TypeError("completion text is not a string")
         finish: FinishReason = _FINISH.get(choice.get("finish_reason") or "", "unknown")
-        stops = request.params.stop
-        if len(stops) > len(self._wire_stops(stops)):
-            text, cut = _cut_at_stops(text, stops)
+        if cut_stops:
+            text, cut = _cut_at_stops(text, params.stop)
             if cut:
                 finish = "stop"
-        logprobs = parse_logprobs(choice.get("logprobs")) if request.params.logprobs else None
+        logprobs = parse_logprobs(choice.get("logprobs")) if params.logprobs else None
         prompt_logprobs = (
             _parse_prompt_logprobs(choice.get("prompt_logprobs"))
-            if request.params.prompt_logprobs is not None
+            if params.prompt_logprobs is not None
             else None
         )
         return Completion(

@@ -25,6 +25,14 @@ class ConcurrencyLimit:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    def try_acquire(self) -> bool:
+        """Take a free slot without waiting (no coroutine: the common case on the hot path);
+        ``False`` means ``acquire`` must wait its turn."""
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         if self._free > 0 and not self._waiters:
             self._free -= 1

@@ -8,7 +8,7 @@ and one model shared by many concurrent runs keeps their accounts apart.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -70,7 +70,7 @@ class UsageCounter:
 class RunContext:
     """One strategy run: its ledgers (with those of enclosing runs), usage and trace."""
 
-    __slots__ = ("budget_error", "ledger", "ledgers", "parent", "trace", "usage")
+    __slots__ = ("budget_error", "ledger", "ledgers", "parent", "trace", "traced", "usage")
 
     def __init__(
         self, budget: Budget | Ledger | None, parent: RunContext | None, trace: bool
@@ -86,6 +86,8 @@ class RunContext:
         self.ledgers: tuple[Ledger, ...] = outer + ((self.ledger,) if self.ledger else ())
         self.usage = UsageCounter()
         self.trace: list[TraceEvent] | None = [] if trace else None
+        #: Whether this run or an enclosing one keeps a trace (else no event is built).
+        self.traced: bool = trace or (parent is not None and parent.traced)
         #: The budget error that stopped this run early, if one did.
         self.budget_error: BudgetExceeded | None = None
 
@@ -96,18 +98,16 @@ class RunContext:
         completion_tokens: int,
         cost_usd: float | None,
         seconds: float,
-        event: Callable[[], TraceEvent],
+        event: TraceEvent | None,
     ) -> None:
         """Add one request's usage to this run and every enclosing run, and its trace event
-        (built only if some run keeps a trace) to those that trace."""
-        built: TraceEvent | None = None
+        to those that trace (callers build ``event`` only where ``traced`` says one will be
+        kept)."""
         ctx: RunContext | None = self
         while ctx is not None:
             ctx.usage.add(prompt_tokens, completion_tokens, 1, cost_usd, seconds, model)
-            if ctx.trace is not None:
-                if built is None:
-                    built = event()
-                ctx.trace.append(built)
+            if ctx.trace is not None and event is not None:
+                ctx.trace.append(event)
             ctx = ctx.parent
 
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import anyio
 
 from ttc.errors import ConfigError
 
 
-@dataclass(frozen=True)
-class RateLimitInfo:
+class RateLimitInfo(NamedTuple):
     """What a provider's rate-limit headers said (``None`` where a header was absent). Reset
-    times are read only for a count that is used up: nothing else needs them."""
+    times are read only for a count that is used up: nothing else needs them. A named tuple:
+    one is made per response."""
 
     limit_requests: int | None = None
     limit_tokens: int | None = None
@@ -56,8 +56,12 @@ def _int(value: str | None) -> int | None:
     if value is None:
         return None
     try:
-        return int(float(value))
+        return int(value)  # the common spelling: no float on every response
     except ValueError:
+        pass
+    try:
+        return int(float(value))
+    except (ValueError, OverflowError):  # not a number, or "inf"
         return None
 
 
@@ -147,21 +151,25 @@ class RateLimiter:
         )
 
     def try_acquire(self, tokens: int) -> bool:
-        """Take one request's share now if it is free; ``False`` means ``acquire`` must wait."""
-        if not self.active:
+        """Take one request's share now if it is free; ``False`` means ``acquire`` must wait.
+        Called on every request: written out rather than looped."""
+        requests, token_bucket = self._requests, self._tokens
+        if requests is None and token_bucket is None and not self._paused_until:
             return True
         now = time.monotonic()
         if self._paused_until > now:
             return False
-        for bucket, amount in ((self._requests, 1), (self._tokens, tokens)):
-            if bucket is not None:
-                bucket.refill(now)
-                if bucket.wait_for(amount) > 0:
-                    return False
-        if self._requests is not None:
-            self._requests.level -= 1
-        if self._tokens is not None:
-            self._tokens.level -= min(tokens, self._tokens.capacity)
+        if requests is not None:
+            requests.refill(now)
+            if requests.wait_for(1) > 0:
+                return False
+        if token_bucket is not None:
+            token_bucket.refill(now)
+            if token_bucket.wait_for(tokens) > 0:
+                return False
+            token_bucket.level -= min(tokens, token_bucket.capacity)
+        if requests is not None:
+            requests.level -= 1
         return True
 
     async def acquire(self, tokens: int) -> None:

@@ -88,17 +88,22 @@ def _last_box(text: str) -> tuple[str | None, bool]:
         pos = end
 
 
+# Every character ``str.isspace`` accepts (tests/test_extract.py checks the list is complete).
+_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
+_MARKUP_LEFT = _WHITESPACE + "*_"
+_MARKUP_RIGHT = _MARKUP_LEFT + "."
+
+
 def _strip_markup(answer: str) -> str:
     """Remove what surrounds an answer in prose: bold markers, math dollars, a final period."""
-    s = answer.strip()
-    while True:
-        before = s
-        s = s.strip().strip("*_").strip()
-        s = s.rstrip(".").rstrip()
-        if len(s) >= 2 and s[0] == "$" and s[-1] == "$":
-            s = s[1:-1]
-        if s == before:
-            return s
+    s = answer.lstrip(_MARKUP_LEFT).rstrip(_MARKUP_RIGHT)
+    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":
+        s = s[1:-1].lstrip(_MARKUP_LEFT).rstrip(_MARKUP_RIGHT)
+    return s
 
 
 def _canonical_number(text: str) -> str | None:

@@ -139,8 +139,11 @@ async def draw(
 
     if isinstance(source, Model):
 
-        async def on_completions(completions: list[Completion]) -> None:
-            await take([Candidate.from_completion(c, extract(c.text)) for c in completions])
+        def on_completions(completions: list[Completion]) -> Awaitable[None] | None:
+            # Synchronous unless someone watches the candidates: no coroutine per response.
+            fresh = [Candidate.from_completion(c, extract(c.text)) for c in completions]
+            out.candidates.extend(fresh)
+            return on_candidates(fresh) if on_candidates is not None else None
 
         try:
             await source.generate(prompt, params, n, on_completions=on_completions)

@@ -80,27 +80,30 @@ class BestOfN(Strategy):
         got = Draw()
         settled = False
         votes: Counter[str] = Counter()
-        watch = self.stop_when_settled and self.scorer is None
+        if self.stop_when_settled and self.scorer is None:
+            with anyio.CancelScope() as scope:
 
-        with anyio.CancelScope() as scope:
+                async def tally(batch: Sequence[Candidate]) -> None:
+                    nonlocal settled
+                    for c in batch:
+                        if c.answer is not None:
+                            votes[normalize_answer(c.answer)] += 1
+                    if _decided(votes, self.n - len(got.candidates)):
+                        settled = True
+                        scope.cancel()
 
-            async def tally(batch: Sequence[Candidate]) -> None:
-                nonlocal settled
-                for c in batch:
-                    if c.answer is not None:
-                        votes[normalize_answer(c.answer)] += 1
-                if _decided(votes, self.n - len(got.candidates)):
-                    settled = True
-                    scope.cancel()
-
+                await draw(
+                    self.source,
+                    prompt,
+                    self.n,
+                    params=self.params,
+                    extract=self.extract,
+                    on_candidates=tally,
+                    into=got,
+                )
+        else:
             await draw(
-                self.source,
-                prompt,
-                self.n,
-                params=self.params,
-                extract=self.extract,
-                on_candidates=tally if watch else None,
-                into=got,
+                self.source, prompt, self.n, params=self.params, extract=self.extract, into=got
             )
         candidates = got.candidates
         stopped_by = "settled" if settled else got.stopped_by
