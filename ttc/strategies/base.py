@@ -178,3 +178,31 @@ async def draw(
     if not out.candidates and out.stopped_by == "error":
         raise GenerationError(TTCError("; ".join(out.errors[-3:])), [], n)
     return out
+
+
+async def draw_until(
+    source: Source,
+    prompt: str | tuple[Message, ...],
+    n: int,
+    *,
+    params: SamplingParams | None,
+    extract: Extractor,
+    done: Callable[[list[Candidate]], Awaitable[bool]],
+    into: Draw,
+) -> bool:
+    """``draw``, showing each batch of candidates to ``done`` as it arrives; once ``done``
+    returns True, stop drawing and cancel the requests still in flight (what was paid for stays
+    in ``into``). Returns whether ``done`` stopped the draw."""
+    stopped = False
+    with anyio.CancelScope() as scope:
+
+        async def watch(batch: list[Candidate]) -> None:
+            nonlocal stopped
+            if await done(batch):
+                stopped = True
+                scope.cancel()
+
+        await draw(
+            source, prompt, n, params=params, extract=extract, on_candidates=watch, into=into
+        )
+    return stopped

@@ -9,9 +9,6 @@ answer. Self-consistency (Wang et al. 2022): the answer most samples give. With
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-
-import anyio
 
 from ttc.errors import BudgetExceeded
 from ttc.runtime.budget import Budget
@@ -29,6 +26,7 @@ from ttc.strategies.base import (
     check_n,
     check_source,
     draw,
+    draw_until,
 )
 from ttc.types import Candidate, Message, Result, SamplingParams
 
@@ -79,28 +77,24 @@ class BestOfN(Strategy):
     async def _run(self, prompt: str | tuple[Message, ...], ctx: RunContext) -> Result:
         got = Draw()
         settled = False
-        votes: Counter[str] = Counter()
         if self.stop_when_settled and self.scorer is None:
-            with anyio.CancelScope() as scope:
+            votes: Counter[str] = Counter()
 
-                async def tally(batch: Sequence[Candidate]) -> None:
-                    nonlocal settled
-                    for c in batch:
-                        if c.answer is not None:
-                            votes[normalize_answer(c.answer)] += 1
-                    if _decided(votes, self.n - len(got.candidates)):
-                        settled = True
-                        scope.cancel()
+            async def decided(batch: list[Candidate]) -> bool:
+                for c in batch:
+                    if c.answer is not None:
+                        votes[normalize_answer(c.answer)] += 1
+                return _decided(votes, self.n - len(got.candidates))
 
-                await draw(
-                    self.source,
-                    prompt,
-                    self.n,
-                    params=self.params,
-                    extract=self.extract,
-                    on_candidates=tally,
-                    into=got,
-                )
+            settled = await draw_until(
+                self.source,
+                prompt,
+                self.n,
+                params=self.params,
+                extract=self.extract,
+                done=decided,
+                into=got,
+            )
         else:
             await draw(
                 self.source, prompt, self.n, params=self.params, extract=self.extract, into=got

@@ -8,10 +8,6 @@ the run and the requests still in flight are cancelled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import anyio
-
 from ttc.errors import ConfigError
 from ttc.eval.metrics import pass_at_k_curve
 from ttc.runtime.budget import Budget
@@ -28,7 +24,7 @@ from ttc.strategies.base import (
     Strategy,
     check_n,
     check_source,
-    draw,
+    draw_until,
 )
 from ttc.types import Candidate, Message, Result, SamplingParams
 
@@ -81,37 +77,32 @@ class RepeatedSample(Strategy):
     async def _run(self, prompt: str | tuple[Message, ...], ctx: RunContext) -> Result:
         verifier = self.verifier
         got = Draw()
-        success = False
 
-        with anyio.CancelScope() as scope:
+        async def judge(batch: list[Candidate]) -> bool:
+            """Verify ``batch``; True when the run should stop at a success."""
+            if verifier is None:
+                return False
+            verdicts = await verifier.verify(prompt, batch)
+            for candidate, ok in zip(batch, verdicts):
+                candidate.verified = ok
+                candidate.score = 1.0 if ok else 0.0
+            return self.stop_on_success and any(verdicts)
 
-            async def judge(batch: Sequence[Candidate]) -> None:
-                nonlocal success
-                if verifier is None:
-                    return
-                verdicts = await verifier.verify(prompt, batch)
-                for candidate, ok in zip(batch, verdicts):
-                    candidate.verified = ok
-                    candidate.score = 1.0 if ok else 0.0
-                if self.stop_on_success and any(verdicts):
-                    success = True
-                    scope.cancel()
-
-            await draw(
-                self.source,
-                prompt,
-                self.n,
-                params=self.params,
-                extract=self.extract,
-                on_candidates=judge,
-                into=got,
-            )
+        success = await draw_until(
+            self.source,
+            prompt,
+            self.n,
+            params=self.params,
+            extract=self.extract,
+            done=judge,
+            into=got,
+        )
         candidates = got.candidates
         if verifier is not None:
             # Candidates that arrived while the run was being cancelled were never judged.
             unjudged = [c for c in candidates if c.verified is None]
             if unjudged and not success:
-                await judge(unjudged)
+                success = await judge(unjudged)
         selection = self.selector.select(candidates)
         judged = [c for c in candidates if c.verified is not None]
         curve: dict[int, float] = {}
