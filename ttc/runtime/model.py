@@ -125,9 +125,10 @@ class Capabilities(BaseModel):
     max_temperature: float = 2.0
 
 
-@dataclass
+@dataclass(slots=True)
 class RawResponse:
-    """What one wire request returned, before the runtime's bookkeeping."""
+    """What one wire request returned, before the runtime's bookkeeping (one per request:
+    slots, no ``__dict__``)."""
 
     completions: list[Completion]
     prompt_tokens: int | None = None
@@ -648,7 +649,7 @@ class Model(ABC):
     def _worst_case(self, request: GenerateRequest, prompt_bound: int) -> Charge:
         out = request.params.max_tokens * request.n
         usd = self.price.cost(prompt_bound, out) if self.price is not None else 0.0
-        return Charge(tokens=prompt_bound + out, usd=usd, requests=1)
+        return Charge(prompt_bound + out, usd, 1)
 
     async def _attempt(self, request: GenerateRequest, attempt: int) -> list[Completion]:
         ledgers = self._ledgers()
