@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ttc.errors import ConfigError
@@ -165,3 +165,20 @@ def test_markup_stripping_knows_every_whitespace_character() -> None:
     from ttc.scoring.extract import _WHITESPACE
 
     assert set(_WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
+
+
+_PHRASE_PARTS = ["the", "The", "THE", "final", "Final", "answer", "Answer", "ANSWER", "is", ":"]
+_PHRASE_PARTS += ["**", "#", ">", " ", "  ", "\n", "\t", "x", "42", "answers", "_", ".", "İ"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_PHRASE_PARTS), max_size=16).map("".join))
+def test_the_answer_scan_starting_at_the_first_answer_finds_what_a_full_scan_finds(
+    text: str,
+) -> None:
+    """``_answer_matches`` skips the text before the first "answer" could start; that must
+    never lose or change a match."""
+    from ttc.scoring.extract import _ANSWER_IS, _answer_matches
+
+    full = [(m.start(), m.group(1)) for m in _ANSWER_IS.finditer(text)]
+    assert [(m.start(), m.group(1)) for m in _answer_matches(text)] == full

@@ -203,9 +203,29 @@ def normalize_answer(answer: str) -> str:
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 
 
+# What may stand between where an "answer is" phrase starts and its word "answer": "the",
+# "final", markup and whitespace (either case: the phrase is matched ignoring case).
+_ANSWER_LEAD = _WHITESPACE + ">*_#" + "thefinalTHEFINAL"
+
+
+def _answer_matches(text: str) -> list[re.Match[str]]:
+    """Every "the (final) answer is" / "Answer:" match in ``text``, in order.
+
+    Each contains the word "answer", so the scan starts where the first one could begin
+    rather than at the top of a long sample (ASCII texts only: their lowercase has the
+    same indices)."""
+    start = 0
+    if text.isascii():
+        first = text.lower().find("answer")
+        if first < 0:
+            return []
+        start = len(text[:first].rstrip(_ANSWER_LEAD))
+    return list(_ANSWER_IS.finditer(text, start))
+
+
 def _answer_phrase(text: str) -> str | None:
     """What follows the last "the (final) answer is" / "Answer:" in ``text``."""
-    matches = list(_ANSWER_IS.finditer(text))
+    matches = _answer_matches(text)
     for match in reversed(matches):
         phrase = _strip_markup(match.group(1))
         # End the answer at the end of its sentence ("18. So Tom has ..."), not inside "3.5".
