@@ -127,3 +127,35 @@ def test_prices_from_table_and_overrides() -> None:
     register_price("groq/my-finetune", Price.per_million(0.05, 0.08))
     price = lookup_price("my-finetune", "groq")
     assert price is not None and price.cost(1_000_000, 1_000_000) == pytest.approx(0.13)
+
+
+@pytest.mark.anyio
+async def test_a_failing_callback_cancels_the_other_fanned_out_requests() -> None:
+    """An exception that is not a provider's (a bug in a caller's ``on_completions``, say)
+    ends ``generate`` at once: the other requests of the fan-out are cancelled and finished
+    (their worst case kept in the budget), not left running detached."""
+    from ttc import Budget
+    from ttc.adapters import FunctionModel
+
+    finished: list[int] = []
+
+    async def slow(request: object, index: int) -> str:
+        await anyio.sleep(0.02 if index == 0 else 0.5)
+        finished.append(index)
+        return "42"
+
+    model = FunctionModel(slow, native_n=False, budget=Budget(requests=100))
+
+    def explode(batch: object) -> None:
+        raise ValueError("a bug in the caller's callback")
+
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="callback"):
+        await model.generate("q", n=4, on_completions=explode)
+    assert time.monotonic() - start < 0.4
+    assert finished == [0]  # the three slow requests were cancelled, not left to finish
+    ledger = model.ledger
+    assert ledger is not None and ledger.outstanding == 0  # every reservation settled
+    assert ledger.spent_requests == 4
+    await anyio.sleep(0.6)
+    assert finished == [0]

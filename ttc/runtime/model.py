@@ -280,14 +280,23 @@ class Model(ABC):
         if len(chunks) == 1:
             await self._generate_chunk(chunks[0], on_completions, collected, failures)
         else:
-            # Plain tasks: a chunk keeps its provider failures in ``failures``, so gather only
-            # ever sees cancellation, which it passes on to all chunks.
-            await asyncio.gather(
-                *(
+            # Plain tasks (cheaper than a task group): a chunk keeps its provider failures in
+            # ``failures``; a cancellation reaches every chunk through gather; any other error
+            # (a bug in ``on_completions``, say) cancels the other chunks and waits for them to
+            # settle before it goes up, as a task group would.
+            tasks = [
+                asyncio.ensure_future(
                     self._generate_chunk(chunk, on_completions, collected, failures)
-                    for chunk in chunks
                 )
-            )
+                for chunk in chunks
+            ]
+            try:
+                await asyncio.gather(*tasks)
+            except Exception:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(tasks)
+                raise
         if failures:
             raise self._partial_failure(failures, collected, n)
         return collected
