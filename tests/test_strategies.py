@@ -187,3 +187,57 @@ async def test_fan_out_gives_each_sample_its_own_seed() -> None:
     await model.generate("q", SamplingParams(seed=100), n=4)
     # A deterministic engine would otherwise return the same sample four times.
     assert sorted(seeds) == [100, 101, 102, 103]
+
+
+class _JudgeDown:
+    """What a judge or reward model served by a provider raises once its retries are spent."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls = 0
+
+    async def fail(self) -> None:
+        self.calls += 1
+        raise self.error
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("failure", ["provider", "budget"])
+async def test_a_failing_scorer_or_verifier_keeps_the_paid_candidates(failure: str) -> None:
+    """The samples were paid for: a judge that fails for good (its provider down, its budget
+    spent) ends the run with them, answered by majority vote, and says why."""
+    from ttc.errors import BudgetExceeded
+    from ttc.scoring.base import Scorer, Verifier
+
+    error: Exception = (
+        ServerError("judge down", provider="judge", model="j", status=503)
+        if failure == "provider"
+        else BudgetExceeded("requests", 1, 1, 1, "judge")
+    )
+    down = _JudgeDown(error)
+
+    class Judge(Scorer):
+        name = "judge"
+
+        async def score(self, prompt: object, candidates: object) -> list[float]:
+            await down.fail()
+            return []
+
+    class Checker(Verifier):
+        async def verify(self, prompt: object, candidates: object) -> list[bool]:
+            await down.fail()
+            return []
+
+    model = FunctionModel(lambda request, i: f"The answer is {7 if i % 3 else 8}.")
+    stopped = "error" if failure == "provider" else "budget"
+
+    best = await BestOfN(model, n=6, scorer=Judge()).run("q")
+    assert len(best.candidates) == 6 and best.answer == "7"
+    assert best.stopped_by == stopped and any("judge" in e for e in best.errors)
+
+    down.calls = 0
+    coverage = await RepeatedSample(model, n=6, verifier=Checker()).run("q")
+    assert len(coverage.candidates) == 6 and coverage.answer == "7"
+    assert coverage.stopped_by == stopped and coverage.errors
+    assert down.calls == 1  # not asked again for the rest once it failed for good
+    assert all(c.verified is None for c in coverage.candidates) and coverage.pass_at_k == {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ttc.errors import BudgetExceeded
+from ttc.errors import BudgetExceeded, GenerationError, ProviderError
 from ttc.runtime.budget import Budget
 from ttc.runtime.context import RunContext
 from ttc.scoring.base import Scorer, Selector, Verifier
@@ -109,6 +109,9 @@ class BestOfN(Strategy):
                 stopped_by, scores = "budget", []
                 errors.append(f"scoring stopped: {exc}")
                 ctx.budget_error = ctx.budget_error or exc
+            except (ProviderError, GenerationError) as exc:  # the judge's provider, for good
+                stopped_by, scores = stopped_by or "error", []
+                errors.append(f"scoring failed: {exc}")
             judged = isinstance(self.scorer, Verifier)
             for candidate, value in zip(candidates, scores):
                 candidate.score = value
@@ -116,12 +119,8 @@ class BestOfN(Strategy):
                 if judged:
                     candidate.verified = value >= 1.0
         selector = self.selector
-        if (
-            stopped_by == "budget"
-            and self.scorer is not None
-            and not any(c.score is not None for c in candidates)
-        ):
-            selector = MajorityVote()
+        if self.scorer is not None and not any(c.score is not None for c in candidates):
+            selector = MajorityVote()  # the scorer could not score: the samples still vote
         selection = selector.select(candidates)
         return Result(
             answer=selection.answer,

@@ -8,7 +8,7 @@ the run and the requests still in flight are cancelled.
 
 from __future__ import annotations
 
-from ttc.errors import ConfigError
+from ttc.errors import BudgetExceeded, ConfigError, GenerationError, ProviderError
 from ttc.eval.metrics import pass_at_k_curve
 from ttc.runtime.budget import Budget
 from ttc.runtime.context import RunContext
@@ -26,7 +26,7 @@ from ttc.strategies.base import (
     check_source,
     draw_until,
 )
-from ttc.types import Candidate, Message, Result, SamplingParams
+from ttc.types import Candidate, Message, Result, SamplingParams, StopReason
 
 
 class RepeatedSample(Strategy):
@@ -77,18 +77,32 @@ class RepeatedSample(Strategy):
     async def _run(self, prompt: str | tuple[Message, ...], ctx: RunContext) -> Result:
         verifier = self.verifier
         got = Draw()
+        judge_stopped: StopReason | None = None  # the verifier failed for good
+        judge_errors: list[str] = []
 
         async def judge(batch: list[Candidate]) -> bool:
-            """Verify ``batch``; True when the run should stop at a success."""
-            if verifier is None:
+            """Verify ``batch``; True when the draw should stop: at a success, or once the
+            verifier has failed for good (more samples could not be judged)."""
+            nonlocal judge_stopped
+            if verifier is None or judge_stopped is not None:
                 return False
-            verdicts = await verifier.verify(prompt, batch)
+            try:
+                verdicts = await verifier.verify(prompt, batch)
+            except BudgetExceeded as exc:
+                judge_stopped = "budget"
+                judge_errors.append(f"verifying stopped: {exc}")
+                ctx.budget_error = ctx.budget_error or exc
+                return True
+            except (ProviderError, GenerationError) as exc:
+                judge_stopped = "error"
+                judge_errors.append(f"verifying failed: {exc}")
+                return True
             for candidate, ok in zip(batch, verdicts):
                 candidate.verified = ok
                 candidate.score = 1.0 if ok else 0.0
             return self.stop_on_success and any(verdicts)
 
-        success = await draw_until(
+        stopped = await draw_until(
             self.source,
             prompt,
             self.n,
@@ -97,23 +111,25 @@ class RepeatedSample(Strategy):
             done=judge,
             into=got,
         )
+        success = stopped and judge_stopped is None
         candidates = got.candidates
-        if verifier is not None:
+        if verifier is not None and not stopped:
             # Candidates that arrived while the run was being cancelled were never judged.
             unjudged = [c for c in candidates if c.verified is None]
-            if unjudged and not success:
-                success = await judge(unjudged)
+            if unjudged:
+                success = await judge(unjudged) and judge_stopped is None
         selection = self.selector.select(candidates)
         judged = [c for c in candidates if c.verified is not None]
         curve: dict[int, float] = {}
-        if verifier is not None and not success and got.stopped_by is None and judged:
+        stopped_by = "success" if success else (got.stopped_by or judge_stopped)
+        if verifier is not None and stopped_by is None and judged:
             curve = pass_at_k_curve(len(judged), sum(1 for c in judged if c.verified))
         return Result(
             answer=selection.answer,
             best=selection.best,
             candidates=candidates,
             votes=selection.votes,
-            stopped_by="success" if success else got.stopped_by,
-            errors=got.errors,
+            stopped_by=stopped_by,
+            errors=got.errors + judge_errors,
             pass_at_k=curve,
         )
