@@ -174,6 +174,19 @@ async def test_usd_budget_needs_a_price() -> None:
         await BestOfN(model, n=2).run("q", budget=Budget(usd=1.0))
 
 
+def test_a_usd_budget_on_an_unpriced_model_is_refused_when_the_model_is_made() -> None:
+    from ttc import Price
+    from ttc.adapters import OpenAI
+
+    with pytest.raises(ConfigError, match="price: no price is known for openai/gpt-unreleased"):
+        OpenAI("gpt-unreleased", api_key="k", budget=Budget(usd=1.0))
+    priced = OpenAI(
+        "gpt-unreleased", api_key="k", budget=Budget(usd=1.0), price=Price.per_million(1, 2)
+    )
+    assert priced.price is not None
+    OpenAI("gpt-unreleased", api_key="k", budget=Budget(tokens=100))  # no USD limit: fine
+
+
 async def test_cancelled_requests_keep_their_worst_case_in_budgets() -> None:
     async def reply(request: GenerateRequest, index: int) -> str:
         await anyio.sleep(0.01 if index == 0 else 30)

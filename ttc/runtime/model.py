@@ -205,6 +205,8 @@ class Model(ABC):
         self.budget = budget
         self.ledger = Ledger(budget, f"{self.provider}/{model}") if budget else None
         self.price = price or lookup_price(model, self.provider) or self.default_price
+        if self.price is None and self.ledger is not None:
+            self._check_priced((self.ledger,))  # known now: refuse at once, not at a request
         self.rate_limiter = RateLimiter(rpm, tpm)
         if cache is not None and not isinstance(cache, ResponseCache):
             raise ConfigError(
