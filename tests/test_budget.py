@@ -208,3 +208,46 @@ async def test_cancelled_requests_keep_their_worst_case_in_budgets() -> None:
     # case (prompt bound + 50 tokens) in the budget, while usage shows only what was reported.
     assert model.ledger.spent_tokens >= result.usage.total_tokens + 3 * 50
     assert model.ledger.outstanding == 0
+
+
+async def test_the_seconds_budget_bounds_the_waits_between_attempts_too() -> None:
+    """A 429 asking for 10 s, a backoff, a model paused by an earlier 429: none may hold a
+    run past its ``seconds`` limit; the run returns, stopped by the budget."""
+    from ttc import SelfConsistency
+    from ttc.errors import RateLimitError, ServerError
+    from ttc.runtime.retry import RetryPolicy
+
+    def slow_down(request: GenerateRequest, index: int) -> str:
+        raise RateLimitError("slow down", status=429, retry_after=10.0)
+
+    def broken(request: GenerateRequest, index: int) -> str:
+        raise ServerError("boom", status=500)
+
+    limited = FunctionModel(slow_down)
+    backing_off = FunctionModel(broken, retry=RetryPolicy(initial_backoff=8, max_backoff=8))
+    for model in (limited, limited, backing_off):  # the second run meets the 429's pause
+        start = time.perf_counter()
+        result = await SelfConsistency(model, n=2).run("q", budget=Budget(seconds=0.5))
+        assert time.perf_counter() - start < 2.0
+        assert result.stopped_by == "budget" and "seconds" in result.errors[0]
+    assert limited.rate_limiter.active  # the pause itself still stands for later runs
+
+
+async def test_a_budget_spent_on_refilling_missing_choices_is_a_budget_stop() -> None:
+    """The provider returned 1 of 3 choices and the budget cannot pay for the refills: that is
+    the budget stopping the run (``on_budget`` applies), not a provider error."""
+    from ttc import BudgetExceeded, SelfConsistency
+    from ttc.runtime.model import RawResponse
+
+    class Dropping(FunctionModel):
+        async def _send(self, request: GenerateRequest) -> RawResponse:
+            raw = await super()._send(request)
+            raw.completions = raw.completions[:1]  # a server that ignores n
+            return raw
+
+    reply = lambda request, i: "The answer is 7."  # noqa: E731
+    result = await SelfConsistency(Dropping(reply), n=3, budget=Budget(requests=1)).run("q")
+    assert result.stopped_by == "budget" and len(result.candidates) == 1
+    strict = SelfConsistency(Dropping(reply), n=3, budget=Budget(requests=1), on_budget="raise")
+    with pytest.raises(BudgetExceeded):
+        await strict.run("q")

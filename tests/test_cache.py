@@ -111,3 +111,35 @@ def test_cache_settings_are_checked() -> None:
 def test_sqlite_cache_needs_a_file_not_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="folder"):
         SQLiteCache(tmp_path)
+
+
+async def test_a_sampled_replay_of_a_fan_out_gives_back_every_sample() -> None:
+    """``sampled=True`` replays an experiment: the n unseeded requests of a fan-out are n
+    entries, not one entry overwritten n times."""
+    from ttc import SelfConsistency
+    from ttc.adapters import FunctionModel
+
+    answers = ["7", "7", "8", "9"]
+    model = FunctionModel(
+        lambda request, i: f"The answer is {answers[i % 4]}.",
+        native_n=False,
+        max_concurrency=1,
+        cache=MemoryCache(sampled=True),
+    )
+    first = await SelfConsistency(model, n=4).run("q")
+    replay = await SelfConsistency(model, n=4).run("q")
+    assert sorted(c.answer or "" for c in replay.candidates) == sorted(answers)
+    assert [c.answer for c in replay.candidates] == [c.answer for c in first.candidates]
+    assert model.samples == 4 and replay.usage.requests == 0
+
+
+async def test_a_function_model_is_answered_from_its_cache() -> None:
+    """The model's sample counter changes with every call; it is no part of the cache key."""
+    from ttc.adapters import FunctionModel
+
+    model = FunctionModel(lambda request, i: f"reply {i}", cache=MemoryCache())
+    greedy = SamplingParams(temperature=0.0, max_tokens=8)
+    first = await model.generate("q", greedy)
+    again = await model.generate("q", greedy)
+    assert [c.text for c in again] == [c.text for c in first] == ["reply 0"]
+    assert model.samples == 1 and model.cache is not None and model.cache.hits == 1

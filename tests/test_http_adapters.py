@@ -4,6 +4,7 @@ the real HTTP, the providers' documented quirks and errors."""
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -180,4 +181,81 @@ async def test_server_rate_limit_headers_are_learned() -> None:
         # The provider's tokens-per-minute limit is adopted from its headers.
         bucket = model.rate_limiter._tokens
         assert bucket is not None and bucket.capacity == 400
+        await model.aclose()
+
+
+class _Scripted:
+    """A loopback OpenAI-compatible server whose every answer comes from ``answer(index)``:
+    for the odd but real responses the fake provider does not send."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+        self.requests = 0
+
+    async def __aenter__(self) -> str:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            await request.read()
+            self.requests += 1
+            return self.answer(self.requests - 1)  # type: ignore[operator,no-any-return]
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}/v1"
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+def _chat(text: str, **extra: object) -> dict[str, object]:
+    return {
+        "choices": [{"index": 0, "message": {"content": text}, "finish_reason": "stop"}],
+        **extra,
+    }
+
+
+async def test_odd_success_bodies_keep_the_paid_answer_or_say_what_the_provider_said() -> None:
+    from aiohttp import web
+
+    from ttc.errors import MalformedResponseError
+
+    answers = {
+        "203": web.json_response(_chat("four", usage={"prompt_tokens": 3}), status=203),
+        "usage": web.json_response(_chat("four", usage="unavailable")),
+        "error": web.json_response({"error": {"message": "upstream model is overloaded"}}),
+    }
+    for case, answer in answers.items():
+        async with _Scripted(lambda i, a=answer: a) as url:
+            model = OpenAICompatible("m", base_url=url, retry=RetryPolicy(max_attempts=1))
+            if case == "error":  # a 200 carrying an error: retried, and its message kept
+                with pytest.raises(MalformedResponseError, match="upstream model is overloaded"):
+                    await model.generate("q", SamplingParams(max_tokens=8))
+            else:  # a 203, or a usage that is not an object: the answer was paid for
+                got = await model.generate("q", SamplingParams(max_tokens=8))
+                assert [c.text for c in got] == ["four"]
+                assert model.usage.completion_tokens == 8  # not reported: the bound is charged
+            await model.aclose()
+
+
+async def test_a_429_without_retry_after_waits_for_the_exhausted_counts_reset() -> None:
+    from aiohttp import web
+
+    limited = {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "0.4s"}
+
+    def answer(index: int) -> web.Response:
+        if index == 0:
+            return web.json_response({"error": {"message": "tpm"}}, status=429, headers=limited)
+        return web.json_response(_chat("ok"))
+
+    async with _Scripted(answer) as url:
+        model = OpenAICompatible("m", base_url=url, retry=RetryPolicy(initial_backoff=0))
+        start = time.perf_counter()
+        await model.generate("q", SamplingParams(max_tokens=8))
+        assert time.perf_counter() - start >= 0.35  # waited for the reset, not a 0 s backoff
         await model.aclose()

@@ -159,3 +159,39 @@ async def test_a_failing_callback_cancels_the_other_fanned_out_requests() -> Non
     assert ledger.spent_requests == 4
     await anyio.sleep(0.6)
     assert finished == [0]
+
+
+async def test_a_waiter_cancelled_as_the_slot_is_released_ends_cancelled() -> None:
+    """The holder releases while the waiter is being cancelled in the same loop iteration:
+    the waiter must end with CancelledError (not a ValueError from the queue), and the slot
+    must be free again."""
+    import asyncio
+
+    limit = ConcurrencyLimit(1)
+    await limit.acquire()
+    waiter = asyncio.ensure_future(limit.acquire())
+    await asyncio.sleep(0)  # queued
+    waiter.cancel()
+    limit.release()  # finds the cancelled waiter, skips it, frees the slot
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert limit.try_acquire() and limit.waiting == 0
+
+
+async def test_what_the_provider_says_remains_wins_over_the_refund() -> None:
+    """A response says 100 tokens remain: the bucket must not be above that afterwards, even
+    though the request's unused worst case is refunded."""
+    from ttc.adapters import FunctionModel
+    from ttc.runtime.model import RawResponse
+    from ttc.runtime.ratelimit import RateLimitInfo
+
+    class Reporting(FunctionModel):
+        async def _send(self, request):  # type: ignore[no-untyped-def]
+            raw: RawResponse = await super()._send(request)
+            raw.rate_limits = RateLimitInfo(limit_tokens=10_000, remaining_tokens=100)
+            return raw
+
+    model = Reporting(lambda request, i: "ok")
+    await model.generate("q", n=1)
+    bucket = model.rate_limiter._tokens
+    assert bucket is not None and bucket.level <= 100

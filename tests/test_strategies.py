@@ -241,3 +241,22 @@ async def test_a_failing_scorer_or_verifier_keeps_the_paid_candidates(failure: s
     assert coverage.stopped_by == stopped and coverage.errors
     assert down.calls == 1  # not asked again for the rest once it failed for good
     assert all(c.verified is None for c in coverage.candidates) and coverage.pass_at_k == {}
+
+
+@pytest.mark.anyio
+async def test_settled_and_success_say_what_they_saved_and_keep_what_was_drawn() -> None:
+    """``stopped_by="settled"`` only when samples were left undrawn; a success found in the
+    last of the n samples still gives pass@k (all n were drawn and judged)."""
+    unanimous = FunctionModel(lambda request, i: "The answer is 5.", native_n=False)
+    result = await SelfConsistency(unanimous, n=2, stop_when_settled=True).run("q")
+    assert len(result.candidates) == 2 and result.stopped_by is None  # 1-0 could still tie
+    result = await SelfConsistency(unanimous, n=3, stop_when_settled=True).run("q")
+    assert len(result.candidates) == 2 and result.stopped_by == "settled"  # 2-0 with 1 left
+
+    texts = ["The answer is 1.", "The answer is 2.", "The answer is 42.", "The answer is 3."]
+    native = FunctionModel(lambda request, i: texts[i % 4])
+    found = await RepeatedSample(
+        native, n=4, verifier=lambda text: "42" in text, stop_on_success=True
+    ).run("q")
+    assert found.stopped_by == "success" and len(found.candidates) == 4
+    assert found.pass_at_k == {1: 0.25, 2: 0.5, 4: 1.0}

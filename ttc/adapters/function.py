@@ -39,6 +39,7 @@ class FunctionModel(Model):
 
     provider: ClassVar[str] = "function"
     default_price: ClassVar[Price | None] = Price.free()
+    volatile_attributes: ClassVar[frozenset[str]] = frozenset({"samples"})
 
     def __init__(
         self, fn: Reply, *, model: str = "function", native_n: bool = True, **runtime: Any

@@ -192,7 +192,7 @@ class OpenAICompatible(Model):
                 headers = resp.headers
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             raise self._transport_error(exc) from exc
-        if status != 200:
+        if not 200 <= status < 300:
             raise self._error(status, raw.decode("utf-8", "replace"), headers)
         try:
             data = json.loads(raw)
@@ -211,13 +211,17 @@ class OpenAICompatible(Model):
                 choices = sorted(choices, key=lambda c: c.get("index", 0))
             cut_stops = len(request.params.stop) > len(self._wire_stops(request.params.stop))
             completions = [self._completion(choice, request, cut_stops) for choice in choices]
-            usage = data.get("usage") or {}
+            usage = data.get("usage")
         except (KeyError, TypeError, AttributeError) as exc:
-            raise MalformedResponseError(
-                f"response lacks the documented fields ({exc!r})",
-                provider=self.provider,
-                model=self.model,
-            ) from exc
+            error = data.get("error") if isinstance(data, dict) else None
+            if error:  # a 200 that carries an error object (some gateways send these)
+                message, _ = _error_message(json.dumps(data))
+                detail = f"answered 200 with an error: {message}"
+            else:
+                detail = f"response lacks the documented fields ({exc!r})"
+            raise MalformedResponseError(detail, provider=self.provider, model=self.model) from exc
+        if not isinstance(usage, dict):
+            usage = {}  # absent or not the documented object: counted from the bounds instead
         prompt_tokens = usage.get("prompt_tokens")
         completion_tokens = usage.get("completion_tokens")
         return RawResponse(
@@ -271,6 +275,8 @@ class OpenAICompatible(Model):
     def _error(self, status: int, text: str, headers: Any) -> ProviderError:
         message, code = _error_message(text)
         retry_after = _retry_after(headers)
+        if retry_after is None and status == 429:
+            retry_after = _reset_of_what_ran_out(headers)
         kwargs: dict[str, Any] = {
             "provider": self.provider,
             "model": self.model,
@@ -332,6 +338,22 @@ def _retry_after(headers: Any) -> float | None:
     if value is None:
         return None
     return parse_duration(value)
+
+
+def _reset_of_what_ran_out(headers: Any) -> float | None:
+    """For a 429 without ``retry-after``: when the exhausted ``x-ratelimit-*`` count resets
+    (the longer wait if both ran out), so the runtime pauses until then rather than retrying
+    into the same window."""
+    info = parse_rate_limit_headers(headers)
+    if info is None:
+        return None
+    waits = []
+    if info.remaining_tokens is not None and info.remaining_tokens <= 0:
+        waits.append(info.reset_tokens_s)
+    if info.remaining_requests is not None and info.remaining_requests <= 0:
+        waits.append(info.reset_requests_s)
+    known = [w for w in waits if w is not None]
+    return max(known) if known else None
 
 
 def parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:

@@ -45,11 +45,14 @@ class ResponseCache(ABC):
         self.hits = 0
         self.misses = 0
 
-    def key(self, identity: str, request: GenerateRequest) -> str | None:
+    def key(self, identity: str, request: GenerateRequest, first_sample: int = 0) -> str | None:
         """The entry ``request`` to the model ``identity`` is stored under; ``None`` when the
-        request is not cacheable."""
+        request is not cacheable. ``first_sample``: the index of the request's first sample in
+        its ``generate`` call, which tells apart the identical requests of a fan-out when they
+        are sampled without a seed (seeded ones differ by their seeds already)."""
         params = request.params
-        if not self.sampled and params.temperature != 0 and params.seed is None:
+        unseeded = params.temperature != 0 and params.seed is None
+        if unseeded and not self.sampled:
             return None
         prompt = (
             request.prompt
@@ -62,6 +65,8 @@ class ResponseCache(ABC):
             "params": params.model_dump(mode="json"),
             "n": request.n,
         }
+        if unseeded:
+            material["sample"] = first_sample
         text = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -44,7 +44,7 @@ class ConcurrencyLimit:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release()  # the slot was handed to us as we were cancelled: pass it on
-            else:
+            elif future in self._waiters:  # a release may already have dropped it
                 self._waiters.remove(future)
             raise
 

@@ -10,6 +10,7 @@ choices came back as were asked for (refilling the gap), usage, cost and the tra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import logging
@@ -107,6 +108,8 @@ _UNKNOWN_OUTCOME = (
 
 OnCompletions = Callable[[list[Completion]], Awaitable[None] | None]
 
+_NO_DEADLINE = contextlib.nullcontext()
+
 
 class Capabilities(BaseModel):
     """What a provider or engine can do; the runtime works around what it cannot."""
@@ -174,6 +177,9 @@ class Model(ABC):
     provider: ClassVar[str] = "model"
     #: Price used when the table has none, e.g. ``Price.free()`` for engines you run yourself.
     default_price: ClassVar[Price | None] = None
+    #: Public attributes that change as the model works (counters) and so say nothing about
+    #: its answers: left out of the response cache's key.
+    volatile_attributes: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -280,17 +286,20 @@ class Model(ABC):
 
         chunks = self._chunk_requests(request, sizes)
         if len(chunks) == 1:
-            await self._generate_chunk(chunks[0], on_completions, collected, failures)
+            await self._generate_chunk(chunks[0], on_completions, collected, failures, 0)
         else:
             # Plain tasks (cheaper than a task group): a chunk keeps its provider failures in
             # ``failures``; a cancellation reaches every chunk through gather; any other error
             # (a bug in ``on_completions``, say) cancels the other chunks and waits for them to
             # settle before it goes up, as a task group would.
+            firsts = [0] * len(sizes)
+            for i in range(1, len(sizes)):
+                firsts[i] = firsts[i - 1] + sizes[i - 1]
             tasks = [
                 asyncio.ensure_future(
-                    self._generate_chunk(chunk, on_completions, collected, failures)
+                    self._generate_chunk(chunk, on_completions, collected, failures, first)
                 )
-                for chunk in chunks
+                for chunk, first in zip(chunks, firsts)
             ]
             try:
                 await asyncio.gather(*tasks)
@@ -398,27 +407,39 @@ class Model(ABC):
         on_completions: OnCompletions | None,
         collected: list[Completion],
         failures: list[BaseException],
+        first_sample: int,
     ) -> None:
         """Get ``request.n`` samples into ``collected``, and a failure for good into
-        ``failures``. If the provider returns fewer samples, ask again for the rest (by
-        fan-out, since a provider that drops choices once tends to keep dropping them).
+        ``failures``; ``first_sample`` is the index of the chunk's first sample in the call. If
+        the provider returns fewer samples, ask again for the rest (by fan-out, since a
+        provider that drops choices once tends to keep dropping them).
+
+        A run's ``seconds`` budget bounds all of it, the waits between attempts (backoff,
+        ``retry-after``, a rate-limit pause, a full concurrency limit) included, not only the
+        requests on the wire.
 
         The first attempt is awaited here rather than through ``_retrying``: one coroutine
         frame less on every request, whose client CPU is a speed target."""
+        ledgers = self._ledgers()
+        deadline = deadline_seconds(ledgers) if ledgers else None
+        scope = anyio.move_on_after(deadline) if deadline is not None else None
         try:
-            if self.cache is not None:
-                got = await self._cached(request)
-            else:
-                try:
-                    got = await self._attempt(request, 1)
-                except ProviderError as exc:
-                    got = await self._retry_after(exc, self._attempt, request)
-            size = request.n
-            delivered = self._deliver(got[:size], on_completions, collected)
-            if delivered is not None:
-                await delivered
-            if len(got) < size:
-                await self._refill(request, got, on_completions, collected)
+            with scope if scope is not None else _NO_DEADLINE:
+                if self.cache is not None:
+                    got = await self._cached(request, first_sample)
+                else:
+                    try:
+                        got = await self._attempt(request, 1)
+                    except ProviderError as exc:
+                        got = await self._retry_after(exc, self._attempt, request)
+                size = request.n
+                delivered = self._deliver(got[:size], on_completions, collected)
+                if delivered is not None:
+                    await delivered
+                if len(got) < size:
+                    await self._refill(request, got, on_completions, collected)
+            if scope is not None and scope.cancelled_caught:
+                failures.append(self._deadline_passed(ledgers))
         except (ProviderError, BudgetExceeded, GenerationError) as exc:
             failures.append(exc)
 
@@ -467,7 +488,8 @@ class Model(ABC):
             for k in range(missing):
                 tg.start_soon(refill, k)
         if failures:
-            raise GenerationError(failures[-1], [], size)
+            budget = next((f for f in failures if isinstance(f, BudgetExceeded)), None)
+            raise budget if budget is not None else GenerationError(failures[-1], [], size)
 
     @staticmethod
     def _deliver(
@@ -505,11 +527,11 @@ class Model(ABC):
                 return await attempt(arg, number)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _cached(self, request: GenerateRequest) -> list[Completion]:
+    async def _cached(self, request: GenerateRequest, first_sample: int) -> list[Completion]:
         """``request`` answered from the cache, or sent and (when complete) stored there."""
         cache = self.cache
         assert cache is not None
-        key = cache.key(self._cache_identity(), request)
+        key = cache.key(self._cache_identity(), request, first_sample)
         if key is None:
             return await self._retrying(self._attempt, request)
         hit = cache.lookup(key)
@@ -533,8 +555,16 @@ class Model(ABC):
 
         ``send`` makes one attempt and returns its result with the prompt tokens the provider
         reported (``None``: unknown, ``prompt_bound`` is charged). Budgets reserve
-        ``prompt_bound`` tokens and one request first, so no limit is passed."""
-        return await self._retrying(self._metered_attempt, _Metered(send, prompt_bound, kind))
+        ``prompt_bound`` tokens and one request first, so no limit is passed. A run's
+        ``seconds`` budget bounds the retries' waits too."""
+        metered = _Metered(send, prompt_bound, kind)
+        ledgers = self._ledgers()
+        deadline = deadline_seconds(ledgers) if ledgers else None
+        if deadline is None:
+            return await self._retrying(self._metered_attempt, metered)
+        with anyio.move_on_after(deadline):
+            return await self._retrying(self._metered_attempt, metered)
+        raise self._deadline_passed(ledgers)
 
     async def _metered_attempt(self, metered: _Metered[_T], attempt: int) -> _T:
         send, prompt_bound, kind = metered.send, metered.prompt_bound, metered.kind
@@ -623,6 +653,7 @@ class Model(ABC):
             for name, value in vars(self).items()
             if not name.startswith("_")
             and name not in _NOT_IN_CACHE_IDENTITY
+            and name not in self.volatile_attributes
             and isinstance(value, (str, int, float, bool, type(None), Path, dict, list, tuple))
         }
         text = json.dumps(settings, sort_keys=True, default=str)
@@ -750,14 +781,15 @@ class Model(ABC):
                     if all(t is not None for t in per)
                     else request.params.max_tokens * max(choices, 1)
                 )
-            if raw.rate_limits is not None:
-                self.rate_limiter.observe(raw.rate_limits)
         cost = self.price.cost(prompt_tokens, completion_tokens) if self.price else None
         if raw is None and (error is None or isinstance(error, _UNKNOWN_OUTCOME)):
             reservation.settle(worst)
         else:
             reservation.settle(Charge(prompt_tokens + completion_tokens, cost or 0.0, 1))
             self.rate_limiter.refund(worst.tokens - prompt_tokens - completion_tokens)
+        if raw is not None and raw.rate_limits is not None:
+            # After the refund: what the provider says remains has the last word.
+            self.rate_limiter.observe(raw.rate_limits)
         name = self.name
         self._usage.add(prompt_tokens, completion_tokens, 1, cost, seconds, name)
         run = current_run()

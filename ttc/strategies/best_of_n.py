@@ -133,8 +133,9 @@ class BestOfN(Strategy):
 
 
 def _decided(votes: Counter[str], remaining: int) -> bool:
-    """True when the leader's margin exceeds what the remaining samples could close."""
-    if not votes:
+    """True when the leader's margin exceeds what the remaining samples could close (and some
+    remain: with none left, nothing is saved by stopping)."""
+    if not votes or remaining <= 0:
         return False
     top = votes.most_common(2)
     second = top[1][1] if len(top) > 1 else 0

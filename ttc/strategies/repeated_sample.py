@@ -113,16 +113,20 @@ class RepeatedSample(Strategy):
         )
         success = stopped and judge_stopped is None
         candidates = got.candidates
-        if verifier is not None and not stopped:
-            # Candidates that arrived while the run was being cancelled were never judged.
+        if verifier is not None and (not stopped or (success and len(candidates) >= self.n)):
+            # Candidates that arrived while the draw was being cancelled were never judged;
+            # after a success, they are judged only when all n arrived (then pass@k holds).
             unjudged = [c for c in candidates if c.verified is None]
             if unjudged:
-                success = await judge(unjudged) and judge_stopped is None
+                late = await judge(unjudged)
+                success = success or (late and judge_stopped is None)
         selection = self.selector.select(candidates)
         judged = [c for c in candidates if c.verified is not None]
         curve: dict[int, float] = {}
         stopped_by = "success" if success else (got.stopped_by or judge_stopped)
-        if verifier is not None and stopped_by is None and judged:
+        drawn_all = got.stopped_by is None and judge_stopped is None and len(judged) >= self.n
+        if verifier is not None and judged and (stopped_by is None or drawn_all):
+            # All n drawn and judged (even if the last of them was the success): unbiased.
             curve = pass_at_k_curve(len(judged), sum(1 for c in judged if c.verified))
         return Result(
             answer=selection.answer,
