@@ -56,3 +56,40 @@ async def test_litellm_groq_route_learns_the_rate_limit_headers() -> None:
         assert len(out) == 2 and server.stats.requests == 2
         bucket = model.rate_limiter._tokens
         assert bucket is not None and bucket.capacity == 50_000
+
+
+async def test_litellm_keeps_the_presets_promises_on_stops_and_failures() -> None:
+    """litellm passes 4 stop strings on and drops the rest: ttc applies them. A refused
+    connection and a broken 200 body are what they are (litellm calls both a 500), so budgets
+    keep the worst case of a request whose outcome is unknown."""
+    import socket
+
+    from ttc import Budget, Price
+    from ttc.errors import MalformedResponseError, ProviderConnectionError
+
+    once = RetryPolicy(max_attempts=1)
+    stops = SamplingParams(max_tokens=32, stop=["zz1", "zz2", "zz3", "zz4", " compute"])
+    async with FakeProvider("openai", api_key="sk-lite") as server:
+        model = LiteLLM("openai/fake-model", api_base=server.base_url, api_key="sk-lite")
+        [sample] = await model.generate("What is 12 * 13?", stops)
+        assert sample.text == "Let me" and sample.finish_reason == "stop"
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    refused = LiteLLM("openai/m", api_base=closed, api_key="sk-lite", retry=once)
+    with pytest.raises(ProviderConnectionError):
+        await refused.generate("q")
+
+    async with FakeProvider("openai", api_key="sk-lite", faults=Faults(malformed=1.0)) as server:
+        broken = LiteLLM(
+            "openai/m",
+            api_base=server.base_url,
+            api_key="sk-lite",
+            retry=once,
+            budget=Budget(tokens=10**6),
+            price=Price.free(),
+        )
+        with pytest.raises(MalformedResponseError):
+            await broken.generate("q", SamplingParams(max_tokens=50))
+        assert broken.ledger is not None and broken.ledger.spent.tokens > 50  # the worst case

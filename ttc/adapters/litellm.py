@@ -9,12 +9,13 @@ before importing, so nothing but the configured provider is contacted.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, ClassVar
 
 from pydantic import SecretStr
 
-from ttc.adapters.openai_compatible import parse_logprobs
+from ttc.adapters.openai_compatible import _cut_at_stops, parse_logprobs
 from ttc.errors import (
     AuthenticationError,
     BadRequestError,
@@ -80,7 +81,11 @@ class LiteLLM(Model):
             runtime["price"] = lookup_price(model) or (lookup_price(name, prefix) if name else None)
         runtime.setdefault(
             "capabilities",
-            Capabilities(native_n=native_n, max_n=128 if native_n else 1, completions=False),
+            # litellm passes at most 4 stop strings on (dropping the rest without a word): the
+            # rest are applied here, as the presets do for providers with such a limit.
+            Capabilities(
+                native_n=native_n, max_n=128 if native_n else 1, completions=False, max_stop=4
+            ),
         )
         super().__init__(model, **runtime)
         self.api_key: SecretStr | None = SecretStr(api_key) if isinstance(api_key, str) else api_key
@@ -110,8 +115,10 @@ class LiteLLM(Model):
         }
         if request.n != 1:
             kwargs["n"] = request.n
-        if p.stop:
-            kwargs["stop"] = list(p.stop)
+        limit = self.capabilities.max_stop
+        wire_stops = p.stop if limit is None else p.stop[:limit]
+        if wire_stops:
+            kwargs["stop"] = list(wire_stops)
         if p.seed is not None:
             kwargs["seed"] = p.seed
         if p.logprobs:
@@ -128,12 +135,7 @@ class LiteLLM(Model):
             raise self._translate(litellm, exc) from None
         try:
             completions = [
-                Completion(
-                    text=choice.message.content or "",
-                    finish_reason=_FINISH.get(choice.finish_reason or "", "unknown"),
-                    logprobs=_logprobs(choice) if p.logprobs else None,
-                    model=self.model,
-                )
+                self._completion(choice, request, cut=len(wire_stops) < len(p.stop))
                 for choice in response.choices
             ]
             usage = getattr(response, "usage", None)
@@ -151,17 +153,48 @@ class LiteLLM(Model):
             rate_limits=parse_rate_limit_headers(headers) if isinstance(headers, dict) else None,
         )
 
+    def _completion(self, choice: Any, request: GenerateRequest, cut: bool) -> Completion:
+        """One of litellm's choices as a ``Completion``; ``cut``: apply the stop strings that
+        were not sent."""
+        text = choice.message.content or ""
+        finish: FinishReason = _FINISH.get(choice.finish_reason or "", "unknown")
+        if cut:
+            text, stopped = _cut_at_stops(text, request.params.stop)
+            if stopped:
+                finish = "stop"
+        return Completion(
+            text=text,
+            finish_reason=finish,
+            logprobs=_logprobs(choice) if request.params.logprobs else None,
+            model=self.model,
+        )
+
     def _translate(self, litellm: Any, exc: Exception) -> ProviderError:
         """Map litellm's exceptions onto ttc's, keeping the message and never the key."""
         status = getattr(exc, "status_code", None)
         message = str(getattr(exc, "message", None) or exc)[:500]
         if self.api_key is not None:
-            message = message.replace(self.api_key.get_secret_value(), "**********")
+            secret = self.api_key.get_secret_value()
+            if len(secret) >= _SHORTEST_KEY_HIDDEN:  # a 1-letter test key would garble the text
+                message = message.replace(secret, "**********")
         kwargs: dict[str, Any] = {
             "provider": self.provider,
             "model": self.model,
             "status": status if isinstance(status, int) else None,
         }
+        # litellm reports a refused connection and a broken 200 body as a 500
+        # (InternalServerError); what it wraps says what happened, and so whether the provider
+        # may have billed the request.
+        underlying = _underlying(exc)
+        if isinstance(underlying, json.JSONDecodeError):
+            kwargs["status"] = None  # a 200 whose body broke, not a server error
+            return MalformedResponseError(f"response is not JSON: {message}", **kwargs)
+        if isinstance(underlying, ConnectionError) or type(underlying).__name__ in (
+            "ConnectError",
+            "ClientConnectorError",
+        ):
+            kwargs["status"] = None
+            return ProviderConnectionError(f"{type(underlying).__name__}: {message}", **kwargs)
         table: list[tuple[str, type[ProviderError]]] = [
             ("ContextWindowExceededError", ContextLengthError),
             ("RateLimitError", RateLimitError),
@@ -186,6 +219,22 @@ class LiteLLM(Model):
         if isinstance(status, int):
             return BadRequestError(message, **kwargs)
         return ProviderConnectionError(f"{type(exc).__name__}: {message}", **kwargs)
+
+
+#: Keys shorter than this are not searched for in error messages (real keys are far longer).
+_SHORTEST_KEY_HIDDEN = 8
+
+
+def _underlying(exc: BaseException) -> BaseException | None:
+    """The innermost exception in ``exc``'s chain of causes (a few levels at most)."""
+    inner: BaseException | None = None
+    seen = exc.__cause__ or exc.__context__
+    for _ in range(12):
+        if seen is None:
+            break
+        inner = seen
+        seen = seen.__cause__ or seen.__context__
+    return inner
 
 
 def _logprobs(choice: Any) -> tuple[TokenLogprob, ...] | None:
