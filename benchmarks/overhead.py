@@ -25,53 +25,29 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
 
 import aiohttp
+import overhead_others  # ttc-free, so it also runs beside its-hub
 
 from ttc import BestOfN, SamplingParams
 from ttc.adapters import Groq, LiteLLM, OpenAI
 from ttc.runtime.model import Model
 from ttc.types import GenerateRequest
 
-LATENCY = 0.05
+LATENCY = overhead_others.LATENCY  # the fake provider answers after this
 PROMPTS = [f"Question {i}: what is {i} * {i + 7}?" for i in range(50)]
 PARAMS = SamplingParams(max_tokens=32, temperature=0.8)
 
 
-@contextlib.contextmanager
-def fake_server(flavor: str) -> Iterator[str]:
-    """Start the fake provider in its own process; yield its base URL."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ttc.testing.fake_provider",
-            "--flavor",
-            flavor,
-            "--port",
-            "0",
-            "--latency",
-            str(LATENCY),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"fake provider did not start: {line!r}")
-        yield line.split("listening on", 1)[1].strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def fake_server(flavor: str) -> contextlib.AbstractContextManager[str]:
+    """The fake provider in its own process, run by this interpreter; yields its base URL."""
+    return overhead_others.fake_server(sys.executable, flavor)
 
 
 _SESSIONS: list[Callable[[], aiohttp.ClientSession | None]] = []

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ttc.runtime.budget import Ledger
+    from ttc.runtime.ratelimit import RateLimitInfo
     from ttc.types import Completion, Result
 
 
@@ -89,6 +90,9 @@ class ProviderError(TTCError):
         self.model = model
         self.status = status
         self.retry_after = retry_after
+        #: What the error response's rate-limit headers said, where the adapter read them:
+        #: the runtime learns from them as from a successful response's.
+        self.rate_limits: RateLimitInfo | None = None
 
 
 class RetryableError(ProviderError):

@@ -115,8 +115,7 @@ class LiteLLM(Model):
         }
         if request.n != 1:
             kwargs["n"] = request.n
-        limit = self.capabilities.max_stop
-        wire_stops = p.stop if limit is None else p.stop[:limit]
+        wire_stops = self._wire_stops(p.stop)
         if wire_stops:
             kwargs["stop"] = list(wire_stops)
         if p.seed is not None:

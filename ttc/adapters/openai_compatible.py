@@ -178,10 +178,6 @@ class OpenAICompatible(Model):
             body.update(self.extra_body)
         return body
 
-    def _wire_stops(self, stops: tuple[str, ...]) -> tuple[str, ...]:
-        limit = self.capabilities.max_stop
-        return stops if limit is None else stops[:limit]
-
     async def _send(self, request: GenerateRequest) -> RawResponse:
         body = json.dumps(self.build_payload(request)).encode()
         session = self._session()
@@ -193,7 +189,9 @@ class OpenAICompatible(Model):
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             raise self._transport_error(exc) from exc
         if not 200 <= status < 300:
-            raise self._error(status, raw.decode("utf-8", "replace"), headers)
+            error = self._error(status, raw.decode("utf-8", "replace"), headers)
+            error.rate_limits = parse_rate_limit_headers(headers)
+            raise error
         try:
             data = json.loads(raw)
         except ValueError as exc:  # UnicodeDecodeError included
@@ -275,8 +273,6 @@ class OpenAICompatible(Model):
     def _error(self, status: int, text: str, headers: Any) -> ProviderError:
         message, code = _error_message(text)
         retry_after = _retry_after(headers)
-        if retry_after is None and status == 429:
-            retry_after = _reset_of_what_ran_out(headers)
         kwargs: dict[str, Any] = {
             "provider": self.provider,
             "model": self.model,
@@ -338,22 +334,6 @@ def _retry_after(headers: Any) -> float | None:
     if value is None:
         return None
     return parse_duration(value)
-
-
-def _reset_of_what_ran_out(headers: Any) -> float | None:
-    """For a 429 without ``retry-after``: when the exhausted ``x-ratelimit-*`` count resets
-    (the longer wait if both ran out), so the runtime pauses until then rather than retrying
-    into the same window."""
-    info = parse_rate_limit_headers(headers)
-    if info is None:
-        return None
-    waits = []
-    if info.remaining_tokens is not None and info.remaining_tokens <= 0:
-        waits.append(info.reset_tokens_s)
-    if info.remaining_requests is not None and info.remaining_requests <= 0:
-        waits.append(info.reset_requests_s)
-    known = [w for w in waits if w is not None]
-    return max(known) if known else None
 
 
 def parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:

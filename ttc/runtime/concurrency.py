@@ -34,8 +34,7 @@ class ConcurrencyLimit:
         return False
 
     async def acquire(self) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
+        if self.try_acquire():
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)

@@ -365,6 +365,12 @@ class Model(ABC):
         elif not caps.chat:
             raise ConfigError(f"prompt: {self.name} takes raw text, not chat messages")
 
+    def _wire_stops(self, stops: tuple[str, ...]) -> tuple[str, ...]:
+        """The stop strings a request carries: as many as the provider takes (an adapter
+        applies the rest to the text, see ``max_stop``)."""
+        limit = self.capabilities.max_stop
+        return stops if limit is None else stops[:limit]
+
     def _chunk_sizes(self, n: int) -> list[int]:
         if not self.capabilities.native_n:
             return [1] * n
@@ -726,6 +732,8 @@ class Model(ABC):
                 error = exc
                 if exc.status == 429 and exc.retry_after:
                     self.rate_limiter.pause(exc.retry_after)
+                if exc.rate_limits is not None:  # e.g. a 429 saying which count ran out
+                    self.rate_limiter.observe(exc.rate_limits)
                 raise
             except Exception as exc:  # an adapter's own error: traced as what it is
                 error = exc

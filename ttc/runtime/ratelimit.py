@@ -167,10 +167,15 @@ class RateLimiter:
             token_bucket.refill(now)
             if token_bucket.wait_for(tokens) > 0:
                 return False
-            token_bucket.level -= min(tokens, token_bucket.capacity)
-        if requests is not None:
-            requests.level -= 1
+        self._take(tokens)
         return True
+
+    def _take(self, tokens: int) -> None:
+        """Take one request's share from the buckets (after checking that it fits)."""
+        if self._requests is not None:
+            self._requests.level -= 1
+        if self._tokens is not None:
+            self._tokens.level -= min(tokens, self._tokens.capacity)
 
     async def acquire(self, tokens: int) -> None:
         """Wait until one request of up to ``tokens`` tokens may go out, then take its share.
@@ -188,10 +193,7 @@ class RateLimiter:
                     bucket.refill(now)
                     wait = max(wait, bucket.wait_for(amount))
             if wait <= 0:
-                if self._requests is not None:
-                    self._requests.level -= 1
-                if self._tokens is not None:
-                    self._tokens.level -= min(tokens, self._tokens.capacity)
+                self._take(tokens)
                 return
             await anyio.sleep(wait)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -131,19 +131,15 @@ async def draw(
     """
     out = into if into is not None else Draw()
 
-    async def take(batch: Sequence[Candidate]) -> None:
-        fresh = list(batch)
+    def take(fresh: list[Candidate]) -> Awaitable[None] | None:
+        # Synchronous unless someone watches the candidates: no coroutine per response.
         out.candidates.extend(fresh)
-        if on_candidates is not None:
-            await on_candidates(fresh)
+        return on_candidates(fresh) if on_candidates is not None else None
 
     if isinstance(source, Model):
 
         def on_completions(completions: list[Completion]) -> Awaitable[None] | None:
-            # Synchronous unless someone watches the candidates: no coroutine per response.
-            fresh = [Candidate.from_completion(c, extract(c.text)) for c in completions]
-            out.candidates.extend(fresh)
-            return on_candidates(fresh) if on_candidates is not None else None
+            return take([Candidate.from_completion(c, extract(c.text)) for c in completions])
 
         try:
             await source.generate(prompt, params, n, on_completions=on_completions)
@@ -170,7 +166,9 @@ async def draw(
             out.stopped_by = "budget"
         out.errors.extend(result.errors)
         if result.best is not None:
-            await take([result.best])
+            watched = take([result.best])
+            if watched is not None:
+                await watched
 
     async with anyio.create_task_group() as tg:
         for _ in range(n):
