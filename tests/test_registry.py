@@ -79,3 +79,36 @@ def test_adapters_and_cli_import_no_engine() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_urls_keys_and_base_url_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A preset with @<url> goes there (it used to keep the hosted API, model "m@<url>").
+    groq = resolve_model("groq/llama-3.1-8b-instant@http://127.0.0.1:9/v1", api_key="k")
+    assert isinstance(groq, Groq) and groq.model == "llama-3.1-8b-instant"
+    assert groq.base_url == "http://127.0.0.1:9/v1"
+    # <PROVIDER>_BASE_URL relocates a preset; an explicit URL wins over it.
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://proxy.test/v1")
+    assert resolve_model("openai/m", api_key="k").base_url == "http://proxy.test/v1"
+    assert resolve_model("openai/m@http://a.test/v1", api_key="k").base_url == "http://a.test/v1"
+    assert resolve_model("openai/m", api_key="k", base_url="http://b.test/v1").base_url == (
+        "http://b.test/v1"
+    )
+    monkeypatch.setenv("VLLM_BASE_URL", "http://gpu-box:8000/v1")
+    assert resolve_model("vllm-server/m").base_url == "http://gpu-box:8000/v1"
+    # A key for the generic adapter, a URL given either way.
+    generic = resolve_model("openai-compatible/m", base_url="http://c.test/v1", api_key="k2")
+    assert generic.base_url == "http://c.test/v1"
+    assert isinstance(generic, OpenAICompatible) and generic.api_key is not None
+    assert generic.api_key.get_secret_value() == "k2"
+    with pytest.raises(ConfigError, match="base_url"):
+        resolve_model("groq/m@http://a.test/v1", api_key="k", base_url="http://b.test/v1")
+    for local in ("embedded", "model.gguf"):
+        with pytest.raises(ConfigError, match="runs in this process"):
+            resolve_model(local, api_key="k")
+    # LiteLLM: the URL is its api_base.
+    lite = resolve_model("anthropic/claude-3-5-haiku-latest@http://gw.test/v1", api_key="k")
+    assert isinstance(lite, LiteLLM) and lite.model == "anthropic/claude-3-5-haiku-latest"
+    assert lite.api_base == "http://gw.test/v1"
+    assert resolve_model("litellm/groq/m", base_url="http://gw.test/v1").api_base == (  # type: ignore[attr-defined]
+        "http://gw.test/v1"
+    )

@@ -22,6 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ttc.cli_options import ApiKeyEnvOption, ApiKeyOption, BaseUrlOption, endpoint_options
+
 if TYPE_CHECKING:
     from ttc.runtime.budget import Budget
     from ttc.runtime.model import Model
@@ -36,6 +38,7 @@ __all__ = [
     "build_params",
     "build_strategy",
     "build_verifier",
+    "package_version",
     "summarize",
 ]
 
@@ -59,8 +62,33 @@ class StrategyName(str, Enum):
     repeated_sample = "repeated-sample"
 
 
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"ttc {package_version()}\n")
+        raise typer.Exit()
+
+
+def package_version() -> str:
+    """The installed package's version (``ttc.__version__`` when run from a source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ttc-sdk")
+    except PackageNotFoundError:
+        import ttc
+
+        return ttc.__version__
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print ttc's version and exit."
+        ),
+    ] = False,
+) -> None:
     """Test-time compute: spend more inference on a question to get a better answer."""
 
 
@@ -343,6 +371,9 @@ def run_command(
             "openai/<model>, vllm-server/<model>@<url>, or any LiteLLM name.",
         ),
     ] = "embedded",
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     temperature: Annotated[
         float | None, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")
     ] = None,
@@ -374,7 +405,7 @@ def run_command(
 
     err = Console(stderr=True)
     try:
-        llm = resolve_model(model)
+        llm = resolve_model(model, **endpoint_options(base_url, api_key, api_key_env))
         params = build_params(llm, temperature, max_tokens, seed)
         verifier = build_verifier(verify)
         budget = build_budget(budget_usd, budget_tokens, budget_requests, budget_seconds)

@@ -22,6 +22,7 @@ class Cerebras(OpenAICompatible):
     provider: ClassVar[str] = "cerebras"
     default_base_url: ClassVar[str | None] = "https://api.cerebras.ai/v1"
     default_api_key_env: ClassVar[str | None] = "CEREBRAS_API_KEY"
+    base_url_env: ClassVar[str | None] = "CEREBRAS_BASE_URL"
     requires_api_key: ClassVar[bool] = True
     max_tokens_field: ClassVar[str] = "max_completion_tokens"
 

@@ -22,6 +22,7 @@ class Groq(OpenAICompatible):
     provider: ClassVar[str] = "groq"
     default_base_url: ClassVar[str | None] = "https://api.groq.com/openai/v1"
     default_api_key_env: ClassVar[str | None] = "GROQ_API_KEY"
+    base_url_env: ClassVar[str | None] = "GROQ_BASE_URL"
     requires_api_key: ClassVar[bool] = True
 
     @classmethod

@@ -22,6 +22,7 @@ class LlamaCppServer(OpenAICompatible):
     provider: ClassVar[str] = "llamacpp"
     default_base_url: ClassVar[str | None] = "http://127.0.0.1:8080/v1"
     default_api_key_env: ClassVar[str | None] = "LLAMA_API_KEY"
+    base_url_env: ClassVar[str | None] = "LLAMACPP_BASE_URL"
     default_price: ClassVar[Price | None] = Price.free()
 
     @classmethod

@@ -18,6 +18,7 @@ class OpenAI(OpenAICompatible):
     provider: ClassVar[str] = "openai"
     default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
     default_api_key_env: ClassVar[str | None] = "OPENAI_API_KEY"
+    base_url_env: ClassVar[str | None] = "OPENAI_BASE_URL"
     requires_api_key: ClassVar[bool] = True
 
     @classmethod

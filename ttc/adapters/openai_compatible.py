@@ -52,7 +52,9 @@ class OpenAICompatible(Model):
 
     Args:
         model: the model name the server expects.
-        base_url: the API root, e.g. ``https://api.openai.com/v1``.
+        base_url: the API root, e.g. ``https://api.openai.com/v1``; ``None`` for the
+            preset's ``<PROVIDER>_BASE_URL`` environment variable (``base_url_env``) if set,
+            else its default.
         api_key: the key, or ``None`` to read ``api_key_env``. Held as a ``SecretStr``: it is
             never printed, logged or put in an exception.
         api_key_env: the environment variable with the key.
@@ -67,6 +69,8 @@ class OpenAICompatible(Model):
     provider: ClassVar[str] = "openai-compatible"
     default_base_url: ClassVar[str | None] = None
     default_api_key_env: ClassVar[str | None] = None
+    #: The environment variable that relocates a preset (a proxy, a gateway, a mirror).
+    base_url_env: ClassVar[str | None] = None
     requires_api_key: ClassVar[bool] = False
     max_tokens_field: ClassVar[str] = "max_tokens"
 
@@ -83,11 +87,13 @@ class OpenAICompatible(Model):
         **runtime: Any,
     ) -> None:
         super().__init__(model, **runtime)
-        url = base_url or self.default_base_url
+        from_env = os.environ.get(self.base_url_env, "").strip() if self.base_url_env else ""
+        url = base_url or from_env or self.default_base_url
         if not url:
             raise ConfigError(f"base_url: {type(self).__name__} needs the server's API root")
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"base_url must start with http:// or https://, got {url!r}")
+            setting = "base_url" if base_url or not from_env else f"base_url ({self.base_url_env})"
+            raise ConfigError(f"{setting} must start with http:// or https://, got {url!r}")
         self.base_url = url.rstrip("/")
         if endpoint not in ("chat", "completions"):
             raise ConfigError(f"endpoint must be 'chat' or 'completions', got {endpoint!r}")

@@ -19,6 +19,7 @@ class VLLMServer(OpenAICompatible):
     provider: ClassVar[str] = "vllm"
     default_base_url: ClassVar[str | None] = "http://127.0.0.1:8000/v1"
     default_api_key_env: ClassVar[str | None] = "VLLM_API_KEY"
+    base_url_env: ClassVar[str | None] = "VLLM_BASE_URL"
     default_price: ClassVar[Price | None] = Price.free()
 
     @classmethod

@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ttc.cli_options import ApiKeyEnvOption, ApiKeyOption, BaseUrlOption
+
 if TYPE_CHECKING:
     from ttc.eval.report import LevelRow, RunReport
     from ttc.eval.runner import EvalSummary
@@ -90,6 +92,9 @@ def eval_command(
             "openai/<model>, vllm-server/<model>@<url>, or any LiteLLM name.",
         ),
     ] = "embedded",
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Results folder (one SQLite file, many runs).")
     ] = Path("results"),
@@ -172,7 +177,7 @@ def eval_command(
     import anyio
 
     from ttc.adapters.registry import resolve_model
-    from ttc.cli import build_budget, build_params
+    from ttc.cli import build_budget, build_params, endpoint_options
     from ttc.errors import ConfigError, TTCError
     from ttc.eval.datasets import load_dataset
     from ttc.eval.runner import evaluate
@@ -186,7 +191,8 @@ def eval_command(
             fields=_fields(field),
             limit=limit,
         )
-        llm = resolve_model(model)
+        endpoint = endpoint_options(base_url, api_key, api_key_env)
+        llm = resolve_model(model, **endpoint)
         params = build_params(llm, temperature, max_tokens, seed)
         budget = build_budget(budget_usd, budget_tokens, budget_requests, budget_seconds)
         make = named_strategy(strategy.value, n, params=params)
@@ -200,7 +206,7 @@ def eval_command(
         }
         # Ray workers build their own model from the name; locally the one built here runs.
         use_ray: bool | str | None = ray_address or (True if ray else None)
-        source: Any = functools.partial(resolve_model, model) if use_ray else llm
+        source: Any = functools.partial(resolve_model, model, **endpoint) if use_ray else llm
         solver = Solver(model=source, strategy=make, config=config)
     except (ConfigError, ValueError) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
