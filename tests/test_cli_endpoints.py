@@ -25,12 +25,14 @@ KEY = "sk-test-0123456789"
 
 
 @contextmanager
-def served(flavor: str = "openai", api_key: str | None = KEY) -> Iterator[FakeProvider]:
+def served(
+    flavor: str = "openai", api_key: str | None = KEY, **options: Any
+) -> Iterator[FakeProvider]:
     """A FakeProvider on its own event loop in a thread, so the CLI can run its own loop."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    provider = FakeProvider(flavor, api_key=api_key)  # type: ignore[arg-type]
+    provider = FakeProvider(flavor, api_key=api_key, **options)  # type: ignore[arg-type]
     asyncio.run_coroutine_threadsafe(provider.start(), loop).result(10)
     try:
         yield provider

@@ -13,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from ttc.adapters import FunctionModel
-from ttc.eval.commands import EvalStrategy, register
+from ttc.eval.commands import EXIT_BUDGET, EvalStrategy, register
 from ttc.eval.datasets import load_dataset
 from ttc.eval.solver import STRATEGIES
 from ttc.runtime.model import Model
@@ -106,9 +106,11 @@ def test_budget_stop_is_reported(tmp_path: Path, fake_model: list[str]) -> None:
     result = run(
         "eval", "gsm8k-sample", "-n", "2", "-o", tmp_path, "--budget-requests", "3", "-c", "1"
     )
-    assert result.exit_code == 0, result.output
+    # A documented exit status, so a script can tell "stopped early" from "done".
+    assert result.exit_code == EXIT_BUDGET == 3, result.output
     assert "3/20 questions stored" in result.stdout
     assert "stopped by the run's budget" in flat(result.output)
+    assert "exit status 3" in flat(result.output)
 
 
 def test_unknown_strategy_lists_the_valid_names(tmp_path: Path) -> None:

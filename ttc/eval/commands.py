@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ttc.cli_options import ApiKeyEnvOption, ApiKeyOption, BaseUrlOption
+from ttc.cli_options import ApiKeyEnvOption, ApiKeyOption, BaseUrlOption, endpoint_options
 
 if TYPE_CHECKING:
     from ttc.eval.report import LevelRow, RunReport
@@ -177,7 +177,7 @@ def eval_command(
     import anyio
 
     from ttc.adapters.registry import resolve_model
-    from ttc.cli import build_budget, build_params, endpoint_options
+    from ttc.cli import build_budget, build_params
     from ttc.errors import ConfigError, TTCError
     from ttc.eval.datasets import load_dataset
     from ttc.eval.runner import evaluate
@@ -246,11 +246,27 @@ def eval_command(
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     _print_summary(summary, out, json_output, err)
-    if summary.failed:
-        raise typer.Exit(1)
+    raise typer.Exit(eval_exit_code(summary))
+
+
+#: ``ttc eval``'s exit status when the run's budget stopped it before every question was done.
+EXIT_BUDGET = 3
+
+
+def eval_exit_code(summary: EvalSummary) -> int:
+    """0: every question done; 1: some failed, or an error stopped the run; 3
+    (``EXIT_BUDGET``): the run's budget stopped it early (a rerun with more continues). 2 is a
+    bad option, dataset or results store; 130 an interrupt."""
+    if summary.failed or summary.stopped_by == "error":
+        return 1
+    if summary.stopped_by == "budget" and not summary.finished:
+        return EXIT_BUDGET
+    return 0
 
 
 def _print_summary(summary: EvalSummary, out: Path, json_output: bool, err: Console) -> None:
+    from ttc.eval.report import format_cost
+
     data = {
         "run": summary.run,
         "results": str(summary.path),
@@ -261,6 +277,8 @@ def _print_summary(summary: EvalSummary, out: Path, json_output: bool, err: Cons
         "failed": summary.failed,
         "stopped_by": summary.stopped_by,
         "budget_error": summary.budget_error,
+        "error": summary.fatal_error,
+        "exit_code": eval_exit_code(summary),
         "accuracy": summary.accuracy,
         "usage": summary.usage.model_dump(mode="json"),
         "elapsed_s": summary.elapsed_s,
@@ -273,19 +291,27 @@ def _print_summary(summary: EvalSummary, out: Path, json_output: bool, err: Cons
     console.print(
         f"[bold]{summary.run}[/]: {summary.stored}/{summary.total} questions stored "
         f"({summary.new} new, {summary.skipped} already there) · accuracy {accuracy} · "
-        f"{summary.usage.total_tokens:,} tokens · ${summary.usage.cost_usd:.4f} · "
+        f"{summary.usage.total_tokens:,} tokens · "
+        f"{format_cost(summary.usage.cost_usd, summary.usage.unpriced_models)} · "
         f"{summary.elapsed_s:.1f} s",
         soft_wrap=True,
     )
     if summary.stopped_by == "budget":
         err.print(
             f"[yellow]stopped by the run's budget:[/] {escape(summary.budget_error or '')}; "
-            "raise the budget and rerun to continue",
+            f"raise the budget and rerun to continue (exit status {EXIT_BUDGET})",
             soft_wrap=True,
         )
     for qid, error in summary.failed.items():
         err.print(
-            f"[red]failed[/] {escape(qid)}: {escape(error)} (a rerun tries it again)",
+            f"[red]failed[/] question {escape(qid)}, {escape(error)} (a rerun tries it again)",
+            soft_wrap=True,
+        )
+    if summary.stopped_by == "error":
+        err.print(
+            f"[red]stopped:[/] {escape(summary.fatal_error or '')}. This error fails every "
+            "question alike (a wrong key, model name or URL, or a server that is down), so "
+            "the run stopped instead of trying the rest; fix it and rerun to continue",
             soft_wrap=True,
         )
     console.print(f"report: ttc report {out}", soft_wrap=True)

@@ -24,7 +24,7 @@ from ttc.eval.store import QuestionRecord, ResultsStore
 from ttc.scoring.extract import normalize_answer
 from ttc.types import Candidate
 
-__all__ = ["LevelRow", "RunReport", "build_report", "load_reports", "report_ks"]
+__all__ = ["LevelRow", "RunReport", "build_report", "format_cost", "load_reports", "report_ks"]
 
 #: The verifier's key in ``Candidate.scores``: its 1/0 scores are verdicts, not a weighting.
 _VERDICT_KEYS = frozenset({"verified"})
@@ -86,6 +86,14 @@ class RunReport:
     def priced(self) -> bool:
         """Whether any question cost money (a USD axis is worth drawing)."""
         return self.cost_usd > 0
+
+
+def format_cost(cost_usd: float, unpriced: Iterable[str] = (), digits: int = 4) -> str:
+    """USD for people: ``"unpriced"`` when nothing had a price (never ``$0.0000`` for a
+    model whose price is unknown), ``"≥ $x"`` when part of the spend had none."""
+    if any(True for _ in unpriced):
+        return f"≥ ${cost_usd:.{digits}f}" if cost_usd > 0 else "unpriced"
+    return f"${cost_usd:.{digits}f}"
 
 
 def report_ks(n: int) -> list[int]:

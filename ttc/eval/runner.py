@@ -25,8 +25,18 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from ttc.errors import BudgetExceeded, ConfigError, TTCError
+from ttc.errors import (
+    AuthenticationError,
+    BudgetExceeded,
+    ConfigError,
+    GenerationError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProviderConnectionError,
+    TTCError,
+)
 from ttc.eval.datasets import Dataset, DatasetSpec, Example
+from ttc.eval.report import format_cost
 from ttc.eval.solver import Question, Solver
 from ttc.eval.store import QuestionRecord, ResultsStore
 from ttc.runtime.budget import Budget, Charge, Ledger
@@ -44,6 +54,7 @@ __all__ = [
     "Outcome",
     "default_run_name",
     "evaluate",
+    "fails_every_question",
     "solve_question",
 ]
 
@@ -80,13 +91,31 @@ Status = Literal["done", "incomplete", "failed"]
 class Outcome:
     """How one question ended: ``done`` (``record`` is to be stored), ``incomplete`` (the
     run's budget stopped it: not stored, the run should end) or ``failed`` (an error; tried
-    again on a rerun). ``usage`` is what the question cost either way."""
+    again on a rerun). ``fatal``: the error will fail every question alike, so the run should
+    stop. ``usage`` is what the question cost either way."""
 
     example_id: str
     status: Status
     usage: Usage
     record: QuestionRecord | None = None
     error: str | None = None
+    fatal: bool = False
+
+
+def fails_every_question(exc: BaseException) -> bool:
+    """Whether ``exc`` will fail every question of a run alike (a wrong key, a model or URL
+    that is not there, a server that cannot be reached once the retries are spent), so that
+    the evaluation stops at once rather than fail each question in turn."""
+    if isinstance(exc, GenerationError):
+        exc = exc.cause
+    return isinstance(
+        exc, (AuthenticationError, PermissionDeniedError, NotFoundError, ProviderConnectionError)
+    )
+
+
+def _failure(example: Example, exc: BaseException, what: str = "") -> str:
+    """A failed question's note: its line in the dataset and the error."""
+    return f"line {example.line}: {what}{type(exc).__name__}: {exc}"
 
 
 async def solve_question(
@@ -110,9 +139,13 @@ async def solve_question(
             if exc.result is None or _run_budget_spent(ledger, strategy_budget=own):
                 return Outcome(example.id, "incomplete", scope.usage.snapshot(), error=str(exc))
             result = exc.result
-        except TTCError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            return Outcome(example.id, "failed", scope.usage.snapshot(), error=error)
+        except (TTCError, ValueError) as exc:
+            # This question's failure: a provider's error, or text it cannot take (a lone
+            # surrogate is a UnicodeError, a ValueError). Other exceptions are bugs: they end
+            # the run, with what was stored kept.
+            fatal = fails_every_question(exc)
+            error = _failure(example, exc)
+            return Outcome(example.id, "failed", scope.usage.snapshot(), error=error, fatal=fatal)
         if result.stopped_by == "budget" and _run_budget_spent(
             ledger, strategy_budget=strategy is not None and strategy.budget is not None
         ):
@@ -120,8 +153,8 @@ async def solve_question(
             return Outcome(example.id, "incomplete", scope.usage.snapshot(), error=error)
         try:
             correct = await _judge(result, question)
-        except TTCError as exc:
-            error = f"grading failed: {type(exc).__name__}: {exc}"
+        except (TTCError, ValueError) as exc:
+            error = _failure(example, exc, "grading failed: ")
             return Outcome(example.id, "failed", scope.usage.snapshot(), error=error)
         usage = scope.usage.snapshot()  # the strategy's, and any calls its grading made
     record = QuestionRecord(
@@ -167,7 +200,9 @@ class EvalSummary:
 
     ``stored`` counts the run's questions now in the store, ``new`` those this call added,
     ``skipped`` those it found already stored; ``stopped_by`` is ``"budget"`` when the run's
-    budget ended it early (``budget_error`` says which limit). ``usage`` is this call's.
+    budget ended it early (``budget_error`` says which limit), ``"error"`` when an error that
+    fails every question did (``fatal_error``: a wrong key, model or URL). ``usage`` is this
+    call's.
     """
 
     run: str
@@ -178,8 +213,9 @@ class EvalSummary:
     skipped: int
     failed: dict[str, str] = field(default_factory=dict)
     incomplete: int = 0
-    stopped_by: Literal["budget"] | None = None
+    stopped_by: Literal["budget", "error"] | None = None
     budget_error: str | None = None
+    fatal_error: str | None = None
     correct: int = 0
     usage: Usage = field(default_factory=Usage)
     elapsed_s: float = 0.0
@@ -277,9 +313,11 @@ async def evaluate(
             ``ray.init()``, or the one already initialized) or a cluster address.
         workers: Ray workers (default: one a CPU of the cluster).
 
-    Returns an ``EvalSummary``. A question that fails with a provider error is noted in the
-    store and tried again on a rerun; the run continues. Cancelling (Ctrl-C) keeps every
-    question finished so far.
+    Returns an ``EvalSummary``. A question that fails (a provider error, text that cannot be
+    sent) is noted in the store with its line and tried again on a rerun; the run continues,
+    unless the error will fail every question (``fails_every_question``: a wrong key, model or
+    URL, a server that refuses connections), which stops it at once (``stopped_by="error"``).
+    Cancelling (Ctrl-C) keeps every question finished so far.
     """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ConfigError(f"concurrency must be a positive integer, got {concurrency!r}")
@@ -371,9 +409,12 @@ async def _drive(
             error = outcome.error or "failed"
             store.put_failure(summary.run, outcome.example_id, error)
             summary.failed[outcome.example_id] = error
+            if outcome.fatal and summary.fatal_error is None:
+                summary.stopped_by, summary.fatal_error = "error", error
+                stop = True
         else:
             summary.incomplete += 1
-            summary.stopped_by = "budget"
+            summary.stopped_by = summary.stopped_by or "budget"
             summary.budget_error = summary.budget_error or outcome.error
             stop = True
         display.update(usage())
@@ -416,7 +457,7 @@ async def _drive(
     if error is not None:
         # Raised as is, not in an exception group; what was stored stays stored.
         raise error
-    if executor.exhausted() and summary.stored < summary.total:
+    if executor.exhausted() and summary.stored < summary.total and summary.stopped_by is None:
         summary.stopped_by = "budget"
 
 
@@ -497,7 +538,7 @@ class _Display:
         return {
             "accuracy": f"{s.correct / s.stored:.3f}" if s.stored else "-",
             "tokens": f"{usage.total_tokens:,}",
-            "usd": f"${usage.cost_usd:.4f}",
+            "usd": format_cost(usage.cost_usd, usage.unpriced_models),
         }
 
     def refresh(self, usage: Usage) -> None:
