@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cli_endpoints import dead_url, served
 from typer.testing import CliRunner
 
 from ttc.adapters import FunctionModel, OpenAICompatible
@@ -28,8 +29,6 @@ from ttc.eval.solver import Solver, named_strategy
 from ttc.runtime.model import Model
 from ttc.runtime.retry import RetryPolicy
 from ttc.types import GenerateRequest
-
-from test_cli_endpoints import dead_url, served
 
 runner = CliRunner()
 KEY = "sk-test-0123456789"
