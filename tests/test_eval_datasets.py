@@ -168,3 +168,24 @@ def test_duplicate_ids_missing_files_and_empty_files(tmp_path: Path) -> None:
         load_dataset("gsm8k-sample", "csv")
     with pytest.raises(ConfigError, match="limit"):
         load_dataset("gsm8k-sample", limit=0)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        # A truncated line used to be reported at column 1 (of the line after it).
+        ('{"question": "2+2?", "answer": "#### 4"', "the line ends after column 39"),
+        ('{"question": "2+2?", ', "the line ends after column 20"),
+        ('{"question": "2+2?", "answer": "###', "the string starting at column 32 never ends"),
+        ('{"question" "2+2?"}', "Expecting ':' delimiter at column 13"),
+    ],
+)
+def test_a_broken_json_line_is_reported_at_its_column(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"question": "1+1?", "answer": "#### 2"}\n' + line + "\n\n", encoding="utf-8")
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(path)
+    assert f"{path}:2: not valid JSON ({message}" in str(caught.value)
+    assert caught.value.line == 2

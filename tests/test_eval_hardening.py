@@ -74,7 +74,7 @@ def test_a_question_that_cannot_be_sent_fails_alone(tmp_path: Path, encoding_mod
     out = tmp_path / "out"
     result = ttc("eval", data, "-n", "2", "-o", out, "-c", "1", "--field", "id=id")
     # Before: a UnicodeEncodeError traceback ended the whole evaluation.
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert isinstance(result.exception, SystemExit), result.output
     assert result.exit_code == 1, result.output
     text = flat(result.output)
     assert "3/4 questions stored" in text
@@ -146,3 +146,121 @@ async def test_a_server_that_is_down_stops_the_evaluation(tmp_path: Path) -> Non
     assert summary.fatal_error is not None and "ProviderConnectionError" in summary.fatal_error
     assert len(summary.failed) == 1 and summary.stored == 0
     assert model.usage.requests <= 4  # one question (2 samples, 2 attempts), not twenty
+
+
+# ------------------------------------------------------------------ a damaged results store
+
+
+@pytest.fixture
+def wordy_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model name resolves to a model with long answers (rows of a few KB)."""
+
+    def resolve(name: str, **kwargs: Any) -> Model:
+        def reply(request: GenerateRequest, i: int) -> str:
+            return "Let me think about it step by step. " * 20 + "The answer is 5."
+
+        return FunctionModel(reply, model="wordy", **kwargs)
+
+    monkeypatch.setattr("ttc.adapters.registry.resolve_model", resolve)
+
+
+def damage(db: Path, marker: bytes, at: int = 0, length: int = 512) -> None:
+    """Write garbage into the page of ``db`` that holds ``marker``, ``at`` bytes into it."""
+    data = bytearray(db.read_bytes())
+    page = data.index(marker) // 4096
+    assert page > 0  # not the header: a page in the middle of the file
+    start = page * 4096 + at
+    data[start : start + length] = b"\xde\xad\xbe\xef" * (length // 4)
+    db.write_bytes(bytes(data))
+
+
+def test_a_damaged_store_is_one_clear_error_and_its_rows_are_salvaged(
+    tmp_path: Path, wordy_model: None
+) -> None:
+    out = tmp_path / "results"
+    args = ["eval", "gsm8k-sample", "-n", "4"]
+    assert ttc(*args, "-o", out).exit_code == 0
+    db = out / "results.sqlite"
+    damage(db, b'"id":"10","position"')  # the b-tree page holding question 10's row
+    before = db.read_bytes()
+
+    # Resuming: one error naming the file and what to do; nothing written to the file.
+    resumed = ttc(*args, "-o", out)
+    assert resumed.exit_code == 2, resumed.output
+    text = flat(resumed.output)
+    assert f"{db} is damaged" in text and "left untouched" in text
+    assert f"ttc salvage {out} NEW_FOLDER" in text
+    assert isinstance(resumed.exception, SystemExit)  # not a sqlite3.DatabaseError
+    assert db.read_bytes() == before
+
+    # The report shows what can be read, says what cannot, and marks the run incomplete.
+    report = ttc("report", out, "--no-plots")
+    assert report.exit_code == 0, report.output
+    text = flat(report.output)
+    assert "is damaged" in text and "that could be read" in text
+    assert "the others unreadable in a damaged results file" in text
+    assert db.read_bytes() == before
+
+    # Salvage copies every readable row to a new folder; the damaged file stays as it is.
+    saved = tmp_path / "saved"
+    salvaged = ttc("salvage", out, saved)
+    assert salvaged.exit_code == 0, salvaged.output
+    assert "copied 1 run(s)" in flat(salvaged.output) and "is unchanged" in flat(salvaged.output)
+    assert "could not read: results: rows" in flat(salvaged.output)
+    assert db.read_bytes() == before
+    again = ttc("salvage", out, saved)
+    assert again.exit_code == 2 and "already exists" in flat(again.output)
+
+    # Continuing in the new folder answers again only the questions that were lost.
+    continued = ttc(*args, "-o", saved, "--json")
+    assert continued.exit_code == 0, continued.output
+    summary = json.loads(continued.stdout)
+    assert summary["stored"] == 20 and 1 <= summary["new"] < 10
+    assert summary["skipped"] == 20 - summary["new"]
+
+
+def test_a_damaged_row_does_not_hide_the_others_from_the_report(
+    tmp_path: Path, wordy_model: None
+) -> None:
+    out = tmp_path / "results"
+    assert ttc("eval", "gsm8k-sample", "-n", "4", "-o", out).exit_code == 0
+    db = out / "results.sqlite"
+    # Garbage inside question 7's stored record (its page's structure intact).
+    data = bytearray(db.read_bytes())
+    start = data.index(b'"id":"7","position"') + 40
+    data[start : start + 64] = b"\xff" * 64
+    db.write_bytes(bytes(data))
+    before = db.read_bytes()
+    report = ttc("report", out, "--no-plots")
+    assert report.exit_code == 0, report.output
+    text = flat(report.output)
+    assert "question '7' of run" in text and "19/20" in text
+    assert db.read_bytes() == before
+
+
+# ------------------------------------------------------------------ unpriced, incomplete
+
+
+def test_unpriced_spend_and_incomplete_runs_are_marked(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    with served("openai", api_key=None) as fake:
+        model = f"openai-compatible/m@{fake.base_url}"
+        args = ["eval", "gsm8k-sample", "-n", "2", "-o", out, "-m", model, "-c", "1"]
+        stopped = ttc(*args, "--budget-requests", "3")  # one request a question (native n)
+        assert stopped.exit_code == 3, stopped.output
+        text = flat(stopped.output)
+        assert "unpriced" in text and "$0.0000" not in text  # the server's model has no price
+
+        report = ttc("report", out, "--no-plots")
+        text = flat(report.output)
+        assert report.exit_code == 0, report.output
+        assert "3/20" in text and "unpriced" in text and "0.0000" not in text
+        assert "incomplete: 3 of 20 questions, stopped by the run's budget" in text
+
+        markdown = ttc("report", out, "--no-plots", "--markdown")
+        assert "**Incomplete**: 3 of 20 questions" in markdown.stdout
+
+        finished = ttc(*args)
+        assert finished.exit_code == 0, finished.output
+        report = ttc("report", out, "--no-plots")
+        assert "incomplete:" not in flat(report.output) and "20/20" not in report.output

@@ -25,6 +25,7 @@ from ttc.cli_options import ApiKeyEnvOption, ApiKeyOption, BaseUrlOption, endpoi
 if TYPE_CHECKING:
     from ttc.eval.report import LevelRow, RunReport
     from ttc.eval.runner import EvalSummary
+    from ttc.eval.store import DamagedStoreError
 
 __all__ = [
     "EvalStrategy",
@@ -351,17 +352,19 @@ def _k_table(report: RunReport) -> tuple[list[str], list[list[str]]]:
 
 
 def _overview(report: RunReport) -> list[str]:
+    from ttc.eval.report import format_cost
+
     n = report.samples
     return [
         report.run,
-        str(report.questions),
+        f"{report.questions}/{report.total}" if report.incomplete else str(report.questions),
         str(n),
         _pct(report.accuracy),
         _pct(report.coverage.get(1)),
         _pct(report.coverage.get(n)),
         _pct(report.majority.get(n)),
         f"{report.tokens_per_question:,.0f}",
-        f"{report.cost_usd:.4f}",
+        format_cost(report.cost_usd, report.unpriced, unit=""),
     ]
 
 
@@ -400,7 +403,8 @@ def print_reports(console: Console, reports: list[RunReport]) -> None:
         title="runs",
         title_justify="left",
         caption="acc: selected answer right · p@k: pass@k (coverage) · maj@n: majority vote "
-        "of all n · tok/q: generated tokens per question",
+        "of all n · tok/q: generated tokens per question · q: stored/of the dataset when "
+        "incomplete",
         caption_justify="left",
     )
     # Short headers, so that a long run name keeps room on an 80-column terminal.
@@ -434,6 +438,13 @@ def print_reports(console: Console, reports: list[RunReport]) -> None:
                 f"[yellow]{report.failures} question(s) failed and are not counted[/]",
                 soft_wrap=True,
             )
+        if report.incomplete:
+            hint = "rerun ttc eval to continue"
+            if report.stopped_by == "unreadable":
+                hint = "ttc salvage copies what can be read; ttc eval --out there redoes the rest"
+            console.print(
+                f"[yellow]incomplete:[/] {escape(report.incomplete)} ({hint})", soft_wrap=True
+            )
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -449,6 +460,8 @@ def markdown_report(reports: list[RunReport], plots: list[Path] | None = None) -
     for report in reports:
         config = ", ".join(f"{k}={v}" for k, v in report.config.items() if v is not None)
         parts += ["", f"### {report.run}", "", config, ""]
+        if report.incomplete:
+            parts += [f"**Incomplete**: {report.incomplete}.", ""]
         parts.append(_md_table(*_k_table(report)))
         if report.levels:
             rows = [_level_cells(level) for level in report.levels]
@@ -486,10 +499,14 @@ def report_command(
     """
     from ttc.errors import ConfigError, MissingDependencyError
     from ttc.eval.report import load_reports
+    from ttc.eval.store import DamagedStoreError
 
     err = Console(stderr=True)
     try:
-        reports = load_reports(str(folder), run)
+        try:
+            reports = load_reports(str(folder), run)
+        except DamagedStoreError as exc:
+            reports = _reports_of_damaged(exc, run, err)
     except ConfigError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
@@ -511,7 +528,63 @@ def report_command(
         err.print(f"wrote {path}", soft_wrap=True)
 
 
+def _reports_of_damaged(
+    damaged: DamagedStoreError, runs: list[str] | None, err: Console
+) -> list[RunReport]:
+    """Reports from the rows of a damaged store that can still be read (copied into a
+    temporary store; the damaged file is only read), with a warning saying what is missing."""
+    import tempfile
+
+    from ttc.eval.report import load_reports
+    from ttc.eval.store import salvage
+
+    with tempfile.TemporaryDirectory(prefix="ttc-salvage-") as tmp:
+        copied = salvage(damaged.path, tmp)
+        if not copied.results:
+            raise damaged  # nothing readable: the error says what to do
+        err.print(f"[yellow]warning:[/] {escape(str(damaged))}", soft_wrap=True)
+        lost = "; ".join(copied.lost) or "nothing"
+        err.print(
+            f"[yellow]reporting the {copied.results} stored question(s) that could be read; "
+            f"unreadable: {escape(lost)}[/]",
+            soft_wrap=True,
+        )
+        reports = load_reports(tmp, runs)
+    for report in reports:
+        if report.incomplete:
+            report.stopped_by, report.stop_note = "unreadable", None
+    return reports
+
+
+def salvage_command(
+    source: Annotated[Path, typer.Argument(help="The damaged results folder (or its file).")],
+    target: Annotated[Path, typer.Argument(help="A new folder for what can be read.")],
+) -> None:
+    """Copy every row of a damaged results store that can still be read into a new folder.
+
+    The damaged file is only read, never changed. Then use the new folder with --out:
+    ttc eval answers again only the questions that could not be read.
+    """
+    from ttc.errors import ConfigError
+    from ttc.eval.store import salvage
+
+    err = Console(stderr=True)
+    try:
+        report = salvage(source, target)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    Console().print(
+        f"copied {report.runs} run(s), {report.results} stored question(s) and "
+        f"{report.failures} failure note(s) into {report.target}; {report.source} is unchanged",
+        soft_wrap=True,
+    )
+    for what in report.lost:
+        err.print(f"[yellow]could not read:[/] {escape(what)}", soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``eval`` and ``report`` to a typer app (the ``ttc`` command's)."""
+    """Add ``eval``, ``report`` and ``salvage`` to a typer app (the ``ttc`` command's)."""
     app.command("eval")(eval_command)
     app.command("report")(report_command)
+    app.command("salvage")(salvage_command)

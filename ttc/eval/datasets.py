@@ -323,6 +323,16 @@ def _gsm8k_number(text: str) -> str:
     return text.strip()
 
 
+def _json_error(exc: json.JSONDecodeError, line: str) -> str:
+    """What is wrong with a line that is not JSON, at the column of the line where it is."""
+    end = len(line.rstrip())
+    if exc.msg.startswith("Unterminated string"):
+        return f"not valid JSON (the string starting at column {exc.colno} never ends: truncated?)"
+    if exc.pos >= end:
+        return f"not valid JSON (the line ends after column {end} before the JSON does: truncated?)"
+    return f"not valid JSON ({exc.msg} at column {exc.colno})"
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` for every non-blank line; ``DatasetError`` on the first line
     that is not a JSON object."""
@@ -335,12 +345,11 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             for number, raw in enumerate(handle, 1):
                 if not raw.strip():
                     continue
+                text = raw.rstrip("\r\n")  # else an error at the end points past the line
                 try:
-                    record = json.loads(raw)
+                    record = json.loads(text)
                 except json.JSONDecodeError as exc:
-                    raise DatasetError(
-                        path, f"not valid JSON ({exc.msg}, column {exc.colno})", line=number
-                    ) from None
+                    raise DatasetError(path, _json_error(exc, text), line=number) from None
                 if not isinstance(record, dict):
                     raise DatasetError(
                         path,

@@ -73,6 +73,28 @@ class RunReport:
     seconds: float
     failures: int = 0
     levels: list[LevelRow] = field(default_factory=list)
+    #: Models whose spend had no price: ``cost_usd`` leaves them out.
+    unpriced: list[str] = field(default_factory=list)
+    #: The dataset's questions the last ``ttc eval`` had (``None``: not noted), what stopped
+    #: it (``"budget"``, ``"error"``; ``None``: finished, interrupted or still running) and why.
+    total: int | None = None
+    stopped_by: str | None = None
+    stop_note: str | None = None
+
+    @property
+    def incomplete(self) -> str | None:
+        """``"12 of 20 questions, stopped by the budget (...)"`` for a run that did not store
+        every question of its dataset; ``None`` for a complete one (or one not noted)."""
+        if self.total is None or self.questions >= self.total:
+            return None
+        why = {
+            "budget": "stopped by the run's budget",
+            "error": "stopped by an error",
+            "unreadable": "the others unreadable in a damaged results file",
+            None: "interrupted, or still running",
+        }.get(self.stopped_by, f"stopped by {self.stopped_by}")
+        note = f": {self.stop_note}" if self.stop_note else ""
+        return f"{self.questions} of {self.total} questions, {why}{note}"
 
     @property
     def label(self) -> str:
@@ -88,12 +110,14 @@ class RunReport:
         return self.cost_usd > 0
 
 
-def format_cost(cost_usd: float, unpriced: Iterable[str] = (), digits: int = 4) -> str:
+def format_cost(
+    cost_usd: float, unpriced: Iterable[str] = (), digits: int = 4, unit: str = "$"
+) -> str:
     """USD for people: ``"unpriced"`` when nothing had a price (never ``$0.0000`` for a
     model whose price is unknown), ``"≥ $x"`` when part of the spend had none."""
     if any(True for _ in unpriced):
-        return f"≥ ${cost_usd:.{digits}f}" if cost_usd > 0 else "unpriced"
-    return f"${cost_usd:.{digits}f}"
+        return f"≥ {unit}{cost_usd:.{digits}f}" if cost_usd > 0 else "unpriced"
+    return f"{unit}{cost_usd:.{digits}f}"
 
 
 def report_ks(n: int) -> list[int]:
@@ -251,19 +275,25 @@ def build_report(
         seconds=sum(r.result.elapsed_s for r in records),
         failures=failures,
         levels=levels,
+        unpriced=sorted({m for u in usages for m in u.unpriced_models}),
     )
 
 
 def load_reports(folder: str, runs: Sequence[str] | None = None) -> list[RunReport]:
     """Reports of the runs stored in a results folder (all of them, or those named)."""
-    with ResultsStore(folder, create=False) as store:
+    with ResultsStore(folder, readonly=True) as store:
         infos = store.runs() if not runs else [store.run(name) for name in runs]
         reports = []
         for info in infos:
             records = store.records(info.name)
             if records:
                 failures = len(store.failures(info.name))
-                reports.append(build_report(info.name, info.config, records, failures))
+                report = build_report(info.name, info.config, records, failures)
+                progress = store.progress(info.name)
+                if progress is not None:
+                    report.total, report.stopped_by = progress.total, progress.stopped_by
+                    report.stop_note = progress.note
+                reports.append(report)
     if not reports:
         raise ConfigError(f"no stored questions in {folder}")
     return reports

@@ -324,7 +324,7 @@ async def evaluate(
     config = {"dataset": dataset.name, "format": dataset.spec.name, **dict(solver.config)}
     name = run or default_run_name(dataset, config)
     started = time.perf_counter()
-    with ResultsStore(out) as store:
+    with ResultsStore(out, check=True) as store:
         store.open_run(name, config, resume=resume)
         done = store.fingerprints(name)
         _check_same_questions(store, name, dataset, done)
@@ -358,11 +358,15 @@ async def evaluate(
             )
         else:
             executor = _LocalExecutor(solver, dataset.spec, ledger)
+        # Until the run ends, "stopped by nothing" with questions missing reads as interrupted.
+        store.set_progress(name, len(dataset))
         try:
             with display:
                 await _drive(executor, todo, concurrency, store, summary, display)
         finally:
             summary.elapsed_s = time.perf_counter() - started
+        note = summary.fatal_error if summary.stopped_by == "error" else summary.budget_error
+        store.set_progress(name, len(dataset), summary.stopped_by, note)
     return summary
 
 
@@ -428,12 +432,11 @@ async def _drive(
             if item is None:
                 return
             try:
-                outcome = await executor.solve(*item)
-            except Exception as exc:  # a bug, not a provider failure: end the run with it
+                handle(await executor.solve(*item))
+            except Exception as exc:  # a bug or a damaged store: end the run with it
                 error = error or exc
                 scope.cancel()
                 return
-            handle(outcome)
 
     async def tick() -> None:
         while True:
