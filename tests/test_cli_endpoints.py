@@ -160,3 +160,13 @@ def test_version() -> None:
     assert result.exit_code == 0
     assert result.stdout.strip() == f"ttc {package_version()}"
     assert package_version()[0].isdigit()
+
+
+def test_run_shows_unpriced_spend_as_such() -> None:
+    with served(api_key=None) as fake:
+        result = ttc(
+            "run", "What is 2 + 3?", "-n", "2", "-m", f"openai-compatible/m@{fake.base_url}"
+        )
+        assert result.exit_code == 0, result.output
+        text = flat(result.output)
+        assert "cost: unpriced (openai-compatible/m)" in text and "$0.0" not in text

@@ -340,6 +340,8 @@ def print_report(console: Console, data: dict[str, Any], candidates: list[Candid
     cost = f"${usage['cost_usd']:.6f}"
     if not usage["cost_usd"] and not usage["unpriced_models"]:
         cost = "free"
+    elif usage["unpriced_models"] and not usage["cost_usd"]:
+        cost = f"unpriced ({', '.join(usage['unpriced_models'])})"
     elif usage["unpriced_models"]:
         cost += f" (+ unpriced: {', '.join(usage['unpriced_models'])})"
     console.print(
