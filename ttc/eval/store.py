@@ -103,6 +103,15 @@ class DamagedStoreError(ConfigError):
         self.detail = detail
 
 
+def _sqlite_header(db: Path) -> bool:
+    """Whether ``db`` starts as an SQLite file does (damaged, rather than something else)."""
+    try:
+        with db.open("rb") as handle:
+            return handle.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
 def _damage(exc: sqlite3.Error) -> bool:
     """Whether a sqlite error means a damaged file (rather than, say, a busy one)."""
     if getattr(exc, "sqlite_errorname", None) in _DAMAGE:
@@ -211,17 +220,24 @@ class ResultsStore:
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
-            self._db.close()
-            if _damage(exc) and db.stat().st_size >= 100:
+            self._close_quietly()
+            if _damage(exc) and _sqlite_header(db):
                 raise DamagedStoreError(db, str(exc)) from None
             raise ConfigError(f"{db} is not a ttc results database: {exc}") from None
         except DamagedStoreError:
-            self._db.close()
+            self._close_quietly()
             raise
+
+    def _close_quietly(self) -> None:
+        db: sqlite3.Connection | None = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
 
     def _error(self, exc: sqlite3.Error) -> ConfigError:
         """A sqlite error as one clear ttc error naming the file."""
         if _damage(exc):
+            if not _sqlite_header(self.path):
+                return ConfigError(f"{self.path} is not a ttc results database: {exc}")
             return DamagedStoreError(self.path, str(exc))
         return ConfigError(f"{self.path}: {exc}")
 
