@@ -174,6 +174,8 @@ def eval_command(
     """Run a strategy over a dataset, storing each question's result as it finishes.
 
     Rerunning the same command resumes: stored questions are skipped. Ctrl-C stops cleanly.
+    Exit status: 0 all stored; 1 a question failed, or an error that fails every question
+    stopped the run; 2 a bad option, dataset or results store; 3 the run's budget stopped it.
     """
     import anyio
 
