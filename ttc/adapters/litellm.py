@@ -228,7 +228,7 @@ class LiteLLM(Model):
         if isinstance(underlying, ConnectionError):
             kwargs["status"] = None
             return ProviderConnectionError(f"{type(underlying).__name__}: {message}", **kwargs)
-        page = html_page(text, None)
+        page = html_page(text, None) or _response_page(exc, self._secrets())
         if page is not None:
             return page_error(kwargs["status"], page, kwargs)
         if kwargs["status"] in (405, 501, 505):
@@ -257,6 +257,21 @@ class LiteLLM(Model):
         if isinstance(status, int):
             return BadRequestError(message, **kwargs)
         return ProviderConnectionError(f"{type(exc).__name__}: {message}", **kwargs)
+
+
+def _response_page(exc: Exception, secrets: list[str | SecretStr | None]) -> str | None:
+    """A summary of the HTML page in the response litellm's exception holds, if it is one
+    (litellm's message then says only "Error code: 501")."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    try:
+        content_type = headers.get("content-type") if headers is not None else None
+        body = response.text if response is not None else None
+    except Exception:  # a response without a body to read
+        return None
+    if not isinstance(body, str) or not isinstance(content_type, str):
+        return None
+    return html_page(redact(body, secrets), content_type)
 
 
 def _underlying(exc: BaseException) -> BaseException | None:

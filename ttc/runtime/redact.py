@@ -43,7 +43,8 @@ def redact(text: str, secrets: Iterable[str | SecretStr | None] = ()) -> str:
         value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
         if not value or len(value) < SHORTEST_SECRET:
             continue
-        for form in {value, json.dumps(value)[1:-1], quote(value, safe="")}:
+        escaped = json.dumps(value)[1:-1]
+        for form in {value, escaped, escaped.replace("/", "\\/"), quote(value, safe="")}:
             text = text.replace(form, REDACTED)
     text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
