@@ -222,3 +222,17 @@ async def test_litellm_counts_a_single_samples_tokens() -> None:
         out = await model.generate("What is 2 + 5?", SamplingParams(max_tokens=32), n=3)
         assert all(c.completion_tokens for c in out)
         assert sum(c.completion_tokens or 0 for c in out) == server.stats.billed_completion_tokens
+
+
+async def test_litellm_redacts_a_key_it_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without ``api_key=``, litellm sends the provider's key from the environment: that key
+    is kept out of errors too."""
+    monkeypatch.setenv("OPENAI_API_KEY", LONG_KEY[::-1])
+    async with FakeProvider("openai", api_key=LONG_KEY, echo_auth=True) as server:
+        model = LiteLLM("openai/m", api_base=server.base_url, retry=RetryPolicy(max_attempts=1))
+        with pytest.raises(AuthenticationError) as info:
+            await model.generate("q")
+    assert "[redacted]" in str(info.value)
+    _assert_no_key(info.value, LONG_KEY[::-1])
