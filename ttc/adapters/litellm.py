@@ -170,18 +170,22 @@ class LiteLLM(Model):
         self, choice: Any, request: GenerateRequest, cut: bool, tokens: Any = None
     ) -> Completion:
         """One of litellm's choices as a ``Completion``; ``cut``: apply the stop strings that
-        were not sent; ``tokens``: its completion tokens, where the usage says (one choice)."""
+        were not sent; ``tokens``: its completion tokens, where the usage says (one choice);
+        with several, the logprobs count each one's tokens, and without them it is unknown."""
         text = choice.message.content or ""
         finish: FinishReason = _FINISH.get(choice.finish_reason or "", "unknown")
         if cut:
             text, stopped = _cut_at_stops(text, request.params.stop)
             if stopped:
                 finish = "stop"
+        logprobs = _logprobs(choice) if request.params.logprobs else None
+        if not isinstance(tokens, int) or tokens < 0:  # several choices: their logprobs say
+            tokens = len(logprobs) if logprobs is not None else None
         return Completion(
             text=text,
             finish_reason=finish,
-            completion_tokens=tokens if isinstance(tokens, int) and tokens >= 0 else None,
-            logprobs=_logprobs(choice) if request.params.logprobs else None,
+            completion_tokens=tokens,
+            logprobs=logprobs,
             model=self.model,
         )
 

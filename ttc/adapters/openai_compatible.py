@@ -58,7 +58,8 @@ class OpenAICompatible(Model):
         model: the model name the server expects.
         base_url: the API root, e.g. ``https://api.openai.com/v1``.
         api_key: the key, or ``None`` to read ``api_key_env``. Held as a ``SecretStr``: it is
-            never printed, logged or put in an exception.
+            never printed, logged or put in an exception, even when a server quotes it back
+            (redacted, with the values of credential ``headers``).
         api_key_env: the environment variable with the key.
         endpoint: ``"chat"`` (``/chat/completions``; raw text becomes one user message) or
             ``"completions"`` (``/completions``; raw text for base models).
@@ -66,6 +67,10 @@ class OpenAICompatible(Model):
         extra_body: extra JSON fields for every request (e.g. vLLM's sampling options).
         **runtime: budget, max_concurrency, rpm, tpm, retry, price, params, timeout,
             capabilities (see ``ttc.Model``).
+
+    Each sample's ``completion_tokens`` is the usage's figure when one choice came back (every
+    fanned-out request). With native ``n`` > 1 the usage is a sum over the choices: a sample's
+    own count comes from its logprobs when they were asked for, and is ``None`` otherwise.
     """
 
     provider: ClassVar[str] = "openai-compatible"
@@ -281,7 +286,7 @@ class OpenAICompatible(Model):
             if params.prompt_logprobs is not None
             else None
         )
-        if tokens is None and logprobs is not None and not cut_stops:
+        if tokens is None and logprobs is not None:  # one entry per generated token
             tokens = len(logprobs)
         return Completion(
             text=text,
