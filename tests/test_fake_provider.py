@@ -359,6 +359,26 @@ async def test_auth(session: aiohttp.ClientSession) -> None:
         assert fake.stats.faults["unauthorized"] == 2 and fake.stats.ok == 1
 
 
+async def test_echo_auth_quotes_the_key_in_every_error_body(
+    session: aiohttp.ClientSession,
+) -> None:
+    """``echo_auth`` imitates gateways that quote the key: error answers (decided while
+    planning, and injected faults) carry it; successes do not."""
+    wrong = {"Authorization": "Bearer sk-wrong-key-0123456789"}
+    async with FakeProvider(api_key="sk-test", echo_auth=True) as fake:
+        status, body, _ = await post(session, fake, CHAT, chat(), wrong)
+        assert status == 401
+        message = assert_error(body, "invalid_api_key")["message"]
+        assert "key received: sk-wrong-key-0123456789" in message
+        assert "'Authorization': 'Bearer sk-wrong-key-0123456789'" in message
+        right = {"Authorization": "Bearer sk-test"}
+        status, body, _ = await post(session, fake, CHAT, chat(), right)
+        assert status == 200 and "sk-test" not in json.dumps(body)
+    async with FakeProvider(echo_auth=True, faults=Faults(server_error=1.0)) as fake:
+        status, body, _ = await post(session, fake, CHAT, chat(), wrong)
+        assert status == 500 and "sk-wrong-key-0123456789" in assert_error(body)["message"]
+
+
 async def test_unknown_model(session: aiohttp.ClientSession) -> None:
     async with FakeProvider(models=["good"]) as fake:
         status, body, _ = await post(session, fake, CHAT, {**chat(), "model": "bad"})

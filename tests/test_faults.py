@@ -41,7 +41,10 @@ async def test_200_best_of_16_under_faults(flavor: str, preset: type, faults: Fa
             # up is billed by the server but not seen by the client.
             timeout=3.0,
             max_concurrency=128,
-            retry=RetryPolicy(max_attempts=15, initial_backoff=0.01, max_backoff=0.1),
+            # Timeouts drawn at random (not a server that never answers): retried as often.
+            retry=RetryPolicy(
+                max_attempts=15, max_timeouts=15, initial_backoff=0.01, max_backoff=0.1
+            ),
         )
         strategy = BestOfN(model, n=16, params=SamplingParams(max_tokens=32))
         results = []

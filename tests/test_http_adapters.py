@@ -259,3 +259,270 @@ async def test_a_429_without_retry_after_waits_for_the_exhausted_counts_reset() 
         await model.generate("q", SamplingParams(max_tokens=8))
         assert time.perf_counter() - start >= 0.35  # waited for the reset, not a 0 s backoff
         await model.aclose()
+
+
+# ---------------------------------------------------------------- retries that say what they do
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
+def _retry_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "ttc.retry" and r.levelno == logging.INFO and "retrying in" in r.getMessage()
+    ]
+
+
+async def test_a_refused_connection_is_retried_briefly_logged_and_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bug 4: a refused connection took 8 silent attempts over 17.6 s. Now: a short bounded
+    retry (a server may be restarting), each retry logged, and an error that names the URL and
+    the attempts and says it will fail every request alike."""
+    from ttc.errors import ProviderUnreachableError
+
+    url = _closed_port_url()
+    model = OpenAICompatible("m", base_url=url, retry=RetryPolicy(initial_backoff=0.01))
+    with (
+        caplog.at_level(logging.INFO, logger="ttc"),
+        pytest.raises(ProviderUnreachableError) as info,
+    ):
+        await model.generate("q")
+    error = info.value
+    assert error.attempts == 3 and error.fatal and error.url == f"{url}/chat/completions"
+    assert f"{url}/chat/completions" in str(error) and "3 attempts" in str(error)
+    lines = _retry_lines(caplog)
+    assert len(lines) == 2
+    assert "attempt 1 of at most 3 failed" in lines[0] and "cannot connect" in lines[0]
+    assert url in lines[0] and "openai-compatible/m" in lines[0]
+    assert any("giving up" in r.getMessage() for r in caplog.records)
+    await model.aclose()
+
+
+async def test_a_server_that_accepts_and_never_answers_costs_max_timeouts_attempts() -> None:
+    """Bug 4: a port that accepts and never answers took 29 s with ``timeout=1`` (8 attempts
+    plus growing backoff). Timeouts now get ``max_timeouts`` attempts (default 2)."""
+    import asyncio
+
+    from ttc.errors import ProviderTimeoutError
+
+    connections = 0
+    never = asyncio.Event()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await never.wait()
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    model = OpenAICompatible(
+        "m", base_url=f"http://127.0.0.1:{port}/v1", timeout=0.2, retry=RetryPolicy()
+    )
+    with pytest.raises(ProviderTimeoutError, match=r"no answer within 0.2 s .*2 attempts"):
+        await model.generate("q")
+    assert connections == 2
+    never.set()
+    server.close()
+    await model.aclose()
+
+
+def _page(status: int, title: str) -> object:
+    from aiohttp import web
+
+    html = (
+        "<!DOCTYPE HTML>\n<html><head><title>"
+        + title
+        + "</title></head><body><h1>"
+        + title
+        + "</h1>"
+        + "<p>filler</p>" * 200
+        + "</body></html>"
+    )
+    return web.Response(status=status, text=html, content_type="text/html")
+
+
+async def test_a_web_page_that_is_not_the_api_is_not_retried_and_is_summarized() -> None:
+    """Bug 4: a 501 HTML page from something that is not an API was retried 8 times and its
+    HTML landed in the message. Pages from a server that is not the API fail at once, with a
+    summary; a gateway's 502 page (the API behind it restarting) is still retried."""
+    from ttc.errors import NotAnAPIError, ServerError
+
+    cases = [
+        (501, "Error response", NotAnAPIError, 1),  # python -m http.server answering a POST
+        (405, "405 Not Allowed", NotAnAPIError, 1),
+        (500, "Internal error", NotAnAPIError, 1),
+        (404, "Page not found", NotFoundError, 1),
+        (502, "502 Bad Gateway", ServerError, 3),
+    ]
+    for status, title, kind, requests in cases:
+        async with _Scripted(lambda i, s=status, t=title: _page(s, t)) as url:
+            policy = RetryPolicy(max_attempts=3, initial_backoff=0)
+            model = OpenAICompatible("m", base_url=url, retry=policy)
+            with pytest.raises(kind) as info:
+                await model.generate("q")
+            await model.aclose()
+        message = str(info.value)
+        assert type(info.value) is kind, (status, type(info.value))
+        assert "<" not in message and "filler" not in message and title in message
+        assert f"HTTP {status}" in message and url in message
+        assert info.value.fatal == (kind is not ServerError)
+        assert info.value.attempts == requests
+
+
+async def test_retries_are_logged_and_a_request_that_succeeds_logs_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with FakeProvider("openai", api_key=KEY) as server:
+        model = OpenAI("gpt-4o-mini", base_url=server.base_url, api_key=KEY)
+        with caplog.at_level(logging.DEBUG, logger="ttc"):
+            await model.generate("q", n=2)
+        assert not [r for r in caplog.records if r.name.startswith("ttc")]
+        await model.aclose()
+
+    faults = Faults(server_error=1.0)
+    async with FakeProvider("openai", api_key=KEY, faults=faults) as server:
+        policy = RetryPolicy(max_attempts=3, initial_backoff=0)
+        model = OpenAI("gpt-4o-mini", base_url=server.base_url, api_key=KEY, retry=policy)
+        with caplog.at_level(logging.INFO, logger="ttc"), pytest.raises(Exception) as info:
+            await model.generate("q")
+        lines = _retry_lines(caplog)
+        assert [line.split(" failed")[0].split(": ")[-1] for line in lines] == [
+            "attempt 1 of at most 3",
+            "attempt 2 of at most 3",
+        ]
+        assert all(
+            "HTTP 500 ServerError" in line and "retrying in 0.00 s" in line for line in lines
+        )
+        assert server.stats.requests == 3 and info.value.attempts == 3  # type: ignore[attr-defined]
+        assert "3 attempts" in str(info.value)
+        await model.aclose()
+
+
+async def test_a_spent_quota_is_not_retried_and_is_fatal() -> None:
+    from aiohttp import web
+
+    body = {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}
+    async with _Scripted(lambda i: web.json_response(body, status=429)) as url:
+        model = OpenAICompatible("m", base_url=url)
+        with pytest.raises(RateLimitError) as info:
+            await model.generate("q")
+        await model.aclose()
+    assert info.value.fatal and not info.value.retryable and info.value.attempts == 1
+
+
+# ---------------------------------------------------------------- keys echoed by a gateway
+
+LONG_KEY = "sk-proj-Zq8vN3xK0pL7mW2rT5yB9cD4fG6hJ1"
+
+
+def _assert_no_key(exc: BaseException, key: str, *, logs: str = "", traces: str = "") -> None:
+    """The key is nowhere a user or a log collector could see it: the message, the repr, the
+    formatted traceback, any exception in the chain and its attributes, logs, traces."""
+    import traceback
+
+    assert key not in str(exc) and key not in repr(exc)
+    assert key not in "".join(traceback.format_exception(exc))
+    seen: BaseException | None = exc
+    while seen is not None:
+        assert key not in str(seen) and key not in repr(seen)
+        assert key not in repr({k: v for k, v in vars(seen).items()})
+        seen = seen.__cause__ or seen.__context__
+    assert key not in logs and key not in traces
+
+
+async def test_keys_echoed_by_a_gateway_never_reach_errors_logs_or_traces(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bug 11: a server whose error bodies quote the key and the Authorization header."""
+    from ttc.runtime.context import run_scope
+
+    def explode(prompt: str, index: int, rng: object) -> str:
+        raise RuntimeError("upstream broke")
+
+    async with FakeProvider("openai", api_key=LONG_KEY, echo_auth=True, models=["known"]) as s:
+        policy = RetryPolicy(max_attempts=2, initial_backoff=0)
+        cases = [
+            OpenAI("known", base_url=s.base_url, api_key=LONG_KEY[::-1], retry=policy),  # 401
+            OpenAI("unknown", base_url=s.base_url, api_key=LONG_KEY, retry=policy),  # 404
+            OpenAI("known", base_url=s.base_url, api_key=LONG_KEY, retry=policy),  # 400
+        ]
+        for model, prompt, params in [
+            (cases[0], "q", SamplingParams()),
+            (cases[1], "q", SamplingParams()),
+            (cases[2], "q", SamplingParams(temperature=1.0, top_p=1.0, max_tokens=10**6)),
+        ]:
+            key = model.api_key.get_secret_value()  # type: ignore[union-attr]
+            with (
+                caplog.at_level(logging.DEBUG, logger="ttc"),
+                run_scope() as run,
+                pytest.raises(Exception) as info,
+            ):
+                await model.generate(prompt, params)
+            traces = repr(run.trace)
+            assert s.stats.requests and "[redacted]" in str(info.value)
+            _assert_no_key(info.value, key, logs=caplog.text, traces=traces)
+            await model.aclose()
+
+    # retried 500s (logged at INFO and DEBUG on each retry): the reply function raising, and
+    # an injected fault
+    for options in ({"reply": explode}, {"faults": Faults(server_error=1.0)}):
+        async with FakeProvider("openai", api_key=LONG_KEY, echo_auth=True, **options) as s:
+            model = OpenAI("gpt-4o-mini", base_url=s.base_url, api_key=LONG_KEY, retry=policy)
+            with (
+                caplog.at_level(logging.DEBUG, logger="ttc"),
+                run_scope() as run,
+                pytest.raises(Exception) as info,
+            ):
+                await model.generate("q")
+            assert s.stats.requests == 2 and "retrying" in caplog.text
+            assert run.trace and all(e.error and "[redacted]" in e.error for e in run.trace)
+            _assert_no_key(info.value, LONG_KEY, logs=caplog.text, traces=repr(run.trace))
+            await model.aclose()
+
+
+# ---------------------------------------------------------------- per-candidate token counts
+
+
+@pytest.mark.parametrize(
+    ("flavor", "preset"),
+    [
+        ("openai", OpenAI),
+        ("groq", Groq),
+        ("cerebras", Cerebras),
+        ("vllm", VLLMServer),
+        ("llamacpp", LlamaCppServer),
+    ],
+)
+async def test_every_http_preset_counts_each_samples_tokens(flavor: str, preset: type) -> None:
+    """Bug 15: ``completion_tokens`` was ``None`` on every HTTP preset even with n = 1 (and
+    so with fan-out, which sends n = 1 requests)."""
+    async with FakeProvider(flavor, api_key=KEY) as server:  # type: ignore[arg-type]
+        model = preset("m", base_url=server.base_url, api_key=KEY)
+        n = 1 if model.capabilities.native_n else 3
+        out = await model.generate("What is 17 * 23?", SamplingParams(max_tokens=32), n=n)
+        assert len(out) == n
+        assert all(c.completion_tokens is not None and c.completion_tokens > 0 for c in out)
+        assert sum(c.completion_tokens or 0 for c in out) == server.stats.billed_completion_tokens
+        await model.aclose()
+
+
+async def test_native_n_counts_each_sample_from_its_logprobs_and_otherwise_says_unknown() -> None:
+    """With native ``n`` the usage is a sum over the choices: a choice's own count is exact
+    from its logprobs, else unknown (``None``) rather than a guess."""
+    async with FakeProvider("openai", api_key=KEY) as server:
+        model = OpenAI("gpt-4o-mini", base_url=server.base_url, api_key=KEY)
+        out = await model.generate("q", SamplingParams(max_tokens=32, logprobs=True), n=4)
+        assert sum(c.completion_tokens or 0 for c in out) == server.stats.billed_completion_tokens
+        assert all(c.completion_tokens == len(c.logprobs or ()) for c in out)
+        out = await model.generate("q", SamplingParams(max_tokens=32), n=4)
+        assert all(c.completion_tokens is None for c in out)
+        await model.aclose()

@@ -195,3 +195,73 @@ async def test_what_the_provider_says_remains_wins_over_the_refund() -> None:
     await model.generate("q", n=1)
     bucket = model.rate_limiter._tokens
     assert bucket is not None and bucket.level <= 100
+
+
+async def test_retries_stop_by_kind_of_failure_and_the_error_counts_them() -> None:
+    """Timeouts and connections that cannot be opened get fewer attempts than other failures
+    (each timeout costs the whole timeout; a refused connection rarely heals); what cannot heal
+    is not retried; the error says how many attempts were made."""
+    from ttc.adapters import FunctionModel
+    from ttc.errors import (
+        AuthenticationError,
+        ProviderError,
+        ProviderTimeoutError,
+        ProviderUnreachableError,
+    )
+    from ttc.types import GenerateRequest
+
+    def failing(*errors: ProviderError) -> tuple[FunctionModel, list[int]]:
+        calls: list[int] = []
+
+        def fn(request: GenerateRequest, index: int) -> str:
+            calls.append(1)
+            raise errors[min(len(calls), len(errors)) - 1]
+
+        return FunctionModel(fn, retry=RetryPolicy(initial_backoff=0)), calls
+
+    cases: list[tuple[tuple[ProviderError, ...], int]] = [
+        ((ProviderTimeoutError("slow"),), 2),
+        ((ProviderUnreachableError("refused"),), 3),
+        ((ServerError("boom", status=500),), 8),
+        ((AuthenticationError("bad key", status=401),), 1),
+        # timeouts are counted over the request, not only in a row
+        (
+            (
+                ServerError("a"),
+                ProviderTimeoutError("b"),
+                ServerError("c"),
+                ProviderTimeoutError("d"),
+            ),
+            4,
+        ),
+    ]
+    for errors, attempts in cases:
+        model, calls = failing(*errors)
+        with pytest.raises(ProviderError) as info:
+            await model.generate("q")
+        assert len(calls) == attempts and info.value.attempts == attempts
+        assert (f"({attempts} attempts)" in str(info.value)) == (attempts > 1)
+
+
+def test_redact_hides_keys_in_every_form_a_gateway_may_quote() -> None:
+    from pydantic import SecretStr
+
+    from ttc.runtime.redact import header_secrets, redact
+
+    key = "sk-live/abc+def=123456"
+    texts = [
+        f"Incorrect API key provided: {key}.",
+        '{"error": {"message": "bad key ' + key.replace("/", "\\/") + '"}}',  # JSON-escaped
+        "https://gateway/v1?key=sk-live%2Fabc%2Bdef%3D123456",  # URL-quoted
+        "headers: {'Authorization': 'Bearer some-other-token.x'}",
+        "Authorization: Basic dXNlcjpwYXNz",
+        '"x-api-key": "az-0123456789"',
+    ]
+    for text in texts:
+        out = redact(text, [SecretStr(key), None])
+        assert "[redacted]" in out, text
+        for secret in (key, "sk-live%2Fabc", "abc\\/def", "some-other-token", "dXNlcjpw", "az-01"):
+            assert secret not in out, (text, out)
+    # short test keys are not searched for literally: they would garble ordinary text
+    assert redact("the key was k", ["k"]) == "the key was k"
+    assert header_secrets({"api-key": "a", "X-Trace": "b", "Authorization": "c"}) == ["a", "c"]

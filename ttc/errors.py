@@ -1,7 +1,8 @@
 """ttc's errors: one base class, a small hierarchy, messages that say what to change.
 
 Provider errors never carry an API key: adapters build them from the status, the provider's
-error message and the model name only.
+error message (with every configured key redacted, see ``ttc.runtime.redact``), the model name
+and the URL only, and never chain the foreign exception that held the raw text.
 """
 
 from __future__ import annotations
@@ -69,9 +70,24 @@ class BudgetExceeded(TTCError):
 
 
 class ProviderError(TTCError):
-    """A provider or engine answered with an error, or not at all."""
+    """A provider or engine answered with an error, or not at all.
 
-    retryable = False
+    Attributes: ``provider``, ``model``, ``status`` (the HTTP status, if any), ``retry_after``
+    (the provider's hint in seconds), ``url`` (where the request went, where known),
+    ``attempts`` (how many attempts the runtime made before giving up, set when it raises),
+    ``message`` (the provider's own words, keys redacted), and two verdicts:
+
+    - ``retryable``: whether another attempt may succeed (the runtime retries these);
+    - ``fatal``: whether every request to this model will fail the same way (a wrong key or
+      model name, an unreachable server, a URL that is not the API). A caller running many
+      requests, such as ``ttc eval``, should stop at once rather than fail each one.
+
+    Both are class defaults that an adapter may override on one error (``error.fatal =
+    True``), e.g. for a 429 that says the account's quota is spent.
+    """
+
+    retryable: bool = False
+    fatal: bool = False
 
     def __init__(
         self,
@@ -81,18 +97,35 @@ class ProviderError(TTCError):
         model: str = "",
         status: int | None = None,
         retry_after: float | None = None,
+        url: str | None = None,
     ) -> None:
-        where = "/".join(p for p in (provider, model) if p)
-        prefix = f"{where}: " if where else ""
-        code = f"HTTP {status}: " if status is not None else ""
-        super().__init__(f"{prefix}{code}{message}")
+        self.message = message
         self.provider = provider
         self.model = model
         self.status = status
         self.retry_after = retry_after
+        self.url = url
+        self.attempts: int | None = None
         #: What the error response's rate-limit headers said, where the adapter read them:
         #: the runtime learns from them as from a successful response's.
         self.rate_limits: RateLimitInfo | None = None
+        super().__init__(self._text())
+
+    def gave_up(self, attempts: int) -> None:
+        """Record that the runtime made ``attempts`` attempts and gives up with this error (the
+        message then says so)."""
+        self.attempts = attempts
+        self.args = (self._text(),)
+
+    def _text(self) -> str:
+        where = "/".join(p for p in (self.provider, self.model) if p)
+        prefix = f"{where}: " if where else ""
+        code = f"HTTP {self.status}: " if self.status is not None else ""
+        notes = [self.url] if self.url else []
+        if self.attempts is not None and (self.attempts > 1 or self.retryable):
+            notes.append(f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}")
+        tail = f" ({', '.join(notes)})" if notes else ""
+        return f"{prefix}{code}{self.message}{tail}"
 
 
 class RetryableError(ProviderError):
@@ -110,15 +143,32 @@ class ServerError(RetryableError):
 
 
 class ProviderTimeoutError(RetryableError):
-    """The provider did not answer within the request timeout."""
+    """The provider did not answer within the request timeout. Retried fewer times than other
+    failures (``RetryPolicy.max_timeouts``): each attempt already took the whole timeout."""
 
 
 class ProviderConnectionError(RetryableError):
     """The connection failed or broke."""
 
 
+class ProviderUnreachableError(ProviderConnectionError):
+    """The connection could not be opened (refused, unknown host, no route, a certificate that
+    does not match): nothing reached the provider. Retried only briefly
+    (``RetryPolicy.max_connect_failures``), for a server that is restarting; ``fatal``."""
+
+    fatal = True
+
+
 class MalformedResponseError(RetryableError):
     """The provider answered 2xx with a body that is not what its API documents."""
+
+
+class NotAnAPIError(ProviderError):
+    """The URL does not serve the provider's API: HTTP 405 or 501, or an HTML page where the
+    API answers JSON (a web server, a login portal, a wrong port). Not retried; ``fatal``:
+    check ``base_url``."""
+
+    fatal = True
 
 
 class BadRequestError(ProviderError):
@@ -132,13 +182,19 @@ class ContextLengthError(BadRequestError):
 class AuthenticationError(ProviderError):
     """HTTP 401: the API key is missing or wrong."""
 
+    fatal = True
+
 
 class PermissionDeniedError(ProviderError):
-    """HTTP 403."""
+    """HTTP 403: the key may not use this model or endpoint."""
+
+    fatal = True
 
 
 class NotFoundError(ProviderError):
     """HTTP 404: usually a wrong model name or base URL."""
+
+    fatal = True
 
 
 class GenerationError(TTCError):

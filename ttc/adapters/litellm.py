@@ -15,24 +15,27 @@ from typing import Any, ClassVar
 
 from pydantic import SecretStr
 
-from ttc.adapters.openai_compatible import _cut_at_stops, parse_logprobs
+from ttc.adapters.openai_compatible import _cut_at_stops, html_page, page_error, parse_logprobs
 from ttc.errors import (
     AuthenticationError,
     BadRequestError,
     ContextLengthError,
     MalformedResponseError,
     MissingDependencyError,
+    NotAnAPIError,
     NotFoundError,
     PermissionDeniedError,
     ProviderConnectionError,
     ProviderError,
     ProviderTimeoutError,
+    ProviderUnreachableError,
     RateLimitError,
     ServerError,
 )
 from ttc.runtime.model import Capabilities, Model, RawResponse, user_message
 from ttc.runtime.pricing import lookup_price
 from ttc.runtime.ratelimit import parse_rate_limit_headers
+from ttc.runtime.redact import environment_secrets, header_secrets, redact
 from ttc.types import Completion, FinishReason, GenerateRequest, TokenLogprob
 
 _FINISH: dict[str, FinishReason] = {
@@ -48,6 +51,9 @@ def _import_litellm() -> Any:
         import litellm
     except ImportError as exc:
         raise MissingDependencyError("litellm", "litellm", "The LiteLLM adapter") from exc
+    # litellm prints a "Give Feedback / Get Help" banner on every exception it raises: once per
+    # failed attempt here, where the runtime retries and reports errors itself.
+    litellm.suppress_debug_info = True
     return litellm
 
 
@@ -128,16 +134,24 @@ class LiteLLM(Model):
             kwargs["api_key"] = self.api_key.get_secret_value()
         if self.api_base:
             kwargs["api_base"] = self.api_base
+        # The error is raised outside the ``except``: raised inside, it would keep litellm's
+        # exception as its ``__context__``, and with it the request's headers and the key.
+        failure: ProviderError | None = None
         try:
             response = await litellm.acompletion(**kwargs)
         except Exception as exc:
-            raise self._translate(litellm, exc) from None
+            failure = self._translate(litellm, exc)
+        if failure is not None:
+            raise failure
         try:
+            usage = getattr(response, "usage", None)
+            reported = getattr(usage, "completion_tokens", None)
+            # One choice: the usage is its own count (several: only the sum is known).
+            single = reported if len(response.choices) == 1 else None
             completions = [
-                self._completion(choice, request, cut=len(wire_stops) < len(p.stop))
+                self._completion(choice, request, len(wire_stops) < len(p.stop), single)
                 for choice in response.choices
             ]
-            usage = getattr(response, "usage", None)
         except (AttributeError, TypeError) as exc:
             raise MalformedResponseError(
                 f"unexpected response shape: {exc}", provider=self.provider, model=self.model
@@ -148,38 +162,58 @@ class LiteLLM(Model):
         return RawResponse(
             completions=completions,
             prompt_tokens=getattr(usage, "prompt_tokens", None),
-            completion_tokens=getattr(usage, "completion_tokens", None),
+            completion_tokens=reported,
             rate_limits=parse_rate_limit_headers(headers) if isinstance(headers, dict) else None,
         )
 
-    def _completion(self, choice: Any, request: GenerateRequest, cut: bool) -> Completion:
+    def _completion(
+        self, choice: Any, request: GenerateRequest, cut: bool, tokens: Any = None
+    ) -> Completion:
         """One of litellm's choices as a ``Completion``; ``cut``: apply the stop strings that
-        were not sent."""
+        were not sent; ``tokens``: its completion tokens, where the usage says (one choice);
+        with several, the logprobs count each one's tokens, and without them it is unknown."""
         text = choice.message.content or ""
         finish: FinishReason = _FINISH.get(choice.finish_reason or "", "unknown")
         if cut:
             text, stopped = _cut_at_stops(text, request.params.stop)
             if stopped:
                 finish = "stop"
+        logprobs = _logprobs(choice) if request.params.logprobs else None
+        if not isinstance(tokens, int) or tokens < 0:  # several choices: their logprobs say
+            tokens = len(logprobs) if logprobs is not None else None
         return Completion(
             text=text,
             finish_reason=finish,
-            logprobs=_logprobs(choice) if request.params.logprobs else None,
+            completion_tokens=tokens,
+            logprobs=logprobs,
             model=self.model,
         )
 
+    def _secrets(self) -> list[str | SecretStr | None]:
+        """What must never appear in an error: the key given here or to litellm, credential
+        headers, and the environment's keys (litellm reads the key from there when none is
+        given)."""
+        extra = self.litellm_kwargs
+        headers = extra.get("extra_headers") or extra.get("headers") or {}
+        given = extra.get("api_key")
+        return [
+            self.api_key,
+            given if isinstance(given, str) else None,
+            *(header_secrets(headers) if isinstance(headers, dict) else ()),
+            *environment_secrets(),
+        ]
+
     def _translate(self, litellm: Any, exc: Exception) -> ProviderError:
-        """Map litellm's exceptions onto ttc's, keeping the message and never the key."""
+        """Map litellm's exceptions onto ttc's, keeping the message and never the key: it is
+        redacted before the message is cut, so no prefix of a key survives the cut."""
         status = getattr(exc, "status_code", None)
-        message = str(getattr(exc, "message", None) or exc)[:500]
-        if self.api_key is not None:
-            secret = self.api_key.get_secret_value()
-            if len(secret) >= _SHORTEST_KEY_HIDDEN:  # a 1-letter test key would garble the text
-                message = message.replace(secret, "**********")
+        text = redact(str(getattr(exc, "message", None) or exc), self._secrets())
+        message = text[:500]
         kwargs: dict[str, Any] = {
             "provider": self.provider,
             "model": self.model,
             "status": status if isinstance(status, int) else None,
+            "url": self.api_base,
         }
         # litellm reports a refused connection and a broken 200 body as a 500
         # (InternalServerError); what it wraps says what happened, and so whether the provider
@@ -188,12 +222,21 @@ class LiteLLM(Model):
         if isinstance(underlying, json.JSONDecodeError):
             kwargs["status"] = None  # a 200 whose body broke, not a server error
             return MalformedResponseError(f"response is not JSON: {message}", **kwargs)
-        if isinstance(underlying, ConnectionError) or type(underlying).__name__ in (
-            "ConnectError",
-            "ClientConnectorError",
+        if type(underlying).__name__ in ("ConnectError", "ClientConnectorError") or isinstance(
+            underlying, ConnectionRefusedError
         ):
+            kwargs["status"] = None  # nothing reached the provider
+            return ProviderUnreachableError(
+                f"cannot connect ({type(underlying).__name__}): {message}", **kwargs
+            )
+        if isinstance(underlying, ConnectionError):
             kwargs["status"] = None
             return ProviderConnectionError(f"{type(underlying).__name__}: {message}", **kwargs)
+        page = html_page(text, None) or _response_page(exc, self._secrets())
+        if page is not None:
+            return page_error(kwargs["status"], page, kwargs)
+        if kwargs["status"] in (405, 501, 505):
+            return NotAnAPIError(f"the server does not serve this API here: {message}", **kwargs)
         table: list[tuple[str, type[ProviderError]]] = [
             ("ContextWindowExceededError", ContextLengthError),
             ("RateLimitError", RateLimitError),
@@ -220,8 +263,19 @@ class LiteLLM(Model):
         return ProviderConnectionError(f"{type(exc).__name__}: {message}", **kwargs)
 
 
-#: Keys shorter than this are not searched for in error messages (real keys are far longer).
-_SHORTEST_KEY_HIDDEN = 8
+def _response_page(exc: Exception, secrets: list[str | SecretStr | None]) -> str | None:
+    """A summary of the HTML page in the response litellm's exception holds, if it is one
+    (litellm's message then says only "Error code: 501")."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    try:
+        content_type = headers.get("content-type") if headers is not None else None
+        body = response.text if response is not None else None
+    except Exception:  # a response without a body to read
+        return None
+    if not isinstance(body, str) or not isinstance(content_type, str):
+        return None
+    return html_page(redact(body, secrets), content_type)
 
 
 def _underlying(exc: BaseException) -> BaseException | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from typing import Any, ClassVar, Literal
 
 import aiohttp
@@ -22,17 +23,20 @@ from ttc.errors import (
     ConfigError,
     ContextLengthError,
     MalformedResponseError,
+    NotAnAPIError,
     NotFoundError,
     PermissionDeniedError,
     ProviderConnectionError,
     ProviderError,
     ProviderTimeoutError,
+    ProviderUnreachableError,
     RateLimitError,
     RetryableError,
     ServerError,
 )
 from ttc.runtime.model import Capabilities, Model, RawResponse
 from ttc.runtime.ratelimit import parse_duration, parse_rate_limit_headers
+from ttc.runtime.redact import header_secrets, redact
 from ttc.types import Completion, FinishReason, GenerateRequest, TokenLogprob
 
 Endpoint = Literal["chat", "completions"]
@@ -56,7 +60,8 @@ class OpenAICompatible(Model):
             preset's ``<PROVIDER>_BASE_URL`` environment variable (``base_url_env``) if set,
             else its default.
         api_key: the key, or ``None`` to read ``api_key_env``. Held as a ``SecretStr``: it is
-            never printed, logged or put in an exception.
+            never printed, logged or put in an exception, even when a server quotes it back
+            (redacted, with the values of credential ``headers``).
         api_key_env: the environment variable with the key.
         endpoint: ``"chat"`` (``/chat/completions``; raw text becomes one user message) or
             ``"completions"`` (``/completions``; raw text for base models).
@@ -64,6 +69,10 @@ class OpenAICompatible(Model):
         extra_body: extra JSON fields for every request (e.g. vLLM's sampling options).
         **runtime: budget, max_concurrency, rpm, tpm, retry, price, params, timeout,
             capabilities (see ``ttc.Model``).
+
+    Each sample's ``completion_tokens`` is the usage's figure when one choice came back (every
+    fanned-out request). With native ``n`` > 1 the usage is a sum over the choices: a sample's
+    own count comes from its logprobs when they were asked for, and is ``None`` otherwise.
     """
 
     provider: ClassVar[str] = "openai-compatible"
@@ -187,59 +196,85 @@ class OpenAICompatible(Model):
     async def _send(self, request: GenerateRequest) -> RawResponse:
         body = json.dumps(self.build_payload(request)).encode()
         session = self._session()
+        # Errors are raised outside the ``except`` blocks: an exception raised inside one keeps
+        # the foreign exception (and the raw provider text it may hold) as its ``__context__``.
+        failure: ProviderError | None = None
         try:
             async with session.post(self._url, data=body) as resp:
                 raw = await resp.read()  # bytes: no charset sniffing, json takes them as they are
                 status = resp.status
                 headers = resp.headers
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc) from exc
+            failure = self._transport_error(exc)
+        if failure is not None:
+            raise failure
         if not 200 <= status < 300:
             error = self._error(status, raw.decode("utf-8", "replace"), headers)
             error.rate_limits = parse_rate_limit_headers(headers)
             raise error
         try:
             data = json.loads(raw)
-        except ValueError as exc:  # UnicodeDecodeError included
-            raise MalformedResponseError(
+        except ValueError:  # UnicodeDecodeError included
+            failure = MalformedResponseError(
                 f"response is not JSON ({len(raw)} bytes)",
                 provider=self.provider,
                 model=self.model,
-            ) from exc
+                url=self._url,
+            )
+        if failure is not None:
+            raise failure
         return self._parse(data, request, parse_rate_limit_headers(headers))
 
     def _parse(self, data: Any, request: GenerateRequest, rate_limits: Any) -> RawResponse:
+        failure: ProviderError | None = None
         try:
             choices = data["choices"]
             if len(choices) > 1:
                 choices = sorted(choices, key=lambda c: c.get("index", 0))
-            cut_stops = len(request.params.stop) > len(self._wire_stops(request.params.stop))
-            completions = [self._completion(choice, request, cut_stops) for choice in choices]
             usage = data.get("usage")
+            if not isinstance(usage, dict):
+                usage = {}  # absent or not the documented object: counted from the bounds
+            completion_tokens = usage.get("completion_tokens")
+            if not isinstance(completion_tokens, int):
+                completion_tokens = None
+            # One choice: the usage is its own count. Several: only their logprobs say.
+            single = completion_tokens if len(choices) == 1 else None
+            cut_stops = len(request.params.stop) > len(self._wire_stops(request.params.stop))
+            completions = [
+                self._completion(choice, request, cut_stops, single) for choice in choices
+            ]
         except (KeyError, TypeError, AttributeError) as exc:
             error = data.get("error") if isinstance(data, dict) else None
             if error:  # a 200 that carries an error object (some gateways send these)
                 message, _ = _error_message(json.dumps(data))
-                detail = f"answered 200 with an error: {message}"
+                detail = f"answered 200 with an error: {self._redact(message)[:500]}"
             else:
                 detail = f"response lacks the documented fields ({exc!r})"
-            raise MalformedResponseError(detail, provider=self.provider, model=self.model) from exc
-        if not isinstance(usage, dict):
-            usage = {}  # absent or not the documented object: counted from the bounds instead
+            failure = MalformedResponseError(
+                detail, provider=self.provider, model=self.model, url=self._url
+            )
+        if failure is not None:
+            raise failure
         prompt_tokens = usage.get("prompt_tokens")
-        completion_tokens = usage.get("completion_tokens")
         return RawResponse(
             completions=completions,
             prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
-            completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
+            completion_tokens=completion_tokens,
             rate_limits=rate_limits,
         )
 
     def _completion(
-        self, choice: dict[str, Any], request: GenerateRequest, cut_stops: bool
+        self,
+        choice: dict[str, Any],
+        request: GenerateRequest,
+        cut_stops: bool,
+        tokens: int | None = None,
     ) -> Completion:
         """One choice as a ``Completion``; ``cut_stops``: apply the stop strings the provider
-        could not take."""
+        could not take; ``tokens``: its completion tokens, where the usage says (one choice).
+        With several choices and logprobs, the logprobs count each choice's tokens exactly;
+        otherwise the provider's usage is a sum over the choices and a choice's own count is
+        unknown (``None``)."""
         params = request.params
         text = (
             (choice["message"].get("content") or "") if self.endpoint == "chat" else choice["text"]
@@ -257,36 +292,66 @@ class OpenAICompatible(Model):
             if params.prompt_logprobs is not None
             else None
         )
+        if tokens is None and logprobs is not None:  # one entry per generated token
+            tokens = len(logprobs)
         return Completion(
             text=text,
             finish_reason=finish,
+            completion_tokens=tokens,
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             model=self.model,
         )
 
-    def _transport_error(self, exc: BaseException) -> ProviderError:
-        """The typed error for a request that got no answer: timed out, or the connection
-        failed or broke."""
-        if isinstance(exc, asyncio.TimeoutError):
-            return ProviderTimeoutError(
-                f"no answer within {self.timeout:g} s", provider=self.provider, model=self.model
-            )
-        return ProviderConnectionError(
-            f"{type(exc).__name__}: {exc}", provider=self.provider, model=self.model
-        )
+    def _secrets(self) -> list[str | SecretStr | None]:
+        """What must never appear in an error: the key and credential headers' values."""
+        return [self.api_key, *header_secrets(self.headers)]
 
-    def _error(self, status: int, text: str, headers: Any) -> ProviderError:
-        message, code = _error_message(text)
-        retry_after = _retry_after(headers)
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets())
+
+    def _transport_error(self, exc: BaseException, url: str | None = None) -> ProviderError:
+        """The typed error for a request that got no answer: timed out, the connection could
+        not be opened, or it broke."""
+        where: dict[str, Any] = {
+            "provider": self.provider,
+            "model": self.model,
+            "url": url or self._url,
+        }
+        if isinstance(exc, asyncio.TimeoutError):
+            return ProviderTimeoutError(f"no answer within {self.timeout:g} s", **where)
+        detail = self._redact(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, aiohttp.ClientConnectorError):  # nothing reached the server
+            error = ProviderUnreachableError(f"cannot connect ({detail})", **where)
+            if isinstance(exc, aiohttp.ClientSSLError):  # a certificate will not heal
+                error.retryable = False
+            return error
+        return ProviderConnectionError(detail, **where)
+
+    def _error(self, status: int, text: str, headers: Any, url: str | None = None) -> ProviderError:
+        """The typed error for an HTTP error status, with the provider's message (keys
+        redacted) or, for a page that is not an API answer, a summary of it."""
         kwargs: dict[str, Any] = {
             "provider": self.provider,
             "model": self.model,
             "status": status,
-            "retry_after": retry_after,
+            "retry_after": _retry_after(headers),
+            "url": url or self._url,
         }
+        text = self._redact(text)
+        if not text.lstrip().startswith("{"):  # not the API's JSON: perhaps a web page
+            page = html_page(text, headers.get("content-type"))
+            if page is not None:
+                return page_error(status, page, kwargs)
+        message, code = _error_message(text)
+        message = self._redact(message)[:500]  # again, unescaped: then cut
         if status == 429:
-            return RateLimitError(message, **kwargs)
+            error: ProviderError = RateLimitError(message, **kwargs)
+            if code == "insufficient_quota":  # OpenAI's "you exceeded your current quota"
+                error.retryable, error.fatal = False, True
+            return error
+        if status in (405, 501, 505):
+            return NotAnAPIError(f"the server does not serve this API here: {message}", **kwargs)
         if status >= 500:
             return ServerError(message, **kwargs)
         if status in (408, 409):
@@ -307,6 +372,49 @@ class OpenAICompatible(Model):
         return BadRequestError(message, **kwargs)
 
 
+def page_error(status: int | None, page: str, kwargs: dict[str, Any]) -> ProviderError:
+    """The error for an HTML page where the API answers JSON, ``page`` its summary. Gateways in
+    front of a real API send such pages while it restarts (408, 429, 502-504, Cloudflare's
+    52x): those are retried. Any other page comes from a server that is not the API (a wrong
+    port or path, a web server, a login portal): ``NotAnAPIError``, not retried, except that
+    401/403/404 keep their usual types."""
+    message = f"the answer is an HTML page, not the API's JSON ({page})"
+    if status == 429:
+        return RateLimitError(message, **kwargs)
+    if status == 408:
+        return RetryableError(message, **kwargs)
+    if status is not None and (status in (502, 503, 504) or status >= 520):
+        return ServerError(message, **kwargs)
+    if status == 401:
+        return AuthenticationError(message, **kwargs)
+    if status == 403:
+        return PermissionDeniedError(message, **kwargs)
+    if status == 404:
+        return NotFoundError(f"{message}; is base_url the API root?", **kwargs)
+    return NotAnAPIError(f"{message}; is base_url the API root?", **kwargs)
+
+
+_TITLE = re.compile(r"(?is)<title[^>]*>(.*?)</title>|<h1[^>]*>(.*?)</h1>")
+_TAG = re.compile(r"(?s)<[^>]*>")
+
+
+def html_page(text: str, content_type: str | None) -> str | None:
+    """A short summary of ``text`` if it is (or quotes, near its start) an HTML page: its title,
+    else its first words. ``None`` if it is not one."""
+    head = text[:300].lower()
+    if not (
+        (content_type or "").lower().startswith("text/html")
+        or "<!doctype html" in head
+        or "<html" in head
+    ):
+        return None
+    found = _TITLE.search(text)
+    title = next((g for g in found.groups() if g), "") if found else ""
+    words = " ".join(_TAG.sub(" ", title or text).split())
+    words = words if len(words) <= 120 else words[:117] + "..."
+    return f"{len(text)} characters" + (f": {words!r}" if words else "")
+
+
 def _cut_at_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     """Apply stop strings the provider could not take (it accepts only so many)."""
     cut = min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
@@ -314,19 +422,20 @@ def _cut_at_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
 
 
 def _error_message(text: str) -> tuple[str, str | None]:
+    """The provider's error message in a body, uncut (redact it, then cut it), and its code."""
     try:
         data = json.loads(text)
     except ValueError:
-        return (text[:300] or "no error message"), None
+        return (text or "no error message"), None
     err = data.get("error") if isinstance(data, dict) else None
     if isinstance(err, dict):
         code = err.get("code")
-        return str(err.get("message") or err)[:500], code if isinstance(code, str) else None
+        return str(err.get("message") or err), code if isinstance(code, str) else None
     if isinstance(err, str):
-        return err[:500], None
+        return err, None
     if isinstance(data, dict) and "message" in data:
-        return str(data["message"])[:500], None
-    return text[:300], None
+        return str(data["message"]), None
+    return text, None
 
 
 def _retry_after(headers: Any) -> float | None:

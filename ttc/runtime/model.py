@@ -512,26 +512,20 @@ class Model(ABC):
 
     async def _retrying(self, attempt: Callable[[_A, int], Awaitable[_T]], arg: _A) -> _T:
         """``attempt(arg, 1)``, then the later attempts the retry policy allows. The first
-        attempt skips tenacity's machinery: most requests succeed at once, and the client's
-        CPU per request is a speed target."""
+        attempt skips the retry loop: most requests succeed at once, and the client's CPU per
+        request is a speed target."""
         try:
             return await attempt(arg, 1)
         except ProviderError as exc:
-            return await self._retry_after(exc, attempt, arg)
+            first = exc
+        return await self._retry_after(first, attempt, arg)
 
     async def _retry_after(
         self, first: ProviderError, attempt: Callable[[_A, int], Awaitable[_T]], arg: _A
     ) -> _T:
-        """The attempts after a first one that failed with ``first``, as the policy allows."""
-        if not first.retryable or self.retry.max_attempts <= 1:
-            raise first
-        await anyio.sleep(self.retry.wait_seconds(1, first))
-        number = 1
-        async for retry_state in self.retry.retrying(done=1):
-            with retry_state:
-                number += 1
-                return await attempt(arg, number)
-        raise AssertionError("unreachable")  # pragma: no cover
+        """The attempts after a first one that failed with ``first``, as the policy allows
+        (logged on ``ttc.retry``); the error raised in the end names the attempts made."""
+        return await self.retry.retry_after(first, attempt, arg, self.name)
 
     async def _cached(self, request: GenerateRequest, first_sample: int) -> list[Completion]:
         """``request`` answered from the cache, or sent and (when complete) stored there."""

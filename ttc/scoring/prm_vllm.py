@@ -196,17 +196,16 @@ class VLLMPoolingPRM(ProcessRewardModel):
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         """POST ``body`` to the server's ``path``; typed errors as the adapter raises them."""
         server = self.server
+        url = f"{self.root}{path}"
         try:
-            async with server._session().post(
-                f"{self.root}{path}", data=json.dumps(body).encode()
-            ) as resp:
+            async with server._session().post(url, data=json.dumps(body).encode()) as resp:
                 raw = await resp.read()
                 status = resp.status
                 headers = resp.headers
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-            raise server._transport_error(exc) from exc
+            raise server._transport_error(exc, url) from exc
         if status != 200:
-            raise server._error(status, raw.decode("utf-8", "replace"), headers)
+            raise server._error(status, raw.decode("utf-8", "replace"), headers, url)
         try:
             return json.loads(raw)
         except ValueError as exc:

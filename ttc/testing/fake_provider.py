@@ -511,6 +511,8 @@ class FakeProvider:
 
     ``rate_window`` is the length of the rate-limit window in seconds (60: per minute; tests
     shorten it to see a reset). ``rpm``/``tpm`` are enforced per window only when given.
+    ``echo_auth`` quotes the request's key and ``Authorization`` header in every error message,
+    as some gateways and proxies do: for testing that a client keeps keys out of its errors.
     """
 
     def __init__(
@@ -529,6 +531,7 @@ class FakeProvider:
         host: str = "127.0.0.1",
         port: int = 0,
         rate_window: float = 60.0,
+        echo_auth: bool = False,
     ) -> None:
         if flavor not in FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
@@ -552,6 +555,7 @@ class FakeProvider:
         self.tpm = tpm
         self.host = host
         self.port = port
+        self.echo_auth = echo_auth
         self.stats = Stats()
 
         self._model_set = frozenset(self.models) if self.models is not None else None
@@ -676,7 +680,8 @@ class FakeProvider:
                 headers = self._rate_headers()
                 if err.headers:
                     headers.update(err.headers)
-                body = _error_body(err.message, err.type, err.code, err.param)
+                message = self._echoed(err.message, request)
+                body = _error_body(message, err.type, err.code, err.param)
                 return _json_response(err.status, body, headers)
 
             if plan.fault is not None:
@@ -694,9 +699,22 @@ class FakeProvider:
             headers = self._rate_headers()
             if plan.extra_headers:
                 headers.update(plan.extra_headers)
-            return _json_response(plan.status, plan.body, headers)
+            body = plan.body
+            if self.echo_auth and plan.status >= 400:  # an injected fault's error body
+                error = json.loads(body)["error"]
+                error["message"] = self._echoed(error["message"], request)
+                body = json.dumps({"error": error}).encode()
+            return _json_response(plan.status, body, headers)
         finally:
             self._in_flight -= 1
+
+    def _echoed(self, message: str, request: web.BaseRequest) -> str:
+        """``message``, quoting the request's credentials when ``echo_auth`` is set."""
+        if not self.echo_auth:
+            return message
+        auth = request.headers.get("Authorization", "")
+        key = auth.removeprefix("Bearer ")
+        return f"{message} (key received: {key}; headers: {{'Authorization': '{auth}'}})"
 
     async def _hold(self, seconds: float) -> None:
         closing = self._closing
@@ -1132,6 +1150,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rpm", type=int, default=None)
     parser.add_argument("--tpm", type=int, default=None)
     parser.add_argument("--rate-window", type=float, default=60.0)
+    parser.add_argument(
+        "--echo-auth", action="store_true", help="quote the request's key in error messages"
+    )
     for kind in FAULT_KINDS:
         parser.add_argument(
             f"--{kind.replace('_', '-')}",
@@ -1168,6 +1189,7 @@ async def _serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         rate_window=args.rate_window,
+        echo_auth=args.echo_auth,
     )
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
