@@ -19,8 +19,10 @@ from ttc.errors import (
     AuthenticationError,
     BadRequestError,
     GenerationError,
+    NotAnAPIError,
     NotFoundError,
     ProviderConnectionError,
+    ProviderUnreachableError,
     ServerError,
 )
 from ttc.eval.datasets import load_dataset
@@ -94,11 +96,13 @@ def test_fails_every_question_decides_from_the_error() -> None:
     for exc in (
         AuthenticationError("bad key", status=401),
         NotFoundError("no such model", status=404),
-        ProviderConnectionError("ClientConnectorError: refused"),
+        ProviderUnreachableError("ClientConnectorError: refused"),
+        NotAnAPIError("a web page, not the API", status=501),
         GenerationError(AuthenticationError("bad key", status=401), [], 4),
     ):
         assert fails_every_question(exc), exc
     for exc in (
+        ProviderConnectionError("connection reset mid-request"),
         ServerError("overloaded", status=503),
         BadRequestError("prompt too long", status=400),
         UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
@@ -143,7 +147,7 @@ async def test_a_server_that_is_down_stops_the_evaluation(tmp_path: Path) -> Non
     summary = await evaluate(data, solver, tmp_path, concurrency=1)
     await model.aclose()
     assert summary.stopped_by == "error"
-    assert summary.fatal_error is not None and "ProviderConnectionError" in summary.fatal_error
+    assert summary.fatal_error is not None and "ProviderUnreachableError" in summary.fatal_error
     assert len(summary.failed) == 1 and summary.stored == 0
     assert model.usage.requests <= 4  # one question (2 samples, 2 attempts), not twenty
 

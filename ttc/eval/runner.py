@@ -26,13 +26,10 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import anyio
 
 from ttc.errors import (
-    AuthenticationError,
     BudgetExceeded,
     ConfigError,
     GenerationError,
-    NotFoundError,
-    PermissionDeniedError,
-    ProviderConnectionError,
+    ProviderError,
     TTCError,
 )
 from ttc.eval.datasets import Dataset, DatasetSpec, Example
@@ -104,13 +101,12 @@ class Outcome:
 
 def fails_every_question(exc: BaseException) -> bool:
     """Whether ``exc`` will fail every question of a run alike (a wrong key, a model or URL
-    that is not there, a server that cannot be reached once the retries are spent), so that
-    the evaluation stops at once rather than fail each question in turn."""
+    that is not there, a server that cannot be reached once the retries are spent: the
+    errors marked ``ProviderError.fatal``), so that the evaluation stops at once rather than
+    fail each question in turn."""
     if isinstance(exc, GenerationError):
         exc = exc.cause
-    return isinstance(
-        exc, (AuthenticationError, PermissionDeniedError, NotFoundError, ProviderConnectionError)
-    )
+    return isinstance(exc, ProviderError) and exc.fatal
 
 
 def _failure(example: Example, exc: BaseException, what: str = "") -> str:
