@@ -25,8 +25,8 @@ import anyio.to_thread
 from anyio.lowlevel import RunVar
 
 from ttc.errors import ConfigError, TTCError
+from ttc.scoring._workers import run_all as _run_all
 from ttc.scoring.base import Verifier
-from ttc.scoring.verifiers import _run_all
 from ttc.types import Candidate, Prompt
 
 logger = logging.getLogger("ttc.unit_tests")
