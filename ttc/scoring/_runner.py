@@ -24,7 +24,7 @@ import sys
 
 
 def _main() -> None:
-    import json
+    import marshal  # built in: no import time, unlike json
     import os
 
     channel = int(sys.argv[1])
@@ -35,19 +35,25 @@ def _main() -> None:
         write(channel, (text + "\n").encode())
 
     def receive() -> dict[str, object]:
-        while b"\n" not in pending:
+        """One message: its length in ASCII digits, a newline, then that many marshal bytes."""
+        size = -1
+        while size < 0 or len(pending) < size:
+            if size < 0 and b"\n" in pending:
+                head, _, rest = bytes(pending).partition(b"\n")
+                size = int(head)
+                pending[:] = rest
+                continue
             chunk = read(channel, 1 << 16)
             if not chunk:
                 os._exit(87)  # the parent went away
             pending.extend(chunk)
-        line, _, rest = bytes(pending).partition(b"\n")
-        pending[:] = rest
-        message = json.loads(line)
+        message = marshal.loads(bytes(pending[:size]))
+        del pending[:size]
         assert isinstance(message, dict)
         return message
 
     config = receive()
-    net = False
+    net = not config["unshare_net"]  # else bubblewrap made the namespace
     if config["unshare_net"]:
         try:
             import ctypes
@@ -61,8 +67,6 @@ def _main() -> None:
                     break
         except Exception:
             pass
-    else:
-        net = True  # bubblewrap made the namespace
     try:
         uid = config["uid"]
         if isinstance(uid, int):
@@ -73,13 +77,14 @@ def _main() -> None:
         library = os.path.dirname(os.__file__)
         if not os.access(library, os.R_OK | os.X_OK):
             raise PermissionError(f"the candidate's user cannot read Python's library {library}")
-        try:
-            import ctypes
+        if config["no_new_privs"]:  # bubblewrap sets it itself
+            try:
+                import ctypes
 
-            # PR_SET_NO_NEW_PRIVS: no set-uid program can give the candidate its privileges back.
-            ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0)
-        except Exception:
-            pass
+                # PR_SET_NO_NEW_PRIVS: no set-uid program gives the candidate privileges back.
+                ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0)
+            except Exception:
+                pass
         import resource
 
         limits = config["limits"]
@@ -102,11 +107,20 @@ def _main() -> None:
 
     import builtins
     import types
+    from types import TracebackType
 
-    def excepthook(kind: type[BaseException], value: BaseException, tb: object) -> None:
-        import traceback  # prints the tests' lines, which exist only in linecache
+    tests_text: list[str] = []
 
-        traceback.print_exception(kind, value, tb)  # type: ignore[arg-type]
+    def excepthook(
+        kind: type[BaseException], value: BaseException, tb: TracebackType | None
+    ) -> None:
+        import linecache
+        import traceback
+
+        if tests_text:  # the tests exist only here, not on disk: show their lines
+            text = tests_text[0]
+            linecache.cache["tests.py"] = (len(text), None, text.splitlines(True), "tests.py")
+        traceback.print_exception(kind, value, tb)
 
     sys.excepthook = excepthook
 
@@ -114,7 +128,7 @@ def _main() -> None:
     main.__dict__["__builtins__"] = builtins
     sys.modules["__main__"] = main  # unittest.main() looks for the tests there
     sys.argv = ["tests.py"]
-    import solution  # the candidate's code runs here
+    import solution  # type: ignore[import-not-found]  # the candidate's code runs here
 
     solution_file = solution.__file__
     main.__dict__.update({k: v for k, v in vars(solution).items() if not k.startswith("__")})
@@ -122,32 +136,16 @@ def _main() -> None:
     send("loaded")
 
     request = receive()
-    nonce, tests, entry_point = request["nonce"], request["tests"], request["entry_point"]
-    assert isinstance(nonce, str) and isinstance(tests, str)
-    import __future__
-
-    import ast
-    import linecache
-
-    linecache.cache["tests.py"] = (len(tests), None, tests.splitlines(True), "tests.py")
-    tree = ast.parse(tests, "tests.py")
-    flags = 0
-    for node in tree.body:
-        if not (isinstance(node, ast.ImportFrom) and node.module == "__future__"):
-            break
-        for alias in node.names:
-            flags |= getattr(__future__, alias.name).compiler_flag
-    steps = [
-        compile(ast.Module(body=[node], type_ignores=[]), "tests.py", "exec", flags, True)
-        for node in tree.body
-    ]
+    nonce, tests, sources = request["nonce"], request["tests"], request["steps"]
+    assert isinstance(nonce, str) and isinstance(tests, str) and isinstance(sources, list)
+    tests_text.append(tests)
+    flags = request["flags"]
+    assert isinstance(flags, int)
+    # Each top-level statement of the tests, split by the parent, padded to its own lines.
+    steps = [compile(source, name, "exec", flags, True) for name, source in sources]
+    entry_point = request["entry_point"]
     if isinstance(entry_point, str):
         main.__dict__["candidate"] = eval(entry_point, main.__dict__)
-        steps.append(
-            compile(
-                'if callable(globals().get("check")):\n    check(candidate)\n', "<check>", "exec"
-            )
-        )
     for i, step in enumerate(steps):
         try:
             exec(step, main.__dict__)

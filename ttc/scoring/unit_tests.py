@@ -1,14 +1,15 @@
 """Run each candidate's code against unit tests in a sandboxed Python process."""
 
 from __future__ import annotations
+import __future__
 
 import ast
 import asyncio
 import contextlib
 import functools
-import json
 import keyword
 import logging
+import marshal
 import math
 import os
 import re
@@ -115,6 +116,36 @@ async def _drain(stream: anyio.abc.ByteReceiveStream | None, tail: _Tail) -> Non
         tail.add(chunk)
 
 
+_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+_CHECK = 'if callable(globals().get("check")):\n    check(candidate)\n'
+
+
+def _split(tests: str) -> tuple[list[tuple[str, str]], int]:
+    """The tests' top-level statements, each as source padded to its own line numbers (those
+    sharing a line stay together), and the ``from __future__`` flags to compile them with."""
+    tree = ast.parse(tests, "tests.py")
+    lines = _LINES.findall(tests)  # as the tokenizer counts them (not str.splitlines)
+    flags = 0
+    for node in tree.body:
+        if not (isinstance(node, ast.ImportFrom) and node.module == "__future__"):
+            break
+        for alias in node.names:
+            flags |= getattr(__future__, alias.name).compiler_flag
+    spans: list[list[int]] = []
+    for node in tree.body:
+        decorators = getattr(node, "decorator_list", [])
+        first = min([node.lineno, *(d.lineno for d in decorators)])
+        last = node.end_lineno or node.lineno
+        if spans and first <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], last)
+        else:
+            spans.append([first, last])
+    steps = [
+        ("tests.py", "\n" * (first - 1) + "".join(lines[first - 1 : last])) for first, last in spans
+    ]
+    return steps, flags
+
+
 class _Conversation:
     """The parent's side of the runner's channel: what it sends, and the verdict it counts.
 
@@ -123,17 +154,11 @@ class _Conversation:
     """
 
     def __init__(
-        self,
-        sock: socket.socket,
-        config: dict[str, object],
-        tests: str,
-        entry_point: str | None,
-        steps: int,
+        self, sock: socket.socket, config: dict[str, object], tests: dict[str, object], steps: int
     ) -> None:
         self.sock = sock
         self.config = config
         self.tests = tests
-        self.entry_point = entry_point
         self.steps = steps
         self.nonce = secrets.token_hex(16)
         self.ready = False
@@ -144,8 +169,8 @@ class _Conversation:
         self.broken = ""
 
     async def _send(self, message: dict[str, object]) -> None:
-        data = json.dumps(message).encode() + b"\n"
-        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+        data = marshal.dumps(message)
+        await asyncio.get_running_loop().sock_sendall(self.sock, b"%d\n" % len(data) + data)
 
     async def run(self) -> None:
         """Talk to the runner until it closes the channel or breaks the protocol."""
@@ -176,9 +201,7 @@ class _Conversation:
         elif not self.loaded:
             if line == "loaded":
                 self.loaded = True
-                await self._send(
-                    {"nonce": self.nonce, "tests": self.tests, "entry_point": self.entry_point}
-                )
+                await self._send({"nonce": self.nonce, **self.tests})
                 return
         elif not self.done:
             if line == f"ok {self.nonce} {self.ran}" and self.ran < self.steps:
@@ -246,13 +269,15 @@ class UnitTests(Verifier):
         if not isinstance(tests, str):
             raise ConfigError(f"tests must be a string of Python code, got {type(tests).__name__}")
         try:
-            self._statements = len(ast.parse(tests, "tests.py").body)
+            self._steps, self._flags = _split(tests)
         except SyntaxError as exc:
             raise ConfigError(f"tests must be valid Python: {exc}") from None
         if entry_point is not None and (
             not entry_point.isidentifier() or keyword.iskeyword(entry_point)
         ):
             raise ConfigError(f"entry_point must be a Python identifier, got {entry_point!r}")
+        if entry_point is not None:
+            self._steps.append(("<check>", _CHECK))
         if not timeout > 0 or not math.isfinite(timeout):
             raise ConfigError(f"timeout must be a finite number > 0 seconds, got {timeout!r}")
         if memory_mb < 32:
@@ -349,17 +374,22 @@ class UnitTests(Verifier):
     ) -> UnitTestReport:
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
-        steps = self._statements + (1 if self.entry_point is not None else 0)
+        steps = len(self._steps)
         conversation = _Conversation(
             ours,
             {
                 "uid": uid,
                 "limits": self._limits(),
                 "unshare_net": chosen.kind != "bwrap",
+                "no_new_privs": chosen.kind != "bwrap",
                 "code": code,
             },
-            self.tests,
-            self.entry_point,
+            {
+                "tests": self.tests,
+                "steps": self._steps,
+                "flags": self._flags,
+                "entry_point": self.entry_point,
+            },
             steps,
         )
         bwrap = chosen.kind == "bwrap"
