@@ -76,7 +76,11 @@ def _main() -> None:
             os.setuid(uid)
         library = os.path.dirname(os.__file__)
         if not os.access(library, os.R_OK | os.X_OK):
-            raise PermissionError(f"the candidate's user cannot read Python's library {library}")
+            raise PermissionError(
+                f"uid {uid} cannot read Python's library {library}: as root, candidates run "
+                "as a uid of their own; install bubblewrap, or pass UnitTests(python=...) an "
+                "interpreter every user can read"
+            )
         if config["no_new_privs"]:  # bubblewrap sets it itself
             try:
                 import ctypes
