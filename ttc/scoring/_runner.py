@@ -143,10 +143,10 @@ def _main() -> None:
     nonce, tests, sources = request["nonce"], request["tests"], request["steps"]
     assert isinstance(nonce, str) and isinstance(tests, str) and isinstance(sources, list)
     tests_text.append(tests)
-    flags = request["flags"]
-    assert isinstance(flags, int)
+    future_flags = request["flags"]
+    assert isinstance(future_flags, int)
     # Each top-level statement of the tests, split by the parent, padded to its own lines.
-    steps = [compile(source, name, "exec", flags, True) for name, source in sources]
+    steps = [compile(source, name, "exec", future_flags, True) for name, source in sources]
     entry_point = request["entry_point"]
     if isinstance(entry_point, str):
         main.__dict__["candidate"] = eval(entry_point, main.__dict__)
