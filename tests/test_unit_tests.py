@@ -265,7 +265,7 @@ async def test_environment_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
         "assert 'OPENAI_API_KEY' not in os.environ\n"
         "assert 'sk-should-not-leak' not in repr(dict(os.environ))\n"
         "assert set(os.environ) <= {'PATH', 'HOME', 'LANG', 'PYTHONHASHSEED',\n"
-        "                           'PYTHONDONTWRITEBYTECODE', 'PWD'}\n"  # bwrap: PWD
+        "                           'PYTHONDONTWRITEBYTECODE', 'TMPDIR', 'PWD'}\n"  # bwrap: PWD
         "assert os.environ.get('PWD', os.getcwd()) == os.getcwd()\n"
         "assert os.environ['HOME'] == os.getcwd()\n"
         "assert hash('ttc') == hash('ttc')\n"
@@ -285,6 +285,30 @@ async def test_hash_seed_is_fixed() -> None:
     await verifier.verify("q", [code(""), code("")])
     first, second = (r.stdout for r in verifier.last_reports)
     assert first == second and first.strip()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("isolation", "python"), SANDBOXES)
+async def test_multiprocessing_and_tempfiles_work_inside(isolation: str, python: str) -> None:
+    """Ordinary code that uses a process pool (semaphores in /dev/shm) and temporary files."""
+    candidate = (
+        "import multiprocessing, tempfile\n"
+        "def square(x):\n"
+        "    return x * x\n"
+        "def squares(xs):\n"
+        "    with multiprocessing.Pool(2) as pool:\n"
+        "        return pool.map(square, xs)\n"
+        "def scratch():\n"
+        "    with tempfile.NamedTemporaryFile(delete=False) as f:\n"
+        "        return f.name\n"
+    )
+    tests = (
+        "import os\n"
+        "assert squares([1, 2, 3]) == [1, 4, 9]\n"
+        "assert os.path.dirname(scratch()) == os.getcwd()\n"
+    )
+    verifier = UnitTests(tests, timeout=10, isolation=isolation, python=python)
+    assert await verifier.verify("q", [code(candidate)]) == [True], verifier.last_reports
 
 
 @pytest.mark.anyio

@@ -3,7 +3,8 @@
 **bwrap**: mount, PID, network, IPC and UTS namespaces (and a user namespace when ttc is not
 root); a read-only view of ``/usr``, ``/lib*``, ``/bin``, ``/sbin`` and the interpreter's own
 install (its prefixes and site-packages, not what ``.pth`` files add); ``/proc``, a minimal
-``/dev``, and one writable directory, a tmpfs of ``disk_mb`` at ``/tmp``. bwrap dies with ttc,
+``/dev``, and one writable directory, a tmpfs of ``disk_mb`` at ``/tmp`` (plus one of the same
+size at ``/dev/shm``, for multiprocessing's semaphores). bwrap dies with ttc,
 and everything in the PID namespace dies with the runner.
 
 **process** (the fallback): a session of its own, a temporary directory, a network namespace
@@ -155,6 +156,8 @@ def _bwrap_prefix(bwrap: str, python: str, env: dict[str, str], disk_bytes: int)
         bound.append(path)
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--size", str(disk_bytes), "--perms", "0700", "--tmpfs", "/tmp", "--chdir", "/tmp"]
+    # multiprocessing's semaphores live in /dev/shm: a second small tmpfs, open to the candidate.
+    args += ["--size", str(disk_bytes), "--perms", "1777", "--tmpfs", "/dev/shm"]
     return args
 
 

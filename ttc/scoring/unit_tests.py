@@ -236,9 +236,10 @@ class UnitTests(Verifier):
     fallback (``isolation="process"``, or ``"auto"`` without a usable bwrap): its own session
     and temporary directory, a network namespace where the kernel allows one, the directory
     measured against ``disk_mb``. Both: an environment with nothing but a minimal ``PATH``,
-    ``HOME`` (its directory), ``LANG``, ``PYTHONHASHSEED=0`` and ``PYTHONDONTWRITEBYTECODE=1``,
-    and resource limits: CPU seconds (``timeout + 1``), address space (``memory_mb``),
-    processes (``max_processes``), file size (``disk_mb``), open files (64), no core dumps.
+    ``HOME`` and ``TMPDIR`` (its directory), ``LANG``, ``PYTHONHASHSEED=0`` and
+    ``PYTHONDONTWRITEBYTECODE=1``, and resource limits: CPU seconds (``timeout + 1``), address
+    space (``memory_mb``), processes (``max_processes``), file size (``disk_mb``), open files
+    (64), no core dumps.
     When ttc runs as root the candidate runs as a uid of its own, so it cannot read root's
     files or signal ttc, and ``max_processes`` holds.
 
@@ -330,6 +331,7 @@ class UnitTests(Verifier):
         return {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": home,
+            "TMPDIR": home,  # tempfile's files count against disk_mb, and go with the run
             "LANG": "C.UTF-8",
             "PYTHONHASHSEED": "0",
             "PYTHONDONTWRITEBYTECODE": "1",
