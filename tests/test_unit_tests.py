@@ -617,9 +617,12 @@ async def test_hostile_child_outlives_the_run(isolation: str, python: str) -> No
     escapee = _sleeper(token, new_session=True) + "def add(a, b):\n    return a + b\n"
     verifier = UnitTests(ADD_TESTS, timeout=5, isolation=isolation, python=python)
     assert await verifier.verify("q", [code(escapee)]) == [True], verifier.last_reports
+    report = verifier.last_reports[0]
     if isolation == "bwrap" or ROOT:
+        assert report.pid_namespace
+    if report.pid_namespace or ROOT:
         assert await anyio.to_thread.run_sync(_none_running_with, token)
-    else:  # the fallback as your user cannot find it (documented); clean up
+    else:  # the fallback as your user without user namespaces cannot find it; clean up
         for pid in _running_with(token):
             os.kill(pid, signal.SIGKILL)
 

@@ -53,20 +53,36 @@ def _main() -> None:
         return message
 
     config = receive()
-    net = not config["unshare_net"]  # else bubblewrap made the namespace
+    net = pids = not config["unshare_net"]  # else bubblewrap made the namespaces
     if config["unshare_net"]:
         try:
             import ctypes
 
             libc = ctypes.CDLL(None, use_errno=True)
-            # As root CLONE_NEWNET alone works (before dropping to the candidate's uid);
-            # otherwise CLONE_NEWUSER | CLONE_NEWNET where unprivileged user namespaces are on.
-            for flags in (0x40000000, 0x10000000 | 0x40000000):
+            # As root CLONE_NEWNET | CLONE_NEWPID work (before dropping to the candidate's uid);
+            # otherwise with CLONE_NEWUSER where unprivileged user namespaces are on.
+            newuser, newnet, newpid = 0x10000000, 0x40000000, 0x20000000
+            for flags in (
+                newnet | newpid,
+                newuser | newnet | newpid,
+                newnet,
+                newuser | newnet,
+            ):
                 if libc.unshare(flags) == 0:
-                    net = True
+                    net, pids = True, bool(flags & newpid)
                     break
         except Exception:
             pass
+        if pids:
+            # The next child is the first process of the new PID namespace: the runner goes on
+            # there, and when it ends the kernel kills everything the candidate left, even in
+            # a session of its own. This process only passes its exit status on.
+            child = os.fork()
+            if child:
+                _, status = os.waitpid(child, 0)
+                code = os.waitstatus_to_exitcode(status)
+                os._exit(code if code >= 0 else 128 - code)
+            libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG: SIGKILL if ttc kills the outer one
     try:
         uid = config["uid"]
         if isinstance(uid, int):
@@ -107,7 +123,7 @@ def _main() -> None:
         os.write(2, f"ttc sandbox: cannot set up the sandbox: {exc!r}\n".encode())
         os._exit(86)
     os.set_inheritable(channel, False)  # not passed on to what the candidate runs
-    send(f"ready {int(net)}")
+    send(f"ready {int(net)}{int(pids)}")
 
     import builtins
     import types

@@ -7,8 +7,8 @@ install (its prefixes and site-packages, not what ``.pth`` files add); ``/proc``
 size at ``/dev/shm``, for multiprocessing's semaphores). bwrap dies with ttc,
 and everything in the PID namespace dies with the runner.
 
-**process** (the fallback): a session of its own, a temporary directory, a network namespace
-where the kernel allows one; the disk watched by the parent.
+**process** (the fallback): a session of its own, a temporary directory, network and PID
+namespaces where the kernel allows them (the runner makes them); the disk watched by the parent.
 
 Under both, when ttc runs as root the runner drops to a uid of its own (one per run, no
 ``/etc/passwd`` entry) before any candidate code runs, so ``RLIMIT_NPROC`` applies and the

@@ -73,7 +73,8 @@ class UnitTestReport:
 
     ``reason`` says why it did not pass (empty when it did); ``tests_run`` of ``tests_total``
     top-level test statements (plus ``check(candidate)`` with an entry point) ran to their end;
-    ``isolation`` is ``"bwrap"`` or ``"process"`` (the fallback).
+    ``isolation`` is ``"bwrap"`` or ``"process"`` (the fallback); ``pid_namespace`` says whether
+    it ran in a PID namespace of its own (then nothing it started outlives it).
     """
 
     passed: bool
@@ -87,6 +88,7 @@ class UnitTestReport:
     tests_run: int = 0
     tests_total: int = 0
     isolation: str = "process"
+    pid_namespace: bool = False
 
 
 class _Tail:
@@ -163,6 +165,7 @@ class _Conversation:
         self.nonce = secrets.token_hex(16)
         self.ready = False
         self.network = False
+        self.pids = False  # a PID namespace of its own
         self.loaded = False
         self.ran = 0
         self.done = False
@@ -195,8 +198,8 @@ class _Conversation:
 
     async def _handle(self, line: str) -> None:
         if not self.ready:
-            if line in ("ready 0", "ready 1"):
-                self.ready, self.network = True, line == "ready 1"
+            if line in ("ready 00", "ready 01", "ready 10", "ready 11"):
+                self.ready, self.network, self.pids = True, line[6] == "1", line[7] == "1"
                 return
         elif not self.loaded:
             if line == "loaded":
@@ -234,8 +237,8 @@ class UnitTests(Verifier):
     and network namespaces, a read-only view of the system and of the interpreter's install,
     one writable directory (a ``disk_mb`` tmpfs), and everything it started dies with it. The
     fallback (``isolation="process"``, or ``"auto"`` without a usable bwrap): its own session
-    and temporary directory, a network namespace where the kernel allows one, the directory
-    measured against ``disk_mb``. Both: an environment with nothing but a minimal ``PATH``,
+    and temporary directory, network and PID namespaces where the kernel allows them, the
+    directory measured against ``disk_mb``. Both: an environment with nothing but a minimal ``PATH``,
     ``HOME`` and ``TMPDIR`` (its directory), ``LANG``, ``PYTHONHASHSEED=0`` and
     ``PYTHONDONTWRITEBYTECODE=1``, and resource limits: CPU seconds (``timeout + 1``), address
     space (``memory_mb``), processes (``max_processes``), file size (``disk_mb``), open files
@@ -492,6 +495,7 @@ class UnitTests(Verifier):
             tests_run=conversation.ran,
             tests_total=steps,
             isolation=chosen.kind,
+            pid_namespace=conversation.pids,
         )
 
     async def verify(self, prompt: Prompt, candidates: Sequence[Candidate]) -> list[bool]:
