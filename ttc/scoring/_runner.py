@@ -115,10 +115,10 @@ def _main() -> None:
             if hard != resource.RLIM_INFINITY:
                 value = min(value, hard)
             resource.setrlimit(which, (value, value))
-        code = config["code"]
-        assert isinstance(code, str)
+        source = config["code"]
+        assert isinstance(source, str)
         with open("solution.py", "w", encoding="utf-8", errors="surrogatepass") as f:
-            f.write(code)
+            f.write(source)
     except Exception as exc:
         os.write(2, f"ttc sandbox: cannot set up the sandbox: {exc!r}\n".encode())
         os._exit(86)

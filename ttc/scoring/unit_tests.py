@@ -238,8 +238,8 @@ class UnitTests(Verifier):
     one writable directory (a ``disk_mb`` tmpfs), and everything it started dies with it. The
     fallback (``isolation="process"``, or ``"auto"`` without a usable bwrap): its own session
     and temporary directory, network and PID namespaces where the kernel allows them, the
-    directory measured against ``disk_mb``. Both: an environment with nothing but a minimal ``PATH``,
-    ``HOME`` and ``TMPDIR`` (its directory), ``LANG``, ``PYTHONHASHSEED=0`` and
+    directory measured against ``disk_mb``. Both: an environment with nothing but a minimal
+    ``PATH``, ``HOME`` and ``TMPDIR`` (its directory), ``LANG``, ``PYTHONHASHSEED=0`` and
     ``PYTHONDONTWRITEBYTECODE=1``, and resource limits: CPU seconds (``timeout + 1``), address
     space (``memory_mb``), processes (``max_processes``), file size (``disk_mb``), open files
     (64), no core dumps.
