@@ -21,6 +21,7 @@ import processes
 import pytest
 
 from ttc.errors import ConfigError, TTCError
+from ttc.scoring import _sandbox
 from ttc.scoring.unit_tests import UnitTests, extract_code
 from ttc.types import Candidate
 
@@ -355,6 +356,27 @@ def test_config_errors() -> None:
         UnitTests("", memory_mb=1)
     with pytest.raises(ConfigError, match="concurrency"):
         UnitTests("", concurrency=0)
+    with pytest.raises(ConfigError, match="disk_mb"):
+        UnitTests("", disk_mb=0)
+    with pytest.raises(ConfigError, match="isolation"):
+        UnitTests("", isolation="docker")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="tests must be valid Python"):
+        UnitTests("assert (")
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(_FALLBACK_PYTHON is None, reason="no Python another uid can run (as root)")
+async def test_without_bwrap_auto_falls_back_and_bwrap_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_sandbox.shutil, "which", lambda name: None)
+    monkeypatch.setattr(_sandbox, "_probed", {})
+    with pytest.raises(TTCError, match="bwrap is not installed"):
+        await UnitTests(ADD_TESTS, isolation="bwrap").verify("q", [code(GOOD)])
+    assert _FALLBACK_PYTHON is not None
+    verifier = UnitTests(ADD_TESTS, python=_FALLBACK_PYTHON)
+    assert await verifier.verify("q", [code(GOOD)]) == [True]
+    assert verifier.last_reports[0].isolation == "process"
 
 
 @pytest.mark.anyio

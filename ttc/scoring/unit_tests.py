@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import anyio.abc
@@ -264,7 +265,7 @@ class UnitTests(Verifier):
         max_processes: int = 64,
         max_output_bytes: int = 1_000_000,
         disk_mb: int = 100,
-        isolation: str = "auto",
+        isolation: Literal["auto", "bwrap", "process"] = "auto",
         python: str = sys.executable,
         concurrency: int = 2,
     ) -> None:
