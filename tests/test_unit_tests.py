@@ -337,7 +337,7 @@ async def test_output_is_capped() -> None:
 
 @pytest.mark.anyio
 async def test_runs_concurrently_but_bounded() -> None:
-    stamp = "import time\nstart = time.time()\ntime.sleep(0.4)\nprint(start, time.time())\n"
+    stamp = "import time\nstart = time.time()\ntime.sleep(0.8)\nprint(start, time.time())\n"
     verifier = UnitTests(stamp, timeout=5, concurrency=2)
     assert await verifier.verify("q", [code("")] * 5) == [True] * 5
     spans = [tuple(map(float, r.stdout.split())) for r in verifier.last_reports]
