@@ -17,7 +17,7 @@ import processes
 import pytest
 
 from ttc.errors import ConfigError
-from ttc.scoring import verifiers
+from ttc.scoring import _workers
 from ttc.scoring.base import Scorer, Verifier
 from ttc.scoring.verifiers import (
     FunctionScorer,
@@ -38,9 +38,9 @@ def anyio_backend() -> str:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> Iterator[None]:
-    verifiers._cache.clear()
+    _workers._cache.clear()
     yield
-    verifiers._cache.clear()
+    _workers._cache.clear()
 
 
 def answers(*values: str) -> list[Candidate]:
@@ -55,7 +55,7 @@ async def _warm_pool() -> None:
     that allowance to nothing must start from a warm pool."""
     for i in range(100):
         await MathAnswer(str(i)).verify("q", answers(*(f"{i}+{j}" for j in range(4))))
-        if verifiers._pool is not None and verifiers._pool.warm:
+        if _workers._pool is not None and _workers._pool.warm:
             return
     pytest.fail("the grading pool did not warm up")
 
@@ -119,10 +119,10 @@ async def test_math_answer_timeout_kills_the_pool_and_recovers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await _warm_pool()
-    pool = verifiers._pool
+    pool = _workers._pool
     assert pool is not None
     workers = set(pool.warm_pids)
-    monkeypatch.setattr(verifiers, "_STARTUP_GRACE_S", 0.0)
+    monkeypatch.setattr(_workers, "_STARTUP_GRACE_S", 0.0)
     slow = MathAnswer("3", timeout=0.5)
     start = time.monotonic()
     # 9^(9^9) has ~370 million digits: sympy computes it in one long C call.
@@ -130,12 +130,12 @@ async def test_math_answer_timeout_kills_the_pool_and_recovers(
     elapsed = time.monotonic() - start
     assert verdicts == [False, True]
     assert elapsed < 4.0
-    assert pool.dead and verifiers._pool is not pool
+    assert pool.dead and _workers._pool is not pool
     if sys.platform.startswith("linux"):
         assert await anyio.to_thread.run_sync(_gone, workers, 5.0)
     # A later call gets a fresh pool and works.
     assert await MathAnswer("7").verify("q", answers("7", "8")) == [True, False]
-    assert verifiers._pool is not None and verifiers._pool is not pool
+    assert _workers._pool is not None and _workers._pool is not pool
 
 
 @pytest.mark.anyio
@@ -143,7 +143,7 @@ async def test_math_answer_cancelled_caller_does_not_wedge_the_pool(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await _warm_pool()
-    monkeypatch.setattr(verifiers, "_STARTUP_GRACE_S", 0.0)
+    monkeypatch.setattr(_workers, "_STARTUP_GRACE_S", 0.0)
     with anyio.move_on_after(0.2):
         await MathAnswer("3", timeout=0.6).verify("q", answers("9^{9^{9}}"))
     # The abandoned grading is still killed at its deadline; graders keep working meanwhile
@@ -182,7 +182,36 @@ async def test_math_answer_from_anyio_worker_thread() -> None:
 async def test_math_answer_caches_verdicts() -> None:
     verifier = MathAnswer("41")
     assert await verifier.verify("q", answers("41")) == [True]
-    assert verifiers._cache_get((verifier._gold_math, "$41$")) is True
+    assert _workers._cache_get((verifier._gold_math, "$41$")) is True
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_math_answer_does_not_rerun_a_script_without_main_guard(
+    tmp_path: Path, method: str
+) -> None:
+    """The README's example as a plain script: grading must not execute it again (its
+    requests would be paid once more per worker), whatever multiprocessing's start method."""
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "plain_script.py"
+    script.write_text(
+        "import multiprocessing\n"
+        f"multiprocessing.set_start_method({method!r}, force=True)\n"
+        f"with open({str(runs)!r}, 'a') as f:\n"
+        "    f.write('ran\\n')\n"
+        "from ttc import Candidate\n"
+        "from ttc.scoring import MathAnswer\n"
+        "import asyncio\n"
+        "c = [Candidate(text='x', answer=a) for a in ('1/2', '0.5', '3')]\n"
+        "print(asyncio.run(MathAnswer('0.5').verify('q', c)))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[True, True, False]"
+    assert runs.read_text() == "ran\n"
 
 
 def test_math_answer_config_errors() -> None:
@@ -360,5 +389,5 @@ def test_as_verifier_and_as_scorer() -> None:
 
 def test_worker_processes_belong_to_this_process() -> None:
     """A forked child must not reuse its parent's pool."""
-    pool, _ = verifiers._current_pool()
+    pool, _ = _workers._current_pool()
     assert pool.owner_pid == os.getpid()
