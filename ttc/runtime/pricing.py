@@ -16,20 +16,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from ttc.validation import Float, Settings
 
 logger = logging.getLogger("ttc.pricing")
 
 _LITELLM_PRICE_FILE = "model_prices_and_context_window_backup.json"
 
 
-class Price(BaseModel):
+class Price(Settings):
     """USD per token for prompt (input) and generated (output) tokens."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input_per_token: float = Field(ge=0)
-    output_per_token: float = Field(ge=0)
+    input_per_token: Float = Field(ge=0)
+    output_per_token: Float = Field(ge=0)
 
     @classmethod
     def per_million(cls, input_usd: float, output_usd: float) -> Price:

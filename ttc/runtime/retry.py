@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import random
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from ttc.errors import ProviderError, RetryableError
+from ttc.validation import Float, Int, Settings
 
 
-class RetryPolicy(BaseModel):
+class RetryPolicy(Settings):
     """How a model retries failed requests.
 
     ``max_attempts`` counts the first try. Waits grow as ``initial_backoff * 2**k`` with full
@@ -25,10 +26,10 @@ class RetryPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_attempts: int = Field(8, ge=1)
-    initial_backoff: float = Field(0.25, ge=0)
-    max_backoff: float = Field(20.0, ge=0)
-    max_retry_after: float = Field(60.0, ge=0)
+    max_attempts: Int = Field(8, ge=1)
+    initial_backoff: Float = Field(0.25, ge=0)
+    max_backoff: Float = Field(20.0, ge=0)
+    max_retry_after: Float = Field(60.0, ge=0)
 
     def wait_seconds(self, attempt: int, error: BaseException | None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
