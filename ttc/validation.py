@@ -113,11 +113,13 @@ def check_instance(name: str, value: Any, cls: type[_T], example: str, optional:
     raise ConfigError(f"{name} must be a {cls.__name__} (e.g. {example}), got {_describe(value)}")
 
 
-def _describe(value: Any) -> str:
+def _short(value: Any) -> str:
     text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(value: Any) -> str:
+    return f"{_short(value)} ({type(value).__name__})"
 
 
 def config_error(owner: str, exc: ValidationError) -> ConfigError:
@@ -131,7 +133,7 @@ def config_error(owner: str, exc: ValidationError) -> ConfigError:
         if error["type"] == "missing":
             lines.append(f"{field}: required")
         else:
-            lines.append(f"{field}: {message} (got {_describe(error['input'])})")
+            lines.append(f"{field}: {message}, got {_short(error['input'])}")
     return ConfigError(f"{owner}: " + "; ".join(lines))
 
 
@@ -143,6 +145,10 @@ class Settings(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise config_error(type(self).__name__, exc) from None
+
+    # Not a custom ``__init__`` to pydantic (as in its own ``RootModel``): validation of a
+    # nested or ``model_validate``d value goes straight to pydantic-core, not through here.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
     @classmethod
     def model_validate(cls: type[_S], obj: Any, *args: Any, **kwargs: Any) -> _S:

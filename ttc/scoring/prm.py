@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 from ttc.errors import ConfigError
+from ttc.validation import check_float, check_int
 
 __all__ = [
     "Aggregation",
@@ -82,9 +83,7 @@ class ProcessRewardModel(ABC):
     name: str = "prm"
 
     def __init__(self, *, cache_size: int = 100_000) -> None:
-        if cache_size < 0:
-            raise ConfigError(f"cache_size must be 0 or more, got {cache_size}")
-        self.cache_size = cache_size
+        self.cache_size: int = check_int("cache_size", cache_size, ge=0)
         self._cache: OrderedDict[_Key, float] = OrderedDict()
         #: Step scores computed so far (cache misses): what scoring really cost.
         self.steps_scored = 0
@@ -301,9 +300,9 @@ class ArithmeticPRM(ProcessRewardModel):
         cache_size: int = 100_000,
     ) -> None:
         super().__init__(cache_size=cache_size)
-        self.right = right
-        self.wrong = wrong
-        self.neutral = neutral
+        self.right: float = check_float("right", right)
+        self.wrong: float = check_float("wrong", wrong)
+        self.neutral: float = check_float("neutral", neutral)
 
     def score_step(self, step: str) -> float:
         """The score of one step's text."""

@@ -25,6 +25,7 @@ from ttc.errors import BudgetExceeded, ConfigError, GenerationError, ProviderErr
 from ttc.runtime.model import Model
 from ttc.scoring.prm import ProcessRewardModel
 from ttc.types import Completion, SamplingParams
+from ttc.validation import check_int
 
 __all__ = ["DEFAULT_JUDGE_TEMPLATE", "StepJudge"]
 
@@ -94,6 +95,7 @@ class StepJudge(ProcessRewardModel):
         self.no = tuple(w.lower() for w in no)
         if not self.yes or not self.no or set(self.yes) & set(self.no):
             raise ConfigError("yes and no must be non-empty and share no word")
+        check_int("top_logprobs", top_logprobs, ge=1)
         caps = model.capabilities
         if use_logprobs and not caps.logprobs:
             raise ConfigError(f"use_logprobs: {model.name} does not return log probabilities")

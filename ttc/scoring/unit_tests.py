@@ -28,6 +28,7 @@ from ttc.errors import ConfigError, TTCError
 from ttc.scoring.base import Verifier
 from ttc.scoring.verifiers import _run_all
 from ttc.types import Candidate, Prompt
+from ttc.validation import check_float, check_int
 
 logger = logging.getLogger("ttc.unit_tests")
 
@@ -247,16 +248,11 @@ class UnitTests(Verifier):
             not entry_point.isidentifier() or keyword.iskeyword(entry_point)
         ):
             raise ConfigError(f"entry_point must be a Python identifier, got {entry_point!r}")
-        if not timeout > 0:
-            raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}")
-        if memory_mb < 32:
-            raise ConfigError(f"memory_mb must be at least 32, got {memory_mb!r}")
-        if max_processes < 1:
-            raise ConfigError(f"max_processes must be at least 1, got {max_processes!r}")
-        if max_output_bytes < 0:
-            raise ConfigError(f"max_output_bytes must be >= 0, got {max_output_bytes!r}")
-        if concurrency < 1:
-            raise ConfigError(f"concurrency must be at least 1, got {concurrency!r}")
+        check_float("timeout", timeout, gt=0)
+        check_int("memory_mb", memory_mb, ge=32)
+        check_int("max_processes", max_processes, ge=1)
+        check_int("max_output_bytes", max_output_bytes, ge=0)
+        check_int("concurrency", concurrency, ge=1)
         if not python:
             raise ConfigError("python must name a Python interpreter")
         self.tests = tests

@@ -23,6 +23,7 @@ from ttc.scoring.selectors import WeightedMajority
 from ttc.strategies.base import Extractor, OnBudget, Strategy
 from ttc.strategies.steps import Step, StepEnd, StepFormat, StepGenerator
 from ttc.types import Candidate, Message, Result, SamplingParams, StopReason
+from ttc.validation import check_int
 
 __all__ = ["DEFAULT_STEP_PARAMS", "Beam", "StepSearch"]
 
@@ -124,8 +125,7 @@ class StepSearch(Strategy):
     ) -> None:
         super().__init__(budget=budget, on_budget=on_budget, trace=trace)
         for name, value in (("n", n), ("width", width), ("max_rounds", max_rounds)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            check_int(name, value, ge=1)
         if n % width:
             raise ConfigError(
                 f"n must be a multiple of width: n={n} beams cannot be split into groups of "
