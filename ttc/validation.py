@@ -15,8 +15,7 @@ import math
 import numbers
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, Strict, ValidationError
-from pydantic.types import AllowInfNan
+from pydantic import AllowInfNan, BaseModel, Strict, ValidationError
 
 from ttc.errors import ConfigError
 
