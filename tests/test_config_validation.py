@@ -190,7 +190,7 @@ def test_pydantic_errors_read_as_one_config_error() -> None:
     assert "greater than or equal to 1" in text and "got 0" in text
     with pytest.raises(ConfigError, match=r"Budget: usd: .*greater than or equal to 0.*-1"):
         Budget(usd=-1)
-    with pytest.raises(ConfigError, match="Budget: usd: .*finite"):
+    with pytest.raises(ConfigError, match=r"Budget: usd: .*finite"):
         Budget.model_validate({"usd": NAN})
 
 

@@ -60,7 +60,8 @@ if __name__ == "__main__":  # the grader's worker processes must not run this
     ready.wait()
     Groq.default_base_url = box["url"]
 
-    code = compile(open(sys.argv[1]).read(), "README.md", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    source = open(sys.argv[1]).read()
+    code = compile(source, "README.md", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     scope = {}
     asyncio.run(eval(code, scope))
     result, found = scope["result"], scope["found"]
