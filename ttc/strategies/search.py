@@ -279,6 +279,7 @@ class StepSearch(Strategy):
             best=selection.best,
             candidates=candidates,
             votes=selection.votes,
+            tied=selection.tied,
             stopped_by=stopped.reason if stopped is not None else None,
             errors=[str(stopped.cause)] if stopped is not None else [],
             tree=tree,
