@@ -235,6 +235,11 @@ class Result(BaseModel):
         description="The answers that tied for the most votes, when there was a tie (the "
         "earliest of them won); empty otherwise.",
     )
+    unreadable_verdicts: int = Field(
+        0,
+        description="Step scores that were guesses: verdicts a StepJudge could not read, "
+        "scored 0.5 (a warning is logged once per run when there are any).",
+    )
     errors: list[str] = Field(default_factory=list)
     pass_at_k: dict[int, float] = Field(
         default_factory=dict,

@@ -124,7 +124,11 @@ class ProcessRewardModel(ABC):
         fresh: dict[_Key, float] = {}
         if todo:
             batch = list(todo)
-            got = await self._score_steps(question, batch)
+            try:
+                got = await self._score_steps(question, batch)
+            except Exception as exc:
+                self._keep_paid(question, solutions, known, missing, exc)
+                raise
             if len(got) != len(batch):
                 raise ValueError(
                     f"{type(self).__name__} returned {len(got)} score lists for "
@@ -148,6 +152,39 @@ class ProcessRewardModel(ABC):
             [known[(question, tuple(steps[: i + 1]))] for i in range(len(steps))]
             for steps in solutions
         ]
+
+    def _keep_paid(
+        self,
+        question: str,
+        solutions: Sequence[Sequence[str]],
+        known: dict[_Key, float],
+        missing: set[_Key],
+        exc: Exception,
+    ) -> None:
+        """A call failed part-way (a budget ran out, say): keep the step scores it did pay for.
+        A PRM that scores step by step puts them on the error as ``paid_scores`` (prefix ->
+        score); they are cached and counted, and the error gets ``partial_rows``: per solution,
+        its scores where every step is known, else ``None``."""
+        paid: dict[tuple[str, ...], float] = getattr(exc, "paid_scores", None) or {}
+        fresh = {
+            key: float(value)
+            for prefix, value in paid.items()
+            if (key := (question, tuple(prefix))) in missing
+        }
+        self.steps_scored += len(fresh)
+        known.update(fresh)
+        self._remember(fresh)
+        rows: list[list[float] | None] = []
+        for steps in solutions:
+            keys = [(question, tuple(steps[: i + 1])) for i in range(len(steps))]
+            rows.append([known[k] for k in keys] if all(k in known for k in keys) else None)
+        exc.partial_rows = rows  # type: ignore[attr-defined]
+
+    def pop_unreadable(self) -> int:
+        """How many step scores of the current run were guesses because a verdict could not be
+        read (``StepJudge`` scores those 0.5), forgetting the count; 0 for PRMs that always
+        read a score. Step-wise search calls it once, at the end of a run."""
+        return 0
 
     def _remember(self, fresh: dict[_Key, float]) -> None:
         if self.cache_size == 0:

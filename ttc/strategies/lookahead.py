@@ -104,9 +104,13 @@ class Lookahead(BeamPRM):
                     still.append(beam)
             open_ = still
         paths = [Beam(id=b.id, steps=b.steps + rollouts[b.id]) for b in beams]
-        await self.score(ctx, question, paths)
-        for beam, path in zip(beams, paths):
-            beam.scores = path.scores[: len(beam.steps)]
-            beam.rollout = rollouts[beam.id]
-            beam.value = aggregate(path.scores, self.aggregation)
-            beam.scored = True
+        try:
+            await self.score(ctx, question, paths)
+        finally:  # after a stop too: the paths scored before it keep their (paid) scores
+            for beam, path in zip(beams, paths):
+                if not path.scored:
+                    continue
+                beam.scores = path.scores[: len(beam.steps)]
+                beam.rollout = rollouts[beam.id]
+                beam.value = aggregate(path.scores, self.aggregation)
+                beam.scored = True

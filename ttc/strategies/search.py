@@ -225,8 +225,15 @@ class StepSearch(Strategy):
         try:
             rows = await self.prm.score_steps(question, [b.steps for b in beams])
         except (BudgetExceeded, GenerationError, ProviderError) as exc:
+            # The beams whose every step was scored (and paid for) before it failed keep it.
+            self._set_scores(beams, getattr(exc, "partial_rows", None) or [])
             raise self._stopped(ctx, [exc]) from exc
+        self._set_scores(beams, rows)
+
+    def _set_scores(self, beams: Sequence[Beam], rows: Sequence[list[float] | None]) -> None:
         for beam, row in zip(beams, rows):
+            if row is None:
+                continue
             beam.scores = row
             beam.value = aggregate(row, self.aggregation)
             beam.scored = True
@@ -280,6 +287,7 @@ class StepSearch(Strategy):
             candidates=candidates,
             votes=selection.votes,
             tied=selection.tied,
+            unreadable_verdicts=self.prm.pop_unreadable(),
             stopped_by=stopped.reason if stopped is not None else None,
             errors=[str(stopped.cause)] if stopped is not None else [],
             tree=tree,
