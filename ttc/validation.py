@@ -51,6 +51,7 @@ def _check_range(
     gt: float | None,
     le: float | None,
     lt: float | None,
+    given: Any,
 ) -> None:
     if (
         (ge is not None and not value >= ge)
@@ -58,7 +59,7 @@ def _check_range(
         or (le is not None and not value <= le)
         or (lt is not None and not value < lt)
     ):
-        raise ConfigError(f"{name} must be {kind} {_bounds(ge, gt, le, lt)}, got {value!r}")
+        raise ConfigError(f"{name} must be {kind} {_bounds(ge, gt, le, lt)}, got {given!r}")
 
 
 def check_int(
@@ -77,7 +78,7 @@ def check_int(
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"{name} must be an integer, got {_describe(value)}")
     number = int(value)
-    _check_range(name, number, "an integer", ge, gt, le, None)
+    _check_range(name, number, "an integer", ge, gt, le, None, value)
     return number
 
 
@@ -99,8 +100,8 @@ def check_float(
         raise ConfigError(f"{name} must be a number, got {_describe(value)}")
     number = float(value)
     if not math.isfinite(number):
-        raise ConfigError(f"{name} must be a finite number, got {number!r}")
-    _check_range(name, number, "a number", ge, gt, le, lt)
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    _check_range(name, number, "a number", ge, gt, le, lt, value)
     return number
 
 
