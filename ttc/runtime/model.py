@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import sys
 import time
 import weakref
 from abc import ABC, abstractmethod
@@ -853,8 +854,8 @@ _loop_end_hooks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, object] = 
 
 def _register_on_loop(loop: asyncio.AbstractEventLoop, model: Model) -> None:
     _models_on_loop.setdefault(loop, weakref.WeakSet()).add(model)
-    if loop in _loop_end_hooks:
-        return
+    if loop in _loop_end_hooks or sys.get_asyncgen_hooks().firstiter is None:
+        return  # hooked already, or a loop that finalizes no generators: the finalizer's job
 
     async def at_loop_end() -> AsyncGenerator[None, None]:
         try:
