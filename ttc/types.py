@@ -1,7 +1,9 @@
 """The data that flows through ttc: prompts, sampling parameters, completions, usage, results.
 
 Every type is a pydantic v2 model, so a bad value fails at construction with an error that
-names the field. Models that are shared between tasks are frozen.
+names the field: for what users write (messages, sampling parameters, requests) a
+``ttc.ConfigError``, and a bad prompt a ``ttc.PromptError`` (``as_request_prompt``). Models that
+are shared between tasks are frozen.
 """
 
 from __future__ import annotations
