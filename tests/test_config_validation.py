@@ -256,3 +256,25 @@ def test_good_prompts_still_run() -> None:
         (Message(role="system", content=""), {"role": "user", "content": "2 + 2?"})
     )
     assert result.answer == "4"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("n_ctx", 2048.0),
+        ("n_ctx", 8),
+        ("n_threads", True),
+        ("n_batch", NAN),
+        ("prompt_lookup", 0),
+        ("top_k", -1),
+        ("min_p", NAN),
+        ("min_p", 1.5),
+        ("repeat_penalty", INF),
+    ],
+)
+def test_engine_settings_are_checked_before_anything_loads(setting: str, value: object) -> None:
+    pytest.importorskip("llama_cpp")
+    from ttc.adapters import LlamaCpp
+
+    with pytest.raises(ConfigError, match=setting):
+        LlamaCpp(**{setting: value})  # type: ignore[arg-type]
