@@ -4,6 +4,7 @@ assistant message, and the generative step judge, against the loopback provider 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import random
 import zlib
@@ -11,8 +12,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ttc import BeamPRM, Budget, SamplingParams
+from ttc import DVTS, BeamPRM, Budget, Lookahead, SamplingParams
 from ttc.adapters import FunctionModel, Groq, OpenAI, OpenAICompatible, VLLMServer
+from ttc.adapters.function import prompt_text
 from ttc.errors import ConfigError
 from ttc.runtime.model import Capabilities
 from ttc.scoring import StepJudge
@@ -155,8 +157,15 @@ async def test_the_run_budget_counts_the_judges_calls() -> None:
         strategy = BeamPRM(model, StepJudge(model), n=4, width=2, params=PARAMS)
         async with model:
             result = await strategy.run(Q, budget=Budget(requests=6))
-    assert result.stopped_by == "budget" and result.candidates == []
+    assert result.stopped_by == "budget"
     assert len(script.judged) == 2 and server.stats.requests == result.usage.requests == 6
+    # The two verdicts paid for before the budget ran out are kept (issue 11, bug 9): the
+    # steps they judged are the result, with the judge's scores, not dropped unscored.
+    judged = sorted(c.text.strip() for c in result.candidates)
+    assert judged == sorted(script.judged) and len(judged) == 2
+    for c in result.candidates:
+        assert c.score == (0.0 if "wrong" in c.text else 1.0)
+        assert c.scores == {"step_judge": c.score}
 
 
 async def test_continue_final_message_path_on_a_vllm_server() -> None:
@@ -288,3 +297,67 @@ async def test_judge_sends_each_step_once() -> None:
     assert sorted(seen) == ["a", "b", "c"]  # the shared first step judged once
     await judge.score_steps(Q, [["a\n\n", "b\n\n", "d"]])
     assert sorted(seen) == ["a", "b", "c", "d"]
+
+
+def _judging_model(verdict: str) -> tuple[FunctionModel, list[str]]:
+    """A completions model: distinct steps "Step k odd|even" (the answer at depth 2); the judge
+    says ``verdict`` for odd steps and "correct" for even ones."""
+    judged: list[str] = []
+    counter = itertools.count()
+
+    def reply(request: GenerateRequest, i: int) -> str:
+        text = prompt_text(request)
+        if "Step to check:" in text:
+            step = text.split("Step to check:\n", 1)[1].split("\n\nIs the step", 1)[0]
+            judged.append(step)
+            return verdict if "odd" in step else "correct"
+        if text.count("Step ") >= 2:
+            return "The answer is 7."
+        k = next(counter)
+        return f"Step {k} {'odd' if k % 2 else 'even'}\n\n"
+
+    return FunctionModel(reply), judged
+
+
+async def test_unreadable_verdicts_are_counted_on_the_result_and_warned_once_per_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model, judged = _judging_model("hmm, hard to say")
+    judge = StepJudge(model, use_logprobs=False)
+    strategy = BeamPRM(model, judge, n=4, width=2, params=PARAMS)
+    with caplog.at_level(logging.WARNING, logger="ttc"):
+        result = await strategy.run(Q)
+    guesses = sum(1 for step in judged if "odd" in step)
+    assert guesses >= 2 and result.unreadable_verdicts == guesses
+    warned = [r for r in caplog.records if "could not read a verdict" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].name.startswith("ttc")
+    assert judge.unreadable == guesses
+    # The next run counts (and warns) afresh; readable verdicts count nothing.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ttc"):
+        again = await strategy.run("What is 3 + 5?")
+    assert again.unreadable_verdicts > 0
+    assert sum("could not read" in r.getMessage() for r in caplog.records) == 1
+    clear, _ = _judging_model("incorrect")
+    plain = await BeamPRM(clear, StepJudge(clear), n=4, width=2, params=PARAMS).run(Q)
+    assert plain.unreadable_verdicts == 0
+
+
+@pytest.mark.parametrize("strategy", ["lookahead", "dvts"])
+async def test_judge_verdicts_paid_before_the_budget_ran_out_are_kept(strategy: str) -> None:
+    model, judged = _judging_model("incorrect")
+    judge = StepJudge(model, use_logprobs=False, cache_size=0)
+    search = (
+        Lookahead(model, judge, n=4, width=2, k=0, params=PARAMS)
+        if strategy == "lookahead"
+        else DVTS(model, judge, n=4, width=2, params=PARAMS)
+    )
+    # FunctionModel answers n in one request: round one is 1 (lookahead) or 2 (DVTS)
+    # requests of steps, then one request a judged step; the budget stops after two verdicts.
+    steps_requests = 1 if strategy == "lookahead" else 2
+    result = await search.run(Q, budget=Budget(requests=steps_requests + 2))
+    assert result.stopped_by == "budget" and len(judged) == 2
+    scored = [c for c in result.candidates if c.score is not None]
+    assert len(scored) == 2  # the two paid verdicts; before the fix: every score None
+    for c in scored:
+        assert c.score == (0.0 if "odd" in c.text else 1.0)

@@ -61,6 +61,20 @@ def test_majority_vote_tie_goes_to_the_earliest_answer() -> None:
     assert flipped.answer == "7"
 
 
+def test_a_tied_vote_is_flagged_with_the_tied_answers() -> None:
+    tie = MajorityVote().select([cand("5"), cand("9"), cand("7"), cand("7"), cand("5")])
+    assert tie.answer == "5" and tie.tied == ["5", "7"]  # the winner first, then by arrival
+    clear = MajorityVote().select([cand("5"), cand("7"), cand("7")])
+    assert clear.answer == "7" and clear.tied == []
+    assert MajorityVote().select([cand("1")]).tied == []
+    # Weighted sums tie up to float rounding: 0.1 + 0.2 against 0.3.
+    weighted = WeightedMajority().select([cand("A", 0.1), cand("B", 0.3), cand("A", 0.2)])
+    assert weighted.answer == "A" and weighted.tied == ["A", "B"]  # 0.30000000000000004
+    assert WeightedMajority().select([cand("A", 0.9), cand("B", 0.3)]).tied == []
+    verified = FirstVerified().select([cand("5"), cand("7")])  # falls back to the vote
+    assert verified.tied == ["5", "7"]
+
+
 def test_majority_vote_ignores_missing_answers() -> None:
     candidates = [cand(None), cand(None), cand(None), cand("3"), cand("")]
     selection = MajorityVote().select(candidates)
@@ -81,8 +95,10 @@ def test_weighted_majority_tie_goes_to_the_earliest_answer() -> None:
     selection = WeightedMajority().select(candidates)
     assert selection.votes == {"A": 1.0, "B": 1.0}
     assert selection.answer == "B" and selection.best is candidates[0]
+    assert selection.tied == ["B", "A"]
     candidates[-1].score = 0.0
     assert WeightedMajority().select(candidates).answer == "A"
+    assert WeightedMajority().select(candidates).tied == []
 
 
 def test_weighted_majority_beats_plain_majority() -> None:

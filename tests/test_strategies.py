@@ -68,6 +68,9 @@ async def test_self_consistency_majority_and_early_settlement() -> None:
     result = await SelfConsistency(model, n=8).run("q")
     assert result.answer == "7"
     assert result.votes == {"7": 6.0, "8": 2.0}
+    assert result.tied == []
+    tie = await SelfConsistency(scripted("8", "7"), n=4).run("q")
+    assert tie.answer == "8" and tie.tied == ["8", "7"]  # level: the earliest won, flagged
 
     async def slow_tail(request: GenerateRequest, i: int) -> str:
         await anyio.sleep(0.01 * i)

@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     # errors
     "TTCError": "ttc.errors",
     "ConfigError": "ttc.errors",
+    "PromptError": "ttc.errors",
     "BudgetExceeded": "ttc.errors",
     "ProviderError": "ttc.errors",
     "GenerationError": "ttc.errors",
@@ -75,6 +76,7 @@ __all__ = [
     "Model",
     "Price",
     "Prompt",
+    "PromptError",
     "ProviderError",
     "RepeatedSample",
     "Result",
@@ -111,6 +113,7 @@ if TYPE_CHECKING:
         ConfigError,
         GenerationError,
         MissingDependencyError,
+        PromptError,
         ProviderError,
         TTCError,
     )

@@ -24,6 +24,11 @@ class ConfigError(TTCError, ValueError):
     """A setting is invalid or unsupported; the message names the setting."""
 
 
+class PromptError(ConfigError):
+    """A prompt is not text or chat messages, is empty, or holds text no request can carry;
+    the message says what was expected and where (message index, position)."""
+
+
 class MissingDependencyError(TTCError, ImportError):
     """An optional dependency is not installed; the message says which extra to install."""
 

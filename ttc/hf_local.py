@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ttc.errors import ConfigError, MissingDependencyError
+from ttc.validation import check_int
 
 __all__ = ["Dtype", "check_settings", "model_folder", "require_hf", "torch_device"]
 
@@ -38,8 +39,7 @@ def check_settings(dtype: str, num_threads: int | None) -> None:
     """``ConfigError`` for a dtype or thread count transformers cannot take."""
     if dtype not in ("auto", "bfloat16", "float16", "float32"):
         raise ConfigError(f"dtype must be auto, bfloat16, float16 or float32, got {dtype!r}")
-    if num_threads is not None and num_threads < 1:
-        raise ConfigError("num_threads must be at least 1")
+    check_int("num_threads", num_threads, ge=1, optional=True)
 
 
 def torch_device(device: str | None, num_threads: int | None) -> Any:

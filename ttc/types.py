@@ -1,15 +1,21 @@
 """The data that flows through ttc: prompts, sampling parameters, completions, usage, results.
 
 Every type is a pydantic v2 model, so a bad value fails at construction with an error that
-names the field. Models that are shared between tasks are frozen.
+names the field: for what users write (messages, sampling parameters, requests) a
+``ttc.ConfigError``, and a bad prompt a ``ttc.PromptError`` (``as_request_prompt``). Models that
+are shared between tasks are frozen.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ttc.errors import PromptError
+from ttc.validation import Float, Int, Settings
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "cancelled", "unknown"]
@@ -27,7 +33,13 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Message(_Frozen):
+class _FrozenSettings(Settings):
+    """What users write: a bad value raises ``ttc.ConfigError`` naming the field."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Message(_FrozenSettings):
     """One chat message."""
 
     role: Role
@@ -42,17 +54,17 @@ raw text as it is and rejects chat messages.
 """
 
 
-class SamplingParams(_Frozen):
+class SamplingParams(_FrozenSettings):
     """How to sample. The defaults suit repeated sampling (temperature 0.8, as in the papers)."""
 
-    temperature: float = Field(0.8, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(512, ge=1, description="Upper bound on generated tokens per sample.")
+    temperature: Float = Field(0.8, ge=0.0, le=2.0)
+    top_p: Float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: Int = Field(512, ge=1, description="Upper bound on generated tokens per sample.")
     stop: tuple[str, ...] = ()
-    seed: int | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    prompt_logprobs: int | None = Field(
+    seed: Int | None = None
+    logprobs: bool = Field(False, strict=True)
+    top_logprobs: Int | None = Field(None, ge=0, le=20)
+    prompt_logprobs: Int | None = Field(
         None,
         ge=0,
         le=20,
@@ -81,12 +93,12 @@ class SamplingParams(_Frozen):
         return self
 
 
-class GenerateRequest(_Frozen):
+class GenerateRequest(_FrozenSettings):
     """One logical generation: ``n`` samples of one prompt with the same parameters."""
 
     prompt: str | tuple[Message, ...]
     params: SamplingParams = SamplingParams()
-    n: int = Field(1, ge=1)
+    n: Int = Field(1, ge=1)
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -220,6 +232,16 @@ class Result(BaseModel):
     votes: dict[str, float] = Field(default_factory=dict)
     usage: Usage = Usage()
     stopped_by: StopReason | None = None
+    tied: list[str] = Field(
+        default_factory=list,
+        description="The answers that tied for the most votes, when there was a tie (the "
+        "earliest of them won); empty otherwise.",
+    )
+    unreadable_verdicts: int = Field(
+        0,
+        description="Step scores that were guesses: verdicts a StepJudge could not read, "
+        "scored 0.5 (a warning is logged once per run when there are any).",
+    )
     errors: list[str] = Field(default_factory=list)
     pass_at_k: dict[int, float] = Field(
         default_factory=dict,
@@ -250,11 +272,61 @@ class Result(BaseModel):
         return sum(1 for c in self.candidates if c.verified)
 
 
+_EXPECTED = "text (a str) or a list of chat messages ({'role': ..., 'content': ...} or Message)"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def as_request_prompt(prompt: Prompt) -> str | tuple[Message, ...]:
-    """Normalize a user's prompt (text, messages or dicts) to the form requests carry."""
+    """Normalize a user's prompt (text, messages or dicts) to the form requests carry.
+
+    A bad prompt raises ``PromptError`` here, at the boundary, saying what was expected and
+    where (message index, position) it went wrong: not deep inside a request.
+    """
     if isinstance(prompt, str):
-        return prompt
+        if prompt.isascii():  # the common case: one scan, no regex
+            if prompt and not prompt.isspace():
+                return prompt
+        else:
+            _check_text(prompt, "prompt")
+            if prompt.strip():
+                return prompt
+        raise PromptError("prompt: the text is empty; expected a question")
+    if isinstance(prompt, (bytes, bytearray, memoryview)):
+        raise PromptError(f"prompt: expected {_EXPECTED}, got bytes; decode them first")
+    if isinstance(prompt, dict):
+        raise PromptError(
+            f"prompt: expected {_EXPECTED}, got one dict; put the message in a list: [{{...}}]"
+        )
+    if not isinstance(prompt, (list, tuple)):
+        raise PromptError(f"prompt: expected {_EXPECTED}, got {type(prompt).__name__}")
+    if not prompt:
+        raise PromptError("prompt: the list of messages is empty; expected at least one")
     out = []
-    for item in prompt:
-        out.append(item if isinstance(item, Message) else Message.model_validate(item))
+    for i, item in enumerate(prompt):
+        if isinstance(item, Message):
+            message = item
+        elif isinstance(item, dict):
+            try:
+                message = Message.model_validate(item)
+            except ValueError as exc:
+                raise PromptError(f"prompt[{i}]: not a chat message: {exc}") from None
+        else:
+            raise PromptError(
+                f"prompt[{i}]: expected a chat message ({{'role': ..., 'content': ...}} or "
+                f"Message), got {type(item).__name__}"
+            )
+        if not message.content.isascii():
+            _check_text(message.content, f"prompt[{i}].content")
+        out.append(message)
     return tuple(out)
+
+
+def _check_text(text: str, where: str) -> None:
+    """A ``PromptError`` for a lone surrogate (``json.loads('"\\ud800"')`` makes one): it is
+    not Unicode, so no request could encode it."""
+    match = _SURROGATE.search(text)
+    if match is not None:
+        raise PromptError(
+            f"{where}: invalid text: lone surrogate {match.group()!r} at position "
+            f"{match.start()} (not valid Unicode; fix or drop it in the source data)"
+        )

@@ -60,6 +60,7 @@ from ttc.types import (
     SamplingParams,
     TokenLogprob,
 )
+from ttc.validation import check_int
 
 __all__ = ["Quantization", "Transformers", "bitsandbytes_config"]
 
@@ -136,8 +137,7 @@ class Transformers(Model):
         require_hf("The in-process transformers model")
         folder = model_folder(model_dir, "model_dir")
         check_settings(dtype, num_threads)
-        if prompt_lookup_num_tokens is not None and prompt_lookup_num_tokens < 1:
-            raise ConfigError("prompt_lookup_num_tokens must be at least 1")
+        check_int("prompt_lookup_num_tokens", prompt_lookup_num_tokens, ge=1, optional=True)
         if assistant_model is not None and prompt_lookup_num_tokens is not None:
             raise ConfigError(
                 "assistant_model and prompt_lookup_num_tokens are two ways of drafting tokens; "

@@ -56,6 +56,7 @@ from ttc.types import (
     SamplingParams,
     TokenLogprob,
 )
+from ttc.validation import check_float, check_int
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -724,21 +725,11 @@ def _check_settings(
     repeat_penalty: float,
 ) -> None:
     """ConfigError naming the first invalid engine setting."""
-    checks: list[tuple[str, object, bool, str]] = [
-        ("n_ctx", n_ctx, n_ctx >= 16, "at least 16"),
-        ("n_threads", n_threads, n_threads >= 1, "at least 1"),
-        ("n_batch", n_batch, n_batch >= 1, "at least 1"),
-        (
-            "prompt_lookup",
-            prompt_lookup,
-            prompt_lookup is None or prompt_lookup >= 1,
-            "None (off) or a number of draft tokens >= 1",
-        ),
-        ("prompt_lookup_ngram", prompt_lookup_ngram, prompt_lookup_ngram >= 1, "at least 1"),
-        ("top_k", top_k, top_k >= 0, "0 (off) or more"),
-        ("min_p", min_p, 0.0 <= min_p <= 1.0, "between 0 and 1"),
-        ("repeat_penalty", repeat_penalty, repeat_penalty > 0, "positive"),
-    ]
-    for name, value, ok, rule in checks:
-        if not ok:
-            raise ConfigError(f"{name} must be {rule}, got {value!r}")
+    check_int("n_ctx", n_ctx, ge=16)
+    check_int("n_threads", n_threads, ge=1)
+    check_int("n_batch", n_batch, ge=1)
+    check_int("prompt_lookup", prompt_lookup, ge=1, optional=True)  # None: off
+    check_int("prompt_lookup_ngram", prompt_lookup_ngram, ge=1)
+    check_int("top_k", top_k, ge=0)  # 0: off
+    check_float("min_p", min_p, ge=0.0, le=1.0)
+    check_float("repeat_penalty", repeat_penalty, gt=0)

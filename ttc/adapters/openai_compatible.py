@@ -153,6 +153,18 @@ class OpenAICompatible(Model):
         if session is not None and not session.closed:
             await session.close()
 
+    @staticmethod
+    def _release_loop_resources(resources: dict[str, Any]) -> None:
+        session: aiohttp.ClientSession | None = resources.pop("session", None)
+        if session is None or session.closed:
+            return
+        connector = session.connector
+        session.detach()  # the session counts as closed: no "Unclosed client session"
+        if connector is not None:
+            # What aiohttp's own finalizer does, minus its warning: drop the pooled
+            # connections without awaiting (their loop may be gone).
+            connector._close()
+
     # ------------------------------------------------------------------ wire format
 
     def build_payload(self, request: GenerateRequest) -> dict[str, Any]:

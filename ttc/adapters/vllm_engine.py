@@ -69,6 +69,7 @@ from ttc.errors import (
 from ttc.runtime.model import Capabilities, Model, RawResponse
 from ttc.runtime.pricing import Price
 from ttc.types import Completion, FinishReason, GenerateRequest, Message, TokenLogprob
+from ttc.validation import check_float, check_int
 
 __all__ = [
     "KV_CACHE_DTYPES",
@@ -456,18 +457,12 @@ class VLLM(Model):
                 f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
                 f"got {kv_cache_dtype!r}"
             )
-        if tensor_parallel_size < 1:
-            raise ConfigError("tensor_parallel_size must be at least 1")
-        if not 0 < gpu_memory_utilization <= 1:
-            raise ConfigError("gpu_memory_utilization must be in (0, 1]")
-        if kv_cache_gib is not None and kv_cache_gib <= 0:
-            raise ConfigError("kv_cache_gib must be positive")
-        if max_model_len is not None and max_model_len < 1:
-            raise ConfigError("max_model_len must be at least 1")
-        if max_num_seqs is not None and max_num_seqs < 1:
-            raise ConfigError("max_num_seqs must be at least 1")
-        if max_logprobs < 0:
-            raise ConfigError("max_logprobs must not be negative")
+        check_int("tensor_parallel_size", tensor_parallel_size, ge=1)
+        check_float("gpu_memory_utilization", gpu_memory_utilization, gt=0, le=1)
+        check_float("kv_cache_gib", kv_cache_gib, gt=0, optional=True)
+        check_int("max_model_len", max_model_len, ge=1, optional=True)
+        check_int("max_num_seqs", max_num_seqs, ge=1, optional=True)
+        check_int("max_logprobs", max_logprobs, ge=0)
         if speculative is not None:
             if not isinstance(speculative, Speculative):
                 raise ConfigError(

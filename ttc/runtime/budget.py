@@ -19,12 +19,13 @@ from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ttc.errors import BudgetExceeded
+from ttc.validation import Float, Int, Settings
 
 
-class Budget(BaseModel):
+class Budget(Settings):
     """Hard limits. ``None`` means no limit.
 
     - ``tokens``: prompt plus completion tokens;
@@ -38,10 +39,10 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    tokens: int | None = Field(None, ge=0)
-    usd: float | None = Field(None, ge=0)
-    requests: int | None = Field(None, ge=0)
-    seconds: float | None = Field(None, gt=0)
+    tokens: Int | None = Field(None, ge=0)
+    usd: Float | None = Field(None, ge=0)
+    requests: Int | None = Field(None, ge=0)
+    seconds: Float | None = Field(None, gt=0)
 
 
 class Charge(NamedTuple):

@@ -25,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ttc.errors import ConfigError
 from ttc.types import Completion, GenerateRequest
+from ttc.validation import check_int
 
 __all__ = ["MemoryCache", "ResponseCache", "SQLiteCache"]
 
@@ -93,9 +94,7 @@ class MemoryCache(ResponseCache):
 
     def __init__(self, max_entries: int = 10_000, *, sampled: bool = False) -> None:
         super().__init__(sampled=sampled)
-        if max_entries < 1:
-            raise ConfigError(f"max_entries must be at least 1, got {max_entries}")
-        self.max_entries = max_entries
+        self.max_entries: int = check_int("max_entries", max_entries, ge=1)
         self._entries: OrderedDict[str, list[Completion]] = OrderedDict()
 
     def __len__(self) -> int:

@@ -14,17 +14,18 @@ import contextlib
 import importlib.util
 import json
 import logging
+import sys
 import time
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ttc.errors import (
     BudgetExceeded,
@@ -60,6 +61,7 @@ from ttc.types import (
     Usage,
     as_request_prompt,
 )
+from ttc.validation import Float, Int, Settings, check_float, check_instance, check_int
 
 logger = logging.getLogger("ttc.model")
 
@@ -111,21 +113,21 @@ OnCompletions = Callable[[list[Completion]], Awaitable[None] | None]
 _NO_DEADLINE = contextlib.nullcontext()
 
 
-class Capabilities(BaseModel):
+class Capabilities(Settings):
     """What a provider or engine can do; the runtime works around what it cannot."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     native_n: bool = Field(True, description="Honours n > 1 in one request (shared prefill).")
-    max_n: int = Field(128, ge=1, description="Largest n one request may ask for.")
+    max_n: Int = Field(128, ge=1, description="Largest n one request may ask for.")
     logprobs: bool = True
-    max_top_logprobs: int = 20
-    max_stop: int | None = Field(None, description="Most stop strings one request may carry.")
+    max_top_logprobs: Int = Field(20, ge=0)
+    max_stop: Int | None = Field(None, ge=0, description="Most stop strings one request may carry.")
     chat: bool = True
     completions: bool = True
     continue_final_message: bool = False
     prompt_logprobs: bool = False
-    max_temperature: float = 2.0
+    max_temperature: Float = Field(2.0, ge=0)
 
 
 @dataclass(slots=True)
@@ -196,15 +198,21 @@ class Model(ABC):
         capabilities: Capabilities | None = None,
         cache: ResponseCache | None = None,
     ) -> None:
-        if not model:
-            raise ConfigError("model: a model name is required")
-        if max_concurrency < 1:
-            raise ConfigError("max_concurrency must be at least 1")
-        if timeout <= 0:
-            raise ConfigError("timeout must be positive")
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigError(f"model: a model name is required, got {model!r}")
         self.model = model
-        self.max_concurrency = max_concurrency
-        self.timeout = timeout
+        self.max_concurrency: int = check_int("max_concurrency", max_concurrency, ge=1)
+        self.timeout: float = check_float("timeout", timeout, gt=0)
+        rpm = check_float("rpm", rpm, gt=0, optional=True)
+        tpm = check_float("tpm", tpm, gt=0, optional=True)
+        for name, value, cls, example in (
+            ("budget", budget, Budget, "Budget(usd=1.0)"),
+            ("retry", retry, RetryPolicy, "RetryPolicy(max_attempts=3)"),
+            ("price", price, Price, "Price.per_million(0.15, 0.60)"),
+            ("params", params, SamplingParams, "SamplingParams(temperature=0.7)"),
+            ("capabilities", capabilities, Capabilities, "Capabilities(native_n=False)"),
+        ):
+            check_instance(name, value, cls, example, optional=True)
         self.retry = retry or RetryPolicy()
         self.params = params or SamplingParams()
         self.capabilities = capabilities or self.default_capabilities()
@@ -229,6 +237,8 @@ class Model(ABC):
         self._last_loop: tuple[asyncio.AbstractEventLoop, _LoopState] | None = None
         self._prompt_tokens_seen: OrderedDict[object, int] = OrderedDict()
         self._warned_short = False
+        # Dropped without ``aclose()`` (or alive at exit): release the sessions silently.
+        weakref.finalize(self, _release_loops, self._loops, type(self)._release_loop_resources)
 
     # ------------------------------------------------------------------ adapter interface
 
@@ -244,6 +254,12 @@ class Model(ABC):
 
     async def _close_loop_resources(self, resources: dict[str, Any]) -> None:
         """Close what ``_loop_resources`` holds for the current loop (HTTP sessions...)."""
+        return None
+
+    @staticmethod
+    def _release_loop_resources(resources: dict[str, Any]) -> None:
+        """Release ``resources`` without awaiting (and without warnings): the model was
+        garbage-collected, or the interpreter exits, and nobody closed them."""
         return None
 
     # ------------------------------------------------------------------ public API
@@ -337,7 +353,7 @@ class Model(ABC):
         state = self._loops.get(loop)
         if state is None:
             state = self._loops[loop] = _LoopState(self.max_concurrency)
-            _models_on_loop.setdefault(loop, weakref.WeakSet()).add(self)
+            _register_on_loop(loop, self)
         self._last_loop = (loop, state)
         return state
 
@@ -820,6 +836,41 @@ class Model(ABC):
 _models_on_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakSet[Model]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+# One parked async generator per loop: asyncio.run (anyio.run, pytest's loops) closes every
+# async generator still alive on its loop (``shutdown_asyncgens``) before closing the loop, so
+# this one's ``finally`` closes the models' sessions while the loop can still await.
+_loop_end_hooks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, object] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _register_on_loop(loop: asyncio.AbstractEventLoop, model: Model) -> None:
+    _models_on_loop.setdefault(loop, weakref.WeakSet()).add(model)
+    if loop in _loop_end_hooks or sys.get_asyncgen_hooks().firstiter is None:
+        return  # hooked already, or a loop that finalizes no generators: the finalizer's job
+
+    async def at_loop_end() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            await close_models_on_this_loop()
+
+    hook = at_loop_end()
+    step = hook.asend(None)  # registers it with the running loop (its firstiter hook)
+    with contextlib.suppress(StopIteration):
+        step.send(None)  # runs to the ``yield`` without awaiting anything
+    _loop_end_hooks[loop] = hook
+
+
+def _release_loops(
+    loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState],
+    release: Callable[[dict[str, Any]], None],
+) -> None:
+    for state in list(loops.values()):
+        release(state.resources)
+    loops.clear()
 
 
 async def close_models_on_this_loop() -> None:

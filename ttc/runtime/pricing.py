@@ -1,9 +1,12 @@
-"""Prices per token, from user overrides or litellm's model price map.
+"""Prices per token, from user overrides, litellm's model price map, or a dated snapshot of it.
 
 litellm ships its price map as a JSON file inside the package. We read that file directly
 (locating the package with ``importlib.util.find_spec``, which does not import it), so prices
-cost 20 ms of JSON parsing once instead of litellm's 3 s import. Without litellm installed, only
-user-registered prices are known; an unknown price is reported, never taken as zero.
+cost 20 ms of JSON parsing once instead of litellm's 3 s import. Without litellm (the core
+install), ``prices_snapshot.json`` beside this module prices the hosted presets' models (OpenAI,
+Groq, Cerebras): a copy of litellm's entries for them, dated inside the file, so that a USD
+budget works out of the box; litellm's map wins where both know a model. An unknown price is
+reported, never taken as zero.
 """
 
 from __future__ import annotations
@@ -16,20 +19,23 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from ttc.validation import Float, Settings
 
 logger = logging.getLogger("ttc.pricing")
 
 _LITELLM_PRICE_FILE = "model_prices_and_context_window_backup.json"
+_SNAPSHOT_FILE = Path(__file__).with_name("prices_snapshot.json")
 
 
-class Price(BaseModel):
+class Price(Settings):
     """USD per token for prompt (input) and generated (output) tokens."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input_per_token: float = Field(ge=0)
-    output_per_token: float = Field(ge=0)
+    input_per_token: Float = Field(ge=0)
+    output_per_token: Float = Field(ge=0)
 
     @classmethod
     def per_million(cls, input_usd: float, output_usd: float) -> Price:
@@ -56,14 +62,21 @@ def register_price(model: str, price: Price) -> None:
 
 @lru_cache(maxsize=1)
 def _litellm_table() -> dict[str, Any]:
+    """litellm's map (or ``TTC_PRICE_MAP``'s file), over the snapshot of the presets' prices."""
     path_env = os.environ.get("TTC_PRICE_MAP")
     if path_env:
-        path = Path(path_env)
-    else:
-        spec = importlib.util.find_spec("litellm")
-        if spec is None or not spec.submodule_search_locations:
-            return {}
-        path = Path(next(iter(spec.submodule_search_locations))) / _LITELLM_PRICE_FILE
+        return _read(Path(path_env))
+    snapshot = _read(_SNAPSHOT_FILE).get("prices", {})
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return dict(snapshot)
+    return {
+        **snapshot,
+        **_read(Path(next(iter(spec.submodule_search_locations))) / _LITELLM_PRICE_FILE),
+    }
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
         with path.open(encoding="utf-8") as f:
             table: dict[str, Any] = json.load(f)

@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ttc.errors import ProviderError, ProviderTimeoutError, ProviderUnreachableError
+from ttc.validation import Float, Int, Settings
 
 logger = logging.getLogger("ttc.retry")
 
@@ -27,7 +28,7 @@ _T = TypeVar("_T")
 _A = TypeVar("_A")
 
 
-class RetryPolicy(BaseModel):
+class RetryPolicy(Settings):
     """How a model retries failed requests.
 
     ``max_attempts`` counts the first try. Waits grow as ``initial_backoff * 2**k`` with full
@@ -39,14 +40,14 @@ class RetryPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_attempts: int = Field(8, ge=1)
-    initial_backoff: float = Field(0.25, ge=0)
-    max_backoff: float = Field(20.0, ge=0)
-    max_retry_after: float = Field(60.0, ge=0)
-    max_timeouts: int = Field(
+    max_attempts: Int = Field(8, ge=1)
+    initial_backoff: Float = Field(0.25, ge=0)
+    max_backoff: Float = Field(20.0, ge=0)
+    max_retry_after: Float = Field(60.0, ge=0)
+    max_timeouts: Int = Field(
         2, ge=1, description="Attempts that may time out before the request gives up."
     )
-    max_connect_failures: int = Field(
+    max_connect_failures: Int = Field(
         3,
         ge=1,
         description="Attempts whose connection may fail to open (refused, unknown host) "

@@ -49,6 +49,10 @@ class Selection(BaseModel):
     best: Candidate | None
     answer: str | None
     votes: dict[str, float] = Field(default_factory=dict)
+    tied: list[str] = Field(
+        default_factory=list,
+        description="The answers that tied for the lead (the earliest won); empty without a tie.",
+    )
 
 
 class Selector(ABC):

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 from ttc.errors import ConfigError
+from ttc.validation import check_float, check_int
 
 __all__ = [
     "Aggregation",
@@ -82,9 +83,7 @@ class ProcessRewardModel(ABC):
     name: str = "prm"
 
     def __init__(self, *, cache_size: int = 100_000) -> None:
-        if cache_size < 0:
-            raise ConfigError(f"cache_size must be 0 or more, got {cache_size}")
-        self.cache_size = cache_size
+        self.cache_size: int = check_int("cache_size", cache_size, ge=0)
         self._cache: OrderedDict[_Key, float] = OrderedDict()
         #: Step scores computed so far (cache misses): what scoring really cost.
         self.steps_scored = 0
@@ -125,7 +124,11 @@ class ProcessRewardModel(ABC):
         fresh: dict[_Key, float] = {}
         if todo:
             batch = list(todo)
-            got = await self._score_steps(question, batch)
+            try:
+                got = await self._score_steps(question, batch)
+            except Exception as exc:
+                self._keep_paid(question, solutions, known, missing, exc)
+                raise
             if len(got) != len(batch):
                 raise ValueError(
                     f"{type(self).__name__} returned {len(got)} score lists for "
@@ -149,6 +152,39 @@ class ProcessRewardModel(ABC):
             [known[(question, tuple(steps[: i + 1]))] for i in range(len(steps))]
             for steps in solutions
         ]
+
+    def _keep_paid(
+        self,
+        question: str,
+        solutions: Sequence[Sequence[str]],
+        known: dict[_Key, float],
+        missing: set[_Key],
+        exc: Exception,
+    ) -> None:
+        """A call failed part-way (a budget ran out, say): keep the step scores it did pay for.
+        A PRM that scores step by step puts them on the error as ``paid_scores`` (prefix ->
+        score); they are cached and counted, and the error gets ``partial_rows``: per solution,
+        its scores where every step is known, else ``None``."""
+        paid: dict[tuple[str, ...], float] = getattr(exc, "paid_scores", None) or {}
+        fresh = {
+            key: float(value)
+            for prefix, value in paid.items()
+            if (key := (question, tuple(prefix))) in missing
+        }
+        self.steps_scored += len(fresh)
+        known.update(fresh)
+        self._remember(fresh)
+        rows: list[list[float] | None] = []
+        for steps in solutions:
+            keys = [(question, tuple(steps[: i + 1])) for i in range(len(steps))]
+            rows.append([known[k] for k in keys] if all(k in known for k in keys) else None)
+        exc.partial_rows = rows  # type: ignore[attr-defined]
+
+    def pop_unreadable(self) -> int:
+        """How many step scores of the current run were guesses because a verdict could not be
+        read (``StepJudge`` scores those 0.5), forgetting the count; 0 for PRMs that always
+        read a score. Step-wise search calls it once, at the end of a run."""
+        return 0
 
     def _remember(self, fresh: dict[_Key, float]) -> None:
         if self.cache_size == 0:
@@ -301,9 +337,9 @@ class ArithmeticPRM(ProcessRewardModel):
         cache_size: int = 100_000,
     ) -> None:
         super().__init__(cache_size=cache_size)
-        self.right = right
-        self.wrong = wrong
-        self.neutral = neutral
+        self.right: float = check_float("right", right)
+        self.wrong: float = check_float("wrong", wrong)
+        self.neutral: float = check_float("neutral", neutral)
 
     def score_step(self, step: str) -> float:
         """The score of one step's text."""

@@ -41,6 +41,7 @@ import anyio.to_thread
 from ttc.errors import ConfigError, ContextLengthError, ProviderError
 from ttc.hf_local import Dtype, check_settings, model_folder, require_hf, torch_device
 from ttc.scoring.prm import ProcessRewardModel
+from ttc.validation import check_int
 
 __all__ = [
     "Encoded",
@@ -136,8 +137,7 @@ class TransformersPRM(ProcessRewardModel):
         super().__init__(cache_size=cache_size)
         require_hf(type(self).__name__)
         self.model_dir = model_folder(model_dir)
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        check_int("batch_size", batch_size, ge=1)
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         check_settings(dtype, num_threads)

@@ -39,6 +39,7 @@ from ttc.errors import (
 )
 from ttc.scoring.prm import ProcessRewardModel
 from ttc.scoring.prm_hf import QWEN_SYSTEM, qwen_prm_messages
+from ttc.validation import check_int
 
 __all__ = ["VLLMPoolingPRM"]
 
@@ -77,8 +78,7 @@ class VLLMPoolingPRM(ProcessRewardModel):
             )
         if not separator:
             raise ConfigError("separator must not be empty")
-        if label < 0:
-            raise ConfigError(f"label must be 0 or more, got {label}")
+        check_int("label", label, ge=0)
         self.server = server
         root = server.base_url
         self.root = root[: -len("/v1")] if root.endswith("/v1") else root

@@ -3,7 +3,8 @@
 Answers are compared after ``normalize_answer``, and the selected ``answer`` and the keys of
 ``votes`` are normalized answers. A candidate whose ``answer`` is ``None`` (or normalizes to
 nothing) gives no vote. Ties go to the answer (or candidate) that came first, so a selection
-never depends on anything but the candidates' order.
+never depends on anything but the candidates' order; the vote selectors list the answers that
+tied in ``Selection.tied`` (and strategies in ``Result.tied``), so a coin-flip is visible.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def _leader(votes: dict[str, float], order: list[str]) -> str | None:
     return best
 
 
+def _tied(votes: dict[str, float], order: list[str], winner: str) -> list[str]:
+    """The answers level with ``winner`` (it first), or ``[]`` when it leads alone. Weighted
+    sums are floats: level means equal up to rounding."""
+    top = votes[winner]
+    level = [a for a in order if math.isclose(votes[a], top, rel_tol=1e-9, abs_tol=1e-12)]
+    return level if len(level) > 1 else []
+
+
 class MajorityVote(Selector):
     """Self-consistency (Wang et al. 2022): the answer that the most candidates give.
 
@@ -65,7 +74,7 @@ class MajorityVote(Selector):
         if winner is None:
             return Selection(best=None, answer=None, votes={})
         best = next(c for c in candidates if _answer_key(c) == winner)
-        return Selection(best=best, answer=winner, votes=votes)
+        return Selection(best=best, answer=winner, votes=votes, tied=_tied(votes, order, winner))
 
     def __repr__(self) -> str:
         return "MajorityVote()"
@@ -96,7 +105,7 @@ class WeightedMajority(Selector):
             value = score if score is not None else -math.inf
             if best is None or value > best_score:
                 best, best_score = candidate, value
-        return Selection(best=best, answer=winner, votes=votes)
+        return Selection(best=best, answer=winner, votes=votes, tied=_tied(votes, order, winner))
 
     def __repr__(self) -> str:
         return f"WeightedMajority(score_key={self.score_key!r})"

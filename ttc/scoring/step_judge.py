@@ -6,25 +6,32 @@ one request per (solution, step): the question, the earlier steps and the step t
 for a one-word verdict. Where the model returns logprobs, the score is the probability of the
 "correct" verdict read from the first generated token's top alternatives (a graded score ranks
 beams better than a 0/1 verdict); otherwise the verdict text gives 1.0 or 0.0, and 0.5 when it
-cannot be read.
+cannot be read: such guesses are counted (``Result.unreadable_verdicts``) and logged once per run,
+since a judge that rambles silently turns the search into a random one.
 
 The requests are ordinary ``Model.generate`` calls, concurrent within a round, so the runtime's
 fan-out, rate limits, retries and budgets (the model's and the run's) apply to them as to the
-search's own generations; the base class's cache keeps a step from being judged twice.
+search's own generations; the base class's cache keeps a step from being judged twice. When a
+budget runs out part-way through a round, the verdicts already paid for are kept (cached, and
+given to the beams they complete), not dropped with the round.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import anyio
 
 from ttc.errors import BudgetExceeded, ConfigError, GenerationError, ProviderError
+from ttc.runtime.context import RunContext, current_run
 from ttc.runtime.model import Model
 from ttc.scoring.prm import ProcessRewardModel
 from ttc.types import Completion, SamplingParams
+from ttc.validation import check_int
 
 __all__ = ["DEFAULT_JUDGE_TEMPLATE", "StepJudge"]
 
@@ -47,6 +54,8 @@ correct or incorrect.
 Verdict:"""
 
 _NO_PREVIOUS = "(none: this is the first step)"
+_RUNS_KEPT = 1024  # runs whose unreadable count is held until the search collects it
+logger = logging.getLogger("ttc.step_judge")
 _WORD = re.compile(r"[\w+-]+")
 
 
@@ -94,6 +103,7 @@ class StepJudge(ProcessRewardModel):
         self.no = tuple(w.lower() for w in no)
         if not self.yes or not self.no or set(self.yes) & set(self.no):
             raise ConfigError("yes and no must be non-empty and share no word")
+        check_int("top_logprobs", top_logprobs, ge=1)
         caps = model.capabilities
         if use_logprobs and not caps.logprobs:
             raise ConfigError(f"use_logprobs: {model.name} does not return log probabilities")
@@ -106,6 +116,9 @@ class StepJudge(ProcessRewardModel):
             top = max(1, min(top_logprobs, caps.max_top_logprobs))
             base = base.model_copy(update={"logprobs": True, "top_logprobs": top})
         self.params = base
+        #: Verdicts that could not be read (scored 0.5), over this judge's life.
+        self.unreadable = 0
+        self._unreadable_runs: OrderedDict[RunContext | None, int] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"StepJudge({self.model!r})"
@@ -122,16 +135,47 @@ class StepJudge(ProcessRewardModel):
     async def judge(self, question: str, steps: Sequence[str]) -> float:
         """The score of the last of ``steps``: one request."""
         got = await self.model.generate(self.prompt(question, steps), self.params, 1)
-        return self.read(got[0]) if got else 0.5
+        score = self._read(got[0]) if got else None
+        if score is None:
+            self._note_unreadable(got[0].text if got else "")
+            return 0.5
+        return score
 
     def read(self, completion: Completion) -> float:
         """A verdict as a score: P(yes) from the first token's logprobs where they name a
         verdict, else 1.0 / 0.0 from the text, 0.5 when neither says."""
+        score = self._read(completion)
+        return 0.5 if score is None else score
+
+    def _read(self, completion: Completion) -> float | None:
         if self.use_logprobs and completion.logprobs:
             p = self._probability(completion)
             if p is not None:
                 return p
         return self._verdict(completion.text)
+
+    def _note_unreadable(self, text: str) -> None:
+        self.unreadable += 1
+        run = current_run()
+        count = self._unreadable_runs.pop(run, 0) + 1
+        self._unreadable_runs[run] = count
+        while len(self._unreadable_runs) > _RUNS_KEPT:
+            self._unreadable_runs.popitem(last=False)
+        if count == 1:  # once per run (once in all outside runs)
+            logger.warning(
+                "%r: could not read a verdict in %r; scoring the step 0.5 (a guess). Further "
+                "guesses are counted in Result.unreadable_verdicts; a template asking for one "
+                "word, or more max_tokens, usually helps",
+                self,
+                text[:80],
+            )
+
+    def pop_unreadable(self) -> int:
+        """The current run's unreadable verdicts (scored 0.5), forgetting the count."""
+        run = current_run()
+        if run is None:
+            return 0
+        return self._unreadable_runs.pop(run, 0)
 
     def _probability(self, completion: Completion) -> float | None:
         assert completion.logprobs is not None
@@ -162,7 +206,7 @@ class StepJudge(ProcessRewardModel):
                 return kind
         return None
 
-    def _verdict(self, text: str) -> float:
+    def _verdict(self, text: str) -> float | None:
         words = [w.lower() for w in _WORD.findall(text)]
         for word in words[:3]:  # "**Correct**", "Verdict: incorrect"
             if word in self.no:
@@ -173,7 +217,7 @@ class StepJudge(ProcessRewardModel):
         kinds = {"no" if w in self.no else "yes" for w in words if w in self.no or w in self.yes}
         if len(kinds) == 1:
             return 0.0 if kinds == {"no"} else 1.0
-        return 0.5
+        return None
 
     async def _score_steps(
         self, question: str, solutions: Sequence[Sequence[str]]
@@ -204,6 +248,8 @@ class StepJudge(ProcessRewardModel):
                 for prefix in todo:
                     tg.start_soon(one, prefix)
         if failures:  # the budget first: the search stops "by the budget", not "by an error"
-            raise next((f for f in failures if isinstance(f, BudgetExceeded)), failures[-1])
+            error = next((f for f in failures if isinstance(f, BudgetExceeded)), failures[-1])
+            error.paid_scores = scores  # type: ignore[attr-defined]  # kept by score_steps
+            raise error
         known = {p: s for p, s in wanted.items() if s is not None} | scores
         return [[known[tuple(steps[: i + 1])] for i in range(len(steps))] for steps in solutions]

@@ -34,6 +34,7 @@ from ttc.scoring import _sandbox
 from ttc.scoring._workers import kill_group, run_all
 from ttc.scoring.base import Verifier
 from ttc.types import Candidate, Prompt
+from ttc.validation import check_float, check_int
 
 logger = logging.getLogger("ttc.unit_tests")
 
@@ -283,20 +284,14 @@ class UnitTests(Verifier):
             raise ConfigError(f"entry_point must be a Python identifier, got {entry_point!r}")
         if entry_point is not None:
             self._steps.append(("<check>", _CHECK))
-        if not timeout > 0 or not math.isfinite(timeout):
-            raise ConfigError(f"timeout must be a finite number > 0 seconds, got {timeout!r}")
-        if memory_mb < 32:
-            raise ConfigError(f"memory_mb must be at least 32, got {memory_mb!r}")
-        if max_processes < 1:
-            raise ConfigError(f"max_processes must be at least 1, got {max_processes!r}")
-        if max_output_bytes < 0:
-            raise ConfigError(f"max_output_bytes must be >= 0, got {max_output_bytes!r}")
-        if disk_mb < 1:
-            raise ConfigError(f"disk_mb must be at least 1, got {disk_mb!r}")
+        check_float("timeout", timeout, gt=0)
+        check_int("memory_mb", memory_mb, ge=32)
+        check_int("max_processes", max_processes, ge=1)
+        check_int("max_output_bytes", max_output_bytes, ge=0)
+        check_int("disk_mb", disk_mb, ge=1)
         if isolation not in ("auto", "bwrap", "process"):
             raise ConfigError(f"isolation must be 'auto', 'bwrap' or 'process', got {isolation!r}")
-        if concurrency < 1:
-            raise ConfigError(f"concurrency must be at least 1, got {concurrency!r}")
+        check_int("concurrency", concurrency, ge=1)
         if not python:
             raise ConfigError("python must name a Python interpreter")
         self.tests = tests

@@ -24,6 +24,7 @@ from ttc.scoring._workers import run_all
 from ttc.scoring.base import Scorer, Verifier
 from ttc.scoring.extract import extract_answer, gsm8k_reference, normalize_answer
 from ttc.types import Candidate, Prompt
+from ttc.validation import check_float
 
 __all__ = [
     "FunctionScorer",
@@ -63,8 +64,7 @@ class MathAnswer(Verifier):
     def __init__(self, gold: str, timeout: float = 5.0) -> None:
         if not isinstance(gold, str) or not gold.strip():
             raise ConfigError(f"gold must be a non-empty string, got {gold!r}")
-        if not timeout > 0:
-            raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}")
+        check_float("timeout", timeout, gt=0)
         self.gold = gold
         self.timeout = float(timeout)
         self._gold_math = _as_math(gold)

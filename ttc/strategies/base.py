@@ -22,6 +22,7 @@ from ttc.runtime.context import RunContext, current_run, run_scope
 from ttc.runtime.model import Model
 from ttc.runtime.sync import run_sync
 from ttc.types import Candidate, Completion, Message, Prompt, Result, SamplingParams, StopReason
+from ttc.validation import check_instance, check_int
 
 Extractor = Callable[[str], str | None]
 OnCandidates = Callable[[list[Candidate]], Awaitable[None]]
@@ -44,6 +45,7 @@ class Strategy(ABC):
     ) -> None:
         if on_budget not in ("return", "raise"):
             raise ConfigError(f"on_budget must be 'return' or 'raise', got {on_budget!r}")
+        check_instance("budget", budget, Budget, "Budget(usd=0.10)", optional=True)
         self.budget = budget
         self.on_budget: OnBudget = on_budget
         self.trace = trace
@@ -93,9 +95,8 @@ def check_source(source: object) -> Source:
 
 
 def check_n(n: int) -> int:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"n must be a positive integer, got {n!r}")
-    return n
+    checked: int = check_int("n", n, ge=1)
+    return checked
 
 
 def _note_budget_error(exc: BudgetExceeded) -> None:

@@ -135,10 +135,11 @@ class BeamPRM(StepSearch):
                 status.update({c.id: "kept" for c in active})
             else:
                 # Answer from the deepest beams paid for: the interrupted round's children
-                # where they were scored, else the beams they would have continued.
-                grown = {c.parent for c in children} if scored else set()
-                partial = [b for b in active if b.id not in grown and b.steps]
-                partial += going if scored else []
+                # where they were scored (all, or those whose verdicts were paid before the
+                # budget ran out), else the beams they would have continued.
+                deeper = [c for c in going if c.scored]
+                grown = {c.parent for c in children if c.scored}
+                partial = [b for b in active if b.id not in grown and b.steps] + deeper
             tree.append(
                 round_record(
                     number,

@@ -127,6 +127,7 @@ class BestOfN(Strategy):
             best=selection.best,
             candidates=candidates,
             votes=selection.votes,
+            tied=selection.tied,
             stopped_by=stopped_by,
             errors=errors,
         )

@@ -95,6 +95,7 @@ class DVTS(StepSearch):
             live = [i for i in range(subtrees) if not ended[i]]
             if not live:
                 break
+            groups: list[list[Beam]] = []
             try:
                 groups = await self.expand(
                     ctx, question, [(current[i], self.width) for i in live], ids, to_end=to_end
@@ -102,9 +103,10 @@ class DVTS(StepSearch):
                 # One PRM call for the whole round; each subtree then looks at its own only.
                 await self.score(ctx, question, [c for group in groups for c in group])
             except SearchStopped as stop:
-                # Keep what the interrupted round paid for, scored where the PRM can still
-                # be paid (unscored alternatives are kept too: they vote with no weight).
-                stopped, groups = stop, stop.groups
+                # Keep what the interrupted round paid for (the steps, when it was the PRM
+                # that stopped), scored where the PRM was or can still be paid (unscored
+                # alternatives are kept too: they vote with no weight).
+                stopped, groups = stop, stop.groups or groups
                 await self.score_what_was_paid(ctx, question, [c for g in groups for c in g])
             status: dict[int, str] = {}
             subtree_of: dict[int, int] = {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ttc.errors import ConfigError
 from ttc.runtime.budget import Budget
 from ttc.runtime.context import RunContext
 from ttc.runtime.model import Model
@@ -23,6 +22,7 @@ from ttc.strategies.beam_prm import BeamPRM
 from ttc.strategies.search import Beam
 from ttc.strategies.steps import StepFormat
 from ttc.types import SamplingParams
+from ttc.validation import check_int
 
 __all__ = ["Lookahead"]
 
@@ -54,8 +54,7 @@ class Lookahead(BeamPRM):
         on_budget: OnBudget = "return",
         trace: bool = True,
     ) -> None:
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise ConfigError(f"k must be 0 or a positive integer, got {k!r}")
+        check_int("k", k, ge=0)
         super().__init__(
             model,
             prm,
@@ -105,9 +104,13 @@ class Lookahead(BeamPRM):
                     still.append(beam)
             open_ = still
         paths = [Beam(id=b.id, steps=b.steps + rollouts[b.id]) for b in beams]
-        await self.score(ctx, question, paths)
-        for beam, path in zip(beams, paths):
-            beam.scores = path.scores[: len(beam.steps)]
-            beam.rollout = rollouts[beam.id]
-            beam.value = aggregate(path.scores, self.aggregation)
-            beam.scored = True
+        try:
+            await self.score(ctx, question, paths)
+        finally:  # after a stop too: the paths scored before it keep their (paid) scores
+            for beam, path in zip(beams, paths):
+                if not path.scored:
+                    continue
+                beam.scores = path.scores[: len(beam.steps)]
+                beam.rollout = rollouts[beam.id]
+                beam.value = aggregate(path.scores, self.aggregation)
+                beam.scored = True

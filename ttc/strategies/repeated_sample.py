@@ -133,6 +133,7 @@ class RepeatedSample(Strategy):
             best=selection.best,
             candidates=candidates,
             votes=selection.votes,
+            tied=selection.tied,
             stopped_by=stopped_by,
             errors=got.errors + judge_errors,
             pass_at_k=curve,

@@ -23,6 +23,7 @@ from ttc.scoring.selectors import WeightedMajority
 from ttc.strategies.base import Extractor, OnBudget, Strategy
 from ttc.strategies.steps import Step, StepEnd, StepFormat, StepGenerator
 from ttc.types import Candidate, Message, Result, SamplingParams, StopReason
+from ttc.validation import check_int
 
 __all__ = ["DEFAULT_STEP_PARAMS", "Beam", "StepSearch"]
 
@@ -124,8 +125,7 @@ class StepSearch(Strategy):
     ) -> None:
         super().__init__(budget=budget, on_budget=on_budget, trace=trace)
         for name, value in (("n", n), ("width", width), ("max_rounds", max_rounds)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            check_int(name, value, ge=1)
         if n % width:
             raise ConfigError(
                 f"n must be a multiple of width: n={n} beams cannot be split into groups of "
@@ -225,8 +225,15 @@ class StepSearch(Strategy):
         try:
             rows = await self.prm.score_steps(question, [b.steps for b in beams])
         except (BudgetExceeded, GenerationError, ProviderError) as exc:
+            # The beams whose every step was scored (and paid for) before it failed keep it.
+            self._set_scores(beams, getattr(exc, "partial_rows", None) or [])
             raise self._stopped(ctx, [exc]) from exc
+        self._set_scores(beams, rows)
+
+    def _set_scores(self, beams: Sequence[Beam], rows: Sequence[list[float] | None]) -> None:
         for beam, row in zip(beams, rows):
+            if row is None:
+                continue
             beam.scores = row
             beam.value = aggregate(row, self.aggregation)
             beam.scored = True
@@ -279,6 +286,8 @@ class StepSearch(Strategy):
             best=selection.best,
             candidates=candidates,
             votes=selection.votes,
+            tied=selection.tied,
+            unreadable_verdicts=self.prm.pop_unreadable(),
             stopped_by=stopped.reason if stopped is not None else None,
             errors=[str(stopped.cause)] if stopped is not None else [],
             tree=tree,
