@@ -158,6 +158,24 @@ class Usage(_Frozen):
         )
 
 
+class BudgetStop(_Frozen):
+    """Which budget stopped a run, and at which limit (``Result.budget_stop``)."""
+
+    scope: str = Field(
+        description="``\"run\"`` for a strategy's run budget (this run's or an enclosing "
+        "one's), else the model whose own budget it was, as ``provider/model``."
+    )
+    limit: Literal["tokens", "usd", "requests", "seconds"]
+    limit_value: float = Field(description="The limit itself.")
+    spent: float = Field(description="Spent or reserved when the next request was refused.")
+    needed: float = Field(description="The worst case of the request that did not fit.")
+
+    @property
+    def provider(self) -> bool:
+        """Whether it was a model's own budget (shared by every run on it), not a run's."""
+        return self.scope != "run"
+
+
 class Candidate(BaseModel):
     """A candidate answer: the sampled text, the answer extracted from it, and its scores.
 
@@ -220,12 +238,21 @@ class Result(BaseModel):
     votes: dict[str, float] = Field(default_factory=dict)
     usage: Usage = Usage()
     stopped_by: StopReason | None = None
+    budget_stop: BudgetStop | None = Field(
+        None,
+        description="With stopped_by='budget': which budget (a run's or a model's) and which "
+        "limit stopped the run.",
+    )
     errors: list[str] = Field(default_factory=list)
     pass_at_k: dict[int, float] = Field(
         default_factory=dict,
         description="Unbiased pass@k for this question, where a verifier judged the candidates.",
     )
-    elapsed_s: float = 0.0
+    elapsed_s: float = Field(
+        0.0,
+        description="Wall-clock seconds the run took (``usage.seconds`` is the requests' "
+        "latencies summed, which concurrency makes larger).",
+    )
     trace: list[TraceEvent] = Field(default_factory=list)
     tree: list[dict[str, Any]] | None = Field(
         None,
