@@ -288,26 +288,15 @@ class Model(ABC):
         if len(chunks) == 1:
             await self._generate_chunk(chunks[0], on_completions, collected, failures, 0)
         else:
-            # Plain tasks (cheaper than a task group): a chunk keeps its provider failures in
-            # ``failures``; a cancellation reaches every chunk through gather; any other error
-            # (a bug in ``on_completions``, say) cancels the other chunks and waits for them to
-            # settle before it goes up, as a task group would.
             firsts = [0] * len(sizes)
             for i in range(1, len(sizes)):
                 firsts[i] = firsts[i - 1] + sizes[i - 1]
-            tasks = [
-                asyncio.ensure_future(
+            await _all_chunks(
+                [
                     self._generate_chunk(chunk, on_completions, collected, failures, first)
-                )
-                for chunk, first in zip(chunks, firsts)
-            ]
-            try:
-                await asyncio.gather(*tasks)
-            except Exception:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.wait(tasks)
-                raise
+                    for chunk, first in zip(chunks, firsts)
+                ]
+            )
         if failures:
             raise self._partial_failure(failures, collected, n)
         return collected
@@ -819,6 +808,30 @@ class Model(ABC):
                     error=error_text,
                 )
             run.record(name, prompt_tokens, completion_tokens, cost, seconds, event)
+
+
+async def _all_chunks(coros: list[Awaitable[None]]) -> None:
+    """Run ``coros`` as tasks and return only once every one has finished, as a task group
+    would, but cheaper. A chunk keeps its provider failures in ``failures``; a cancellation
+    (an early stop) or any other error (a bug in ``on_completions``, say) cancels the other
+    chunks and waits until each has settled its request, so a run is final when it returns
+    (``gather`` returns as soon as one task ends cancelled, leaving the others to settle
+    later)."""
+    tasks = [asyncio.ensure_future(coro) for coro in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        pending = [task for task in tasks if not task.done()]
+        while pending:
+            try:
+                await asyncio.wait(pending)
+            except asyncio.CancelledError:  # cancelled again (anyio repeats it): keep waiting
+                for task in pending:
+                    task.cancel()
+            pending = [task for task in pending if not task.done()]
+        raise
 
 
 # Models that hold resources (sessions, connections) on each event loop, so that a loop that
