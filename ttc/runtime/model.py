@@ -420,13 +420,20 @@ class Model(ABC):
         scope = anyio.move_on_after(deadline) if deadline is not None else None
         try:
             with scope if scope is not None else _NO_DEADLINE:
-                if self.cache is not None:
-                    got = await self._cached(request, first_sample)
-                else:
-                    try:
-                        got = await self._attempt(request, 1)
-                    except ProviderError as exc:
-                        got = await self._retry_after(exc, self._attempt, request)
+                try:
+                    if self.cache is not None:
+                        got = await self._cached(request, first_sample)
+                    else:
+                        try:
+                            got = await self._attempt(request, 1)
+                        except ProviderError as exc:
+                            got = await self._retry_after(exc, self._attempt, request)
+                except BudgetExceeded as exc:
+                    if request.n == 1 or exc.limit not in ("tokens", "usd"):
+                        raise
+                    # The whole chunk's worst case does not fit: smaller chunks may.
+                    await self._split(request, on_completions, collected, failures, first_sample)
+                    return
                 size = request.n
                 delivered = self._deliver(got[:size], on_completions, collected)
                 if delivered is not None:
@@ -437,6 +444,30 @@ class Model(ABC):
                 failures.append(self._deadline_passed(ledgers))
         except (ProviderError, BudgetExceeded, GenerationError) as exc:
             failures.append(exc)
+
+    async def _split(
+        self,
+        request: GenerateRequest,
+        on_completions: OnCompletions | None,
+        collected: list[Completion],
+        failures: list[BaseException],
+        first_sample: int,
+    ) -> None:
+        """Ask for ``request``'s samples in two halves (each halved again while its worst case
+        does not fit a token or USD budget, down to one sample a request): with a tight
+        budget, ``n=16`` at 512 tokens each reserves more than the limit, while the samples
+        themselves would fit. The second half waits for the first to settle if both together
+        do not fit."""
+        first = (request.n + 1) // 2
+        sizes = [first, request.n - first]
+        logger.debug("%s: n=%d does not fit the budget; asking for %s", self.name, request.n, sizes)
+        halves = self._chunk_requests(request, sizes)
+        await _all_chunks(
+            [
+                self._generate_chunk(half, on_completions, collected, failures, first_sample + at)
+                for half, at in zip(halves, (0, first))
+            ]
+        )
 
     async def _refill(
         self,
