@@ -139,7 +139,17 @@ class Usage(_Frozen):
     completion_tokens: int = 0
     requests: int = 0
     cost_usd: float = 0.0
-    seconds: float = Field(0.0, description="Summed latency of the requests.")
+    seconds: float = Field(
+        0.0,
+        description="Summed latency of the requests: not wall time (concurrent requests add "
+        "up); a run's wall time is ``Result.elapsed_s``.",
+    )
+    undelivered_requests: int = Field(
+        0,
+        description="Requests whose outcome is unknown (timed out, connection reset, broken "
+        "body, cancelled in flight): the provider may have billed them, but nothing arrived, "
+        "so their tokens are not in this usage, while budgets keep their worst case.",
+    )
     unpriced_models: frozenset[str] = frozenset()
 
     @property
@@ -154,6 +164,7 @@ class Usage(_Frozen):
             requests=self.requests + other.requests,
             cost_usd=self.cost_usd + other.cost_usd,
             seconds=self.seconds + other.seconds,
+            undelivered_requests=self.undelivered_requests + other.undelivered_requests,
             unpriced_models=self.unpriced_models | other.unpriced_models,
         )
 

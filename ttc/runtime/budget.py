@@ -22,6 +22,7 @@ ledgers never take that path, so the local hot path has no extra ``await``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -178,10 +179,9 @@ class Ledger:
             if loop is here:
                 _wake(future)
             else:
-                try:
+                # A closed loop raises RuntimeError: nobody is waiting there any more.
+                with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_wake, future)
-                except RuntimeError:  # that loop is closed: nobody is waiting there any more
-                    pass
 
     def _settling_elsewhere(self) -> int:
         """Outstanding reservations that can still settle: those of loops that are not blocked
@@ -331,20 +331,21 @@ async def reserve_when_affordable(ledgers: Sequence[Ledger], charge: Charge) -> 
         with _lock:
             try:
                 reservation = _reserve_locked(ledgers, charge)
+                break
             except BudgetExceeded as exc:
-                ledger = exc.ledger
-                if ledger is None or exc.limit == "seconds" or ledger._settling_elsewhere() <= 0:
+                blocking = exc.ledger
+                if (
+                    blocking is None
+                    or exc.limit == "seconds"
+                    or blocking._settling_elsewhere() <= 0
+                ):
                     raise
                 # Registered before the lock is released: no settlement can slip in between.
-                future = ledger._add_waiter()
-            else:
-                future = None
-        if future is None:
-            break
+                future = blocking._add_waiter()
         try:
             await future
         except BaseException:  # cancelled while waiting
-            ledger._drop_waiter(future)
+            blocking._drop_waiter(future)
             raise
     if any(ledger.remote for ledger in ledgers):
         await reservation._acquire_remote()

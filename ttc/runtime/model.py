@@ -180,6 +180,10 @@ class Model(ABC):
     #: Public attributes that change as the model works (counters) and so say nothing about
     #: its answers: left out of the response cache's key.
     volatile_attributes: ClassVar[frozenset[str]] = frozenset()
+    #: The provider's usage counts the completion tokens of one choice only when it answers
+    #: ``n > 1`` in one request (llama.cpp's server with parallel slots): the runtime then
+    #: counts every choice itself (see ``_count_choices``).
+    usage_counts_one_choice: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -229,6 +233,7 @@ class Model(ABC):
         self._last_loop: tuple[asyncio.AbstractEventLoop, _LoopState] | None = None
         self._prompt_tokens_seen: OrderedDict[object, int] = OrderedDict()
         self._warned_short = False
+        self._warned_usage = False
 
     # ------------------------------------------------------------------ adapter interface
 
@@ -631,7 +636,10 @@ class Model(ABC):
                 else:  # cancelled, timed out, cut off: the worst case may have been billed
                     reservation.settle(worst)
                 counted = tokens or 0
-                self._usage.add(counted, 0, 1, cost, seconds, self.name)
+                undelivered = not done and not (
+                    isinstance(error, ProviderError) and not isinstance(error, _UNKNOWN_OUTCOME)
+                )
+                self._usage.add(counted, 0, 1, cost, seconds, self.name, undelivered)
                 run = current_run()
                 if run is not None:
                     run.record(
@@ -652,6 +660,7 @@ class Model(ABC):
                         )
                         if run.traced
                         else None,
+                        undelivered,
                     )
         finally:
             limiter.release()
@@ -721,6 +730,9 @@ class Model(ABC):
 
     async def _attempt(self, request: GenerateRequest, attempt: int) -> list[Completion]:
         ledgers = self._ledgers()
+        run = current_run()
+        if run is not None and run.out_of_spec:
+            self._refuse_out_of_spec(run.out_of_spec)
         if self.price is None and ledgers:
             self._check_priced(ledgers)
         limiter = self._loop_state().limiter
@@ -765,6 +777,79 @@ class Model(ABC):
         finally:
             limiter.release()
 
+    def _refuse_out_of_spec(self, out_of_spec: dict[str, str]) -> None:
+        what = out_of_spec.get(self.name)
+        if what is not None:
+            raise ProviderError(
+                f"{what}; no more requests go to it in this run, so it cannot keep spending "
+                "past the budget",
+                provider=self.provider,
+                model=self.model,
+            )
+
+    @staticmethod
+    def _count_choices(completions: list[Completion], max_tokens: int) -> int:
+        """Completion tokens of ``completions`` counted by the runtime, for a provider whose
+        figure cannot be right: each choice's own count where known (or its logprobs), else
+        ``max_tokens`` for a choice cut at the limit, else its UTF-8 bytes (no byte-level
+        tokenizer makes more tokens than bytes), at most ``max_tokens``."""
+        total = 0
+        for c in completions:
+            if c.completion_tokens is not None:
+                total += c.completion_tokens
+            elif c.logprobs is not None:
+                total += len(c.logprobs)
+            elif c.finish_reason == "length":
+                total += max_tokens
+            else:
+                total += min(max_tokens, len(c.text.encode()))
+        return total
+
+    def _completion_tokens(self, request: GenerateRequest, raw: RawResponse) -> int:
+        """What the response's choices cost: the provider's figure, unless it cannot be right
+        (fewer tokens than the choices' own counts, or than one a non-empty choice, or a
+        provider known to count one choice of n), then the runtime's own count."""
+        completions = raw.completions
+        reported = raw.completion_tokens
+        if reported is None:
+            per = [c.completion_tokens for c in completions]
+            if all(t is not None for t in per):
+                return sum(t for t in per if t is not None)
+            return request.params.max_tokens * max(len(completions), 1)
+        if len(completions) > 1:
+            floor = sum(
+                c.completion_tokens if c.completion_tokens is not None else int(bool(c.text))
+                for c in completions
+            )
+            if self.usage_counts_one_choice or reported < floor:
+                counted = self._count_choices(completions, request.params.max_tokens)
+                if counted > reported:
+                    if not self._warned_usage:
+                        self._warned_usage = True
+                        logger.warning(
+                            "%s reported %d completion tokens for %d choices; counting the "
+                            "choices instead (%d)",
+                            self.name,
+                            reported,
+                            len(completions),
+                            counted,
+                        )
+                    return counted
+        return reported
+
+    @staticmethod
+    def _out_of_spec(request: GenerateRequest, choices: int, completion_tokens: int) -> str | None:
+        """What a response did that the request did not allow, if anything."""
+        if choices > request.n:
+            return f"returned {choices} choices for n={request.n}"
+        cap = request.params.max_tokens * request.n
+        if completion_tokens > cap:
+            return (
+                f"billed {completion_tokens} completion tokens, past max_tokens="
+                f"{request.params.max_tokens} x n={request.n}"
+            )
+        return None
+
     @staticmethod
     def _deadline_passed(ledgers: tuple[Ledger, ...]) -> BudgetExceeded:
         ledger = min(ledgers, key=lambda lg: lg.remaining_seconds() or float("inf"))
@@ -800,17 +885,10 @@ class Model(ABC):
                 self._remember_prompt_tokens(request, raw.prompt_tokens)
             else:
                 prompt_tokens = self._prompt_token_bound(request)
-            if raw.completion_tokens is not None:
-                completion_tokens = raw.completion_tokens
-            else:
-                per = [c.completion_tokens for c in raw.completions]
-                completion_tokens = (
-                    sum(t for t in per if t is not None)
-                    if all(t is not None for t in per)
-                    else request.params.max_tokens * max(choices, 1)
-                )
+            completion_tokens = self._completion_tokens(request, raw)
         cost = self.price.cost(prompt_tokens, completion_tokens) if self.price else None
-        if raw is None and (error is None or isinstance(error, _UNKNOWN_OUTCOME)):
+        undelivered = raw is None and (error is None or isinstance(error, _UNKNOWN_OUTCOME))
+        if undelivered:
             reservation.settle(worst)
         else:
             reservation.settle(Charge(prompt_tokens + completion_tokens, cost or 0.0, 1))
@@ -819,8 +897,15 @@ class Model(ABC):
             # After the refund: what the provider says remains has the last word.
             self.rate_limiter.observe(raw.rate_limits)
         name = self.name
-        self._usage.add(prompt_tokens, completion_tokens, 1, cost, seconds, name)
+        self._usage.add(prompt_tokens, completion_tokens, 1, cost, seconds, name, undelivered)
         run = current_run()
+        if raw is not None and (
+            choices > request.n or completion_tokens > request.params.max_tokens * request.n
+        ):
+            what = self._out_of_spec(request, choices, completion_tokens)
+            logger.warning("%s %s: out of spec", name, what)
+            if run is not None:
+                run.mark_out_of_spec(name, f"{name} {what}")
         if run is not None:
             event = None
             if run.traced:
@@ -838,7 +923,7 @@ class Model(ABC):
                     choices=choices,
                     error=error_text,
                 )
-            run.record(name, prompt_tokens, completion_tokens, cost, seconds, event)
+            run.record(name, prompt_tokens, completion_tokens, cost, seconds, event, undelivered)
 
 
 async def _all_chunks(coros: list[Awaitable[None]]) -> None:

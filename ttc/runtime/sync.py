@@ -37,7 +37,8 @@ def run_sync(fn: Callable[[], Awaitable[T]]) -> T:
     ctx = contextvars.copy_context()
     # The caller's loop is blocked until the worker is done: budgets must not wait for what
     # its tasks hold (see ``loop_blocked``).
-    with loop_blocked(loop), ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="ttc-run-sync"
-    ) as pool:
+    with (
+        loop_blocked(loop),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttc-run-sync") as pool,
+    ):
         return pool.submit(ctx.run, asyncio.run, main()).result()

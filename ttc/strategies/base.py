@@ -115,7 +115,7 @@ def _budget_stop(exc: BudgetExceeded) -> BudgetStop | None:
         return None
     return BudgetStop(
         scope=exc.scope,
-        limit=exc.limit,  # type: ignore[arg-type]
+        limit=exc.limit,
         limit_value=exc.limit_value,
         spent=exc.spent,
         needed=exc.needed,
