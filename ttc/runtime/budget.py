@@ -68,6 +68,8 @@ _LIMITS = ("tokens", "usd", "requests")
 # threads. Held only for synchronous bookkeeping (never across an ``await``), so uncontended on
 # one loop, where it costs a fraction of a microsecond a request.
 _lock = threading.Lock()
+#: The same lock, for other shared counters updated with no ``await`` (a model's usage).
+ledger_lock = _lock
 
 # Event loops blocked by a ``run_sync`` running inside them (see ``loop_blocked``), with how
 # many such calls block each.

@@ -41,6 +41,7 @@ from ttc.runtime.budget import (
     Ledger,
     Reservation,
     deadline_seconds,
+    ledger_lock,
     reserve_when_affordable,
     try_reserve,
 )
@@ -639,7 +640,8 @@ class Model(ABC):
                 undelivered = not done and not (
                     isinstance(error, ProviderError) and not isinstance(error, _UNKNOWN_OUTCOME)
                 )
-                self._usage.add(counted, 0, 1, cost, seconds, self.name, undelivered)
+                with ledger_lock:  # a model may be shared by threads
+                    self._usage.add(counted, 0, 1, cost, seconds, self.name, undelivered)
                 run = current_run()
                 if run is not None:
                     run.record(
@@ -897,7 +899,8 @@ class Model(ABC):
             # After the refund: what the provider says remains has the last word.
             self.rate_limiter.observe(raw.rate_limits)
         name = self.name
-        self._usage.add(prompt_tokens, completion_tokens, 1, cost, seconds, name, undelivered)
+        with ledger_lock:  # a model may be shared by threads
+            self._usage.add(prompt_tokens, completion_tokens, 1, cost, seconds, name, undelivered)
         run = current_run()
         if raw is not None and (
             choices > request.n or completion_tokens > request.params.max_tokens * request.n
