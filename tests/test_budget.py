@@ -400,3 +400,27 @@ def test_run_sync_inside_a_loop_with_a_run_in_flight_does_not_wait_for_it(
 
     asyncio.run(notebook())
     assert model.ledger is not None and model.ledger.outstanding == 0
+
+
+async def test_budget_stop_says_which_budget_and_limit_stopped_the_run() -> None:
+    from ttc import RepeatedSample
+
+    model = FunctionModel(lambda r, i: "The answer is 7", native_n=False, budget=Budget(requests=3))
+    provider_stop = await BestOfN(model, n=5).run("q")
+    stop = provider_stop.budget_stop
+    assert provider_stop.stopped_by == "budget" and stop is not None
+    assert (stop.scope, stop.limit, stop.limit_value, stop.provider) == (
+        "function/function",
+        "requests",
+        3,
+        True,
+    )
+    # A nested strategy's run budget stops the outer run too, and says so.
+    fresh = FunctionModel(lambda r, i: "The answer is 7", native_n=False)
+    inner = RepeatedSample(fresh, n=3, budget=Budget(tokens=40))
+    outer = await RepeatedSample(inner, n=2).run("q", budget=None)
+    assert outer.stopped_by == "budget" and outer.budget_stop is not None
+    assert (outer.budget_stop.scope, outer.budget_stop.limit) == ("run", "tokens")
+    assert not outer.budget_stop.provider
+    done = await BestOfN(fresh, n=2).run("q")
+    assert done.stopped_by is None and done.budget_stop is None
