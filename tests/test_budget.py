@@ -384,7 +384,7 @@ def test_run_sync_inside_a_loop_with_a_run_in_flight_does_not_wait_for_it(
     from ttc.adapters import OpenAI
 
     fake = threaded_openai.fake
-    fake.latency = 0.3
+    fake.latency = 1.0  # the task holds its reservation well past run_sync's check
     model = OpenAI("gpt-4o-mini", base_url=fake.base_url, api_key="k", budget=Budget(tokens=1500))
     strategy = RepeatedSample(model, n=2)  # worst case 2 x 512 + prompt: one fits, not two
 
