@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -251,3 +252,175 @@ async def test_a_budget_spent_on_refilling_missing_choices_is_a_budget_stop() ->
     strict = SelfConsistency(Dropping(reply), n=3, budget=Budget(requests=1), on_budget="raise")
     with pytest.raises(BudgetExceeded):
         await strict.run("q")
+
+
+# -------------------------------------------------------------- one model, many threads and loops
+
+
+class _ServerThread:
+    """A fake provider on an event loop of its own thread, so that synchronous callers
+    (``run_sync`` in threads, a blocked notebook loop) cannot block it."""
+
+    def __init__(self, flavor: str = "openai", latency: float = 0.0) -> None:
+        import asyncio
+        import threading
+
+        from ttc.testing import FakeProvider
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.fake = FakeProvider(flavor, latency=latency)  # type: ignore[arg-type]
+        asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(10)
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.fake.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def threaded_openai() -> Iterator[_ServerThread]:
+    server = _ServerThread("openai", latency=0.01)
+    yield server
+    server.close()
+
+
+def test_a_settlement_on_one_loop_wakes_a_waiter_on_another() -> None:
+    """The ledger's wait is a future of the waiter's own loop, completed thread-safely: a
+    reservation settled on another thread's loop wakes it (the waiter's loop used to sleep on,
+    never told, and hung)."""
+    import asyncio
+    import threading
+
+    from ttc.runtime.budget import reserve_when_affordable
+
+    ledger = Ledger(Budget(tokens=100), "provider")
+    held = reserve([ledger], Charge(tokens=100, requests=1))
+    waiting = threading.Event()
+
+    async def waiter() -> None:
+        waiting.set()
+        got = await reserve_when_affordable([ledger], Charge(tokens=60, requests=1))
+        got.settle(Charge(tokens=5, requests=1))
+
+    parked = threading.Thread(target=asyncio.run, args=(waiter(),), daemon=True)
+    parked.start()
+    waiting.wait(10)
+    time.sleep(0.05)  # the waiter is parked on its future by now
+
+    async def settle() -> None:
+        held.settle(Charge(tokens=10, requests=1))
+
+    asyncio.run(settle())
+    parked.join(10)
+    assert not parked.is_alive(), "the waiter was never woken"
+    assert (ledger.spent_tokens, ledger.outstanding, ledger.reserved_tokens) == (15, 0, 0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("flavor", "budget", "n"),
+    [("groq", Budget(requests=20), 3), ("openai", Budget(tokens=5000), 4)],
+)
+def test_threads_sharing_one_model_and_its_budget_never_hang(
+    flavor: str, budget: Budget, n: int
+) -> None:
+    """Four threads call ``run_sync`` on one model with a provider budget, each on a loop of
+    its own: every run ends (a budget stop once the limit is near), the limit is never passed,
+    and every reservation settles."""
+    import threading
+
+    from ttc import RepeatedSample
+    from ttc.adapters import Groq, OpenAI
+
+    server = _ServerThread(flavor, latency=0.01)
+    try:
+        preset = Groq if flavor == "groq" else OpenAI
+        model = preset("gpt-4o-mini", base_url=server.fake.base_url, api_key="k", budget=budget)
+        strategy = RepeatedSample(model, n=n)
+        stops: list[str | None] = []
+
+        def worker() -> None:
+            for i in range(6):
+                stops.append(strategy.run_sync(f"what is {i} * 7?").stopped_by)
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in threads), "a run_sync hung"
+        assert len(stops) == 24
+        ledger = model.ledger
+        assert ledger is not None and ledger.outstanding == 0 and ledger.reserved_tokens == 0
+        if budget.requests is not None:
+            assert "budget" in stops
+            assert ledger.spent_requests <= budget.requests
+            assert server.fake.stats.requests <= budget.requests
+        if budget.tokens is not None:
+            assert ledger.spent_tokens <= budget.tokens
+            assert server.fake.stats.billed_tokens <= budget.tokens
+        assert model.usage.requests == server.fake.stats.requests
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(60, method="thread")  # the blocked main thread cannot take a signal
+def test_run_sync_inside_a_loop_with_a_run_in_flight_does_not_wait_for_it(
+    threaded_openai: _ServerThread,
+) -> None:
+    """A notebook: ``create_task(strategy.run(q))`` is in flight when ``run_sync(q2)`` on the
+    same model blocks the loop. The in-flight run's reservation cannot settle until run_sync
+    returns, so run_sync must not wait for it (that hung the kernel): it stops by budget,
+    and the task then finishes normally."""
+    import asyncio
+
+    from ttc import RepeatedSample
+    from ttc.adapters import OpenAI
+
+    fake = threaded_openai.fake
+    fake.latency = 1.0  # the task holds its reservation well past run_sync's check
+    model = OpenAI("gpt-4o-mini", base_url=fake.base_url, api_key="k", budget=Budget(tokens=1500))
+    strategy = RepeatedSample(model, n=2)  # worst case 2 x 512 + prompt: one fits, not two
+
+    async def notebook() -> None:
+        task = asyncio.create_task(strategy.run("what is 3 * 4?"))
+        await asyncio.sleep(0.1)  # its request is on the wire, its reservation held
+        blocked = strategy.run_sync("what is 5 * 6?")
+        assert blocked.stopped_by == "budget" and blocked.candidates == []
+        assert blocked.budget_stop is not None and blocked.budget_stop.limit == "tokens"
+        first = await task
+        assert first.stopped_by is None and len(first.candidates) == 2
+        await model.aclose()
+
+    asyncio.run(notebook())
+    assert model.ledger is not None and model.ledger.outstanding == 0
+
+
+async def test_budget_stop_says_which_budget_and_limit_stopped_the_run() -> None:
+    from ttc import RepeatedSample
+
+    model = FunctionModel(lambda r, i: "The answer is 7", native_n=False, budget=Budget(requests=3))
+    provider_stop = await BestOfN(model, n=5).run("q")
+    stop = provider_stop.budget_stop
+    assert provider_stop.stopped_by == "budget" and stop is not None
+    assert (stop.scope, stop.limit, stop.limit_value, stop.provider) == (
+        "function/function",
+        "requests",
+        3,
+        True,
+    )
+    # A nested strategy's run budget stops the outer run too, and says so.
+    fresh = FunctionModel(lambda r, i: "The answer is 7", native_n=False)
+    inner = RepeatedSample(fresh, n=3, budget=Budget(tokens=40))
+    outer = await RepeatedSample(inner, n=2).run("q", budget=None)
+    assert outer.stopped_by == "budget" and outer.budget_stop is not None
+    assert (outer.budget_stop.scope, outer.budget_stop.limit) == ("run", "tokens")
+    assert not outer.budget_stop.provider
+    done = await BestOfN(fresh, n=2).run("q")
+    assert done.stopped_by is None and done.budget_stop is None

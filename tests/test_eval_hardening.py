@@ -75,12 +75,14 @@ def test_a_question_that_cannot_be_sent_fails_alone(tmp_path: Path, encoding_mod
     data = write_jsonl(tmp_path / "d.jsonl", [good % 1, bad, good % 3, good % 4])
     out = tmp_path / "out"
     result = ttc("eval", data, "-n", "2", "-o", out, "-c", "1", "--field", "id=id")
-    # Before: a UnicodeEncodeError traceback ended the whole evaluation.
+    # Before: a UnicodeEncodeError traceback ended the whole evaluation. Now the prompt
+    # boundary refuses the lone surrogate with a PromptError saying where it is.
     assert isinstance(result.exception, SystemExit), result.output
     assert result.exit_code == 1, result.output
     text = flat(result.output)
     assert "3/4 questions stored" in text
-    assert "failed question broken, line 2: UnicodeEncodeError" in text
+    assert "failed question broken, line 2: PromptError" in text
+    assert "lone surrogate" in text
     assert "Traceback" not in result.output
 
     as_json = ttc("eval", data, "-n", "2", "-o", out, "--field", "id=id", "--json")

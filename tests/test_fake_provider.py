@@ -627,7 +627,7 @@ async def test_mixed_faults_accounting_is_exact(session: aiohttp.ClientSession) 
 
     async def call() -> tuple[int | None, Any]:
         try:
-            status, body, _ = await post(session, fake, CHAT, chat(n=3), timeout=0.5)
+            status, body, _ = await post(session, fake, CHAT, chat(n=3), timeout=2.0)
         except asyncio.TimeoutError:
             return None, None
         return status, body

@@ -526,3 +526,36 @@ async def test_native_n_counts_each_sample_from_its_logprobs_and_otherwise_says_
         out = await model.generate("q", SamplingParams(max_tokens=32), n=4)
         assert all(c.completion_tokens is None for c in out)
         await model.aclose()
+
+
+async def test_native_n_too_big_for_a_token_budget_is_split_into_chunks_that_fit() -> None:
+    """OpenAI with n=16 and 5,000 tokens: one request reserves 16 x 512 tokens and cannot
+    fit, but the samples do (about 20 tokens each); the runtime splits the request (8, 4, ...
+    down to 1 sample a request) instead of returning nothing."""
+    from ttc import RepeatedSample
+
+    async with (
+        FakeProvider("openai", api_key=KEY) as server,
+        OpenAI(
+            "gpt-4o-mini", base_url=server.base_url, api_key=KEY, budget=Budget(tokens=5000)
+        ) as model,
+    ):
+        result = await RepeatedSample(model, n=16, params=SamplingParams(seed=3)).run(
+            "What is 17 * 23?"
+        )
+        assert len(result.candidates) == 16 and result.stopped_by is None
+        assert 1 < server.stats.requests < 16
+        assert model.ledger is not None and model.ledger.spent_tokens <= 5000
+        _usage_matches(model, server)
+        # Seeds stay distinct across the split chunks: no sample is drawn twice.
+        assert len({c.text for c in result.candidates}) > 1
+        # A budget too small for even one sample still stops with nothing sent.
+        tiny = OpenAI(
+            "gpt-4o-mini", base_url=server.base_url, api_key=KEY, budget=Budget(tokens=100)
+        )
+        sent = server.stats.requests
+        stopped = await RepeatedSample(tiny, n=4).run("What is 17 * 23?")
+        assert stopped.stopped_by == "budget" and stopped.candidates == []
+        assert stopped.budget_stop is not None and stopped.budget_stop.scope.startswith("openai/")
+        assert server.stats.requests == sent
+        await tiny.aclose()

@@ -263,3 +263,46 @@ async def test_settled_and_success_say_what_they_saved_and_keep_what_was_drawn()
     ).run("q")
     assert found.stopped_by == "success" and len(found.candidates) == 4
     assert found.pass_at_k == {1: 0.25, 2: 0.5, 4: 1.0}
+
+
+@pytest.mark.parametrize("stop", ["success", "settled"])
+async def test_a_run_is_final_when_it_returns_after_an_early_stop(stop: str) -> None:
+    """Requests cancelled by an early stop that take a moment to wind down (a connection
+    being closed) are settled and counted before ``run()`` returns, and no task of the run is
+    left alive: the result's usage equals the model's and the trace's, then and later."""
+    import asyncio
+
+    from ttc import RepeatedSample, SelfConsistency
+
+    calls = 0
+
+    async def reply(request: GenerateRequest, index: int) -> str:
+        nonlocal calls
+        calls += 1
+        mine = calls
+        if mine <= 3:
+            await anyio.sleep(0.01)  # by then every request is in flight
+            return "The answer is 3"
+        try:
+            await anyio.sleep(30)
+        finally:
+            if mine % 2:  # its cancellation takes a few loop turns, as closing a socket does
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(0.05)
+        return "The answer is 4"
+
+    model = FunctionModel(reply, native_n=False)
+    strategy = (
+        RepeatedSample(model, n=8, verifier=lambda t: "3" in t, stop_on_success=True)
+        if stop == "success"
+        else SelfConsistency(model, n=5, stop_when_settled=True)  # settled at 3 of 5 alike
+    )
+    before = set(asyncio.all_tasks())
+    result = await strategy.run("q")
+    alive = [t for t in asyncio.all_tasks() if t not in before and not t.done()]
+    at_return = (result.usage.requests, len(result.trace), model.usage.requests)
+    assert result.stopped_by == stop
+    assert not alive
+    assert at_return[0] == at_return[1] == at_return[2] > 3
+    await anyio.sleep(0.2)
+    assert (result.usage.requests, len(result.trace), model.usage.requests) == at_return

@@ -151,7 +151,17 @@ class Usage(_Frozen):
     completion_tokens: int = 0
     requests: int = 0
     cost_usd: float = 0.0
-    seconds: float = Field(0.0, description="Summed latency of the requests.")
+    seconds: float = Field(
+        0.0,
+        description="Summed latency of the requests: not wall time (concurrent requests add "
+        "up); a run's wall time is ``Result.elapsed_s``.",
+    )
+    undelivered_requests: int = Field(
+        0,
+        description="Requests whose outcome is unknown (timed out, connection reset, broken "
+        "body, cancelled in flight): the provider may have billed them, but nothing arrived, "
+        "so their tokens are not in this usage, while budgets keep their worst case.",
+    )
     unpriced_models: frozenset[str] = frozenset()
 
     @property
@@ -166,8 +176,27 @@ class Usage(_Frozen):
             requests=self.requests + other.requests,
             cost_usd=self.cost_usd + other.cost_usd,
             seconds=self.seconds + other.seconds,
+            undelivered_requests=self.undelivered_requests + other.undelivered_requests,
             unpriced_models=self.unpriced_models | other.unpriced_models,
         )
+
+
+class BudgetStop(_Frozen):
+    """Which budget stopped a run, and at which limit (``Result.budget_stop``)."""
+
+    scope: str = Field(
+        description="``\"run\"`` for a strategy's run budget (this run's or an enclosing "
+        "one's), else the model whose own budget it was, as ``provider/model``."
+    )
+    limit: Literal["tokens", "usd", "requests", "seconds"]
+    limit_value: float = Field(description="The limit itself.")
+    spent: float = Field(description="Spent or reserved when the next request was refused.")
+    needed: float = Field(description="The worst case of the request that did not fit.")
+
+    @property
+    def provider(self) -> bool:
+        """Whether it was a model's own budget (shared by every run on it), not a run's."""
+        return self.scope != "run"
 
 
 class Candidate(BaseModel):
@@ -242,12 +271,21 @@ class Result(BaseModel):
         description="Step scores that were guesses: verdicts a StepJudge could not read, "
         "scored 0.5 (a warning is logged once per run when there are any).",
     )
+    budget_stop: BudgetStop | None = Field(
+        None,
+        description="With stopped_by='budget': which budget (a run's or a model's) and which "
+        "limit stopped the run.",
+    )
     errors: list[str] = Field(default_factory=list)
     pass_at_k: dict[int, float] = Field(
         default_factory=dict,
         description="Unbiased pass@k for this question, where a verifier judged the candidates.",
     )
-    elapsed_s: float = 0.0
+    elapsed_s: float = Field(
+        0.0,
+        description="Wall-clock seconds the run took (``usage.seconds`` is the requests' "
+        "latencies summed, which concurrency makes larger).",
+    )
     trace: list[TraceEvent] = Field(default_factory=list)
     tree: list[dict[str, Any]] | None = Field(
         None,

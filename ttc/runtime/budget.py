@@ -2,9 +2,16 @@
 
 A ``Budget`` is the user's limits; a ``Ledger`` is their live state (spent, reserved, clock).
 Reservation checks every ledger that applies (the provider's, the run's, an outer run's) and
-then reserves in all of them without an ``await`` in between, so on one event loop no two
-requests can both pass a check that only one of them fits: the spend never passes a limit, at
-any concurrency.
+then reserves in all of them under one lock, with no ``await`` in between, so no two requests
+(on one event loop, or on loops in several threads) can both pass a check that only one of them
+fits: the spend never passes a limit, at any concurrency.
+
+A model and its ledgers may be shared across threads and event loops: a request that waits for
+other requests' reservations to settle waits on a future of its own loop, which a settlement on
+any loop wakes (``call_soon_threadsafe``). It never waits for reservations held by a loop that
+cannot progress: ``run_sync`` called inside a running loop (a notebook) blocks that loop until
+it returns, so the reservations of that loop's tasks count as spent for it (a budget stop)
+rather than as something to wait for, which would hang.
 
 A *remote* ledger (``Ledger.remote``) is one whose limits another process keeps, e.g. the one
 ledger actor of a Ray evaluation that all workers share: after the local checks pass,
@@ -14,11 +21,14 @@ ledgers never take that path, so the local hot path has no extra ``await``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import ClassVar, NamedTuple
 
-import anyio
 from pydantic import ConfigDict, Field
 
 from ttc.errors import BudgetExceeded
@@ -55,6 +65,38 @@ class Charge(NamedTuple):
 
 _LIMITS = ("tokens", "usd", "requests")
 
+# Guards every ledger's counters and waiters: check-and-reserve and settle are atomic across
+# threads. Held only for synchronous bookkeeping (never across an ``await``), so uncontended on
+# one loop, where it costs a fraction of a microsecond a request.
+_lock = threading.Lock()
+#: The same lock, for other shared counters updated with no ``await`` (a model's usage).
+ledger_lock = _lock
+
+# Event loops blocked by a ``run_sync`` running inside them (see ``loop_blocked``), with how
+# many such calls block each.
+_blocked: dict[asyncio.AbstractEventLoop, int] = {}
+
+
+@contextmanager
+def loop_blocked(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Mark ``loop`` as unable to progress while the block runs (``run_sync`` waiting, inside
+    that loop, for a worker thread): requests elsewhere must not wait for its reservations."""
+    with _lock:
+        _blocked[loop] = _blocked.get(loop, 0) + 1
+    try:
+        yield
+    finally:
+        with _lock:
+            if _blocked[loop] <= 1:
+                del _blocked[loop]
+            else:
+                _blocked[loop] -= 1
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
 
 class Ledger:
     """The live state of one ``Budget``: what is spent, what is reserved, when time runs out."""
@@ -72,10 +114,13 @@ class Ledger:
         self.reserved_usd = 0.0
         self.reserved_requests = 0
         self.started_at: float | None = None
-        self._changed: anyio.Event | None = None
+        #: Requests waiting for a settlement: each a future on its own event loop.
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         #: Reservations not yet settled. Counted apart from the reserved amounts, whose float
         #: sums need not return to exactly zero.
         self.outstanding = 0
+        #: Outstanding reservations per event loop that made them (``None``: no loop).
+        self._held: dict[asyncio.AbstractEventLoop | None, int] = {}
 
     def start_clock(self) -> None:
         """Start the ``seconds`` clock, if it has not started yet."""
@@ -107,8 +152,16 @@ class Ledger:
             if used + need > limit * (1 + 1e-12):
                 raise BudgetExceeded(name, limit, used, need, self.scope)
 
-    def _add_reserved(self, charge: Charge, sign: int) -> None:
+    def _add_reserved(
+        self, charge: Charge, sign: int, loop: asyncio.AbstractEventLoop | None
+    ) -> None:
         self.outstanding += sign
+        held = self._held
+        count = held.get(loop, 0) + sign
+        if count:
+            held[loop] = count
+        else:
+            held.pop(loop, None)
         self.reserved_tokens += sign * charge.tokens
         self.reserved_usd += sign * charge.usd
         self.reserved_requests += sign * charge.requests
@@ -119,15 +172,39 @@ class Ledger:
         self.spent_requests += charge.requests
 
     def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+        """Wake every waiter, each on its own loop (called with ``_lock`` held)."""
+        waiters = self._waiters
+        if not waiters:
+            return
+        self._waiters = []
+        here = asyncio._get_running_loop()
+        for loop, future in waiters:
+            if loop is here:
+                _wake(future)
+            else:
+                # A closed loop raises RuntimeError: nobody is waiting there any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_wake, future)
 
-    async def wait_for_settlement(self) -> None:
-        """Wait until some reservation in this ledger settles."""
-        if self._changed is None:
-            self._changed = anyio.Event()
-        await self._changed.wait()
+    def _settling_elsewhere(self) -> int:
+        """Outstanding reservations that can still settle: those of loops that are not blocked
+        by a ``run_sync`` inside them (called with ``_lock`` held)."""
+        if not _blocked:
+            return self.outstanding
+        return self.outstanding - sum(
+            count for loop, count in self._held.items() if loop in _blocked
+        )
+
+    def _add_waiter(self) -> asyncio.Future[None]:
+        """A future that the next settlement in this ledger completes (``_lock`` held)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiters.append((loop, future))
+        return future
+
+    def _drop_waiter(self, future: asyncio.Future[None]) -> None:
+        with _lock:
+            self._waiters = [w for w in self._waiters if w[1] is not future]
 
     @property
     def spent(self) -> Charge:
@@ -137,7 +214,8 @@ class Ledger:
     def would_exceed(self, charge: Charge) -> bool:
         """Whether reserving ``charge`` now would pass a limit (or the clock has run out)."""
         try:
-            self._check(charge)
+            with _lock:
+                self._check(charge)
         except BudgetExceeded:
             return True
         return False
@@ -164,24 +242,32 @@ class Ledger:
 class Reservation:
     """A worst-case charge held in several ledgers until the request settles."""
 
-    __slots__ = ("charge", "ledgers", "remote", "settled")
+    __slots__ = ("charge", "ledgers", "loop", "remote", "settled")
 
-    def __init__(self, ledgers: Sequence[Ledger], charge: Charge) -> None:
+    def __init__(
+        self,
+        ledgers: Sequence[Ledger],
+        charge: Charge,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.ledgers = ledgers
         self.charge = charge
         self.settled = False
+        #: The event loop that made the reservation (``None``: none was running).
+        self.loop = loop
         #: The remote ledgers whose ``acquire`` succeeded, with the handle each returned.
         self.remote: tuple[tuple[Ledger, object], ...] = ()
 
     def settle(self, actual: Charge) -> None:
         """Replace the reserved worst case by what the request really cost. Idempotent."""
-        if self.settled:
-            return
-        self.settled = True
-        for ledger in self.ledgers:
-            ledger._add_reserved(self.charge, -1)
-            ledger._add_spent(actual)
-            ledger._notify()
+        with _lock:
+            if self.settled:
+                return
+            self.settled = True
+            for ledger in self.ledgers:
+                ledger._add_reserved(self.charge, -1, self.loop)
+                ledger._add_spent(actual)
+                ledger._notify()
         for ledger, handle in self.remote:
             ledger.release(handle, actual)
 
@@ -202,8 +288,14 @@ class Reservation:
 def reserve(ledgers: Sequence[Ledger], charge: Charge) -> Reservation:
     """Reserve ``charge`` in every ledger, or in none (raising ``BudgetExceeded``).
 
-    Synchronous on purpose: no other task runs between the checks and the reservations.
+    Synchronous on purpose, and under the ledgers' lock: no other task or thread runs between
+    the checks and the reservations.
     """
+    with _lock:
+        return _reserve_locked(ledgers, charge)
+
+
+def _reserve_locked(ledgers: Sequence[Ledger], charge: Charge) -> Reservation:
     for ledger in ledgers:
         ledger.start_clock()
         try:
@@ -211,9 +303,10 @@ def reserve(ledgers: Sequence[Ledger], charge: Charge) -> Reservation:
         except BudgetExceeded as exc:
             exc.ledger = ledger
             raise
+    loop = asyncio._get_running_loop()
     for ledger in ledgers:
-        ledger._add_reserved(charge, +1)
-    return Reservation(ledgers, charge)
+        ledger._add_reserved(charge, +1, loop)
+    return Reservation(ledgers, charge, loop)
 
 
 def try_reserve(ledgers: Sequence[Ledger], charge: Charge) -> Reservation | None:
@@ -233,20 +326,33 @@ async def reserve_when_affordable(ledgers: Sequence[Ledger], charge: Charge) -> 
     """Reserve ``charge``; if a limit is only blocked by other requests' reservations, wait
     for them to settle (their real usage is usually far below the worst case) and try again.
 
-    Raises ``BudgetExceeded`` once the spend alone, or the clock, leaves no room.
+    Raises ``BudgetExceeded`` once the spend alone, or the clock, leaves no room; the
+    reservations of a loop blocked by ``run_sync`` (see ``loop_blocked``) count as spent here,
+    since waiting for them would never end.
     """
     while True:
+        with _lock:
+            try:
+                reservation = _reserve_locked(ledgers, charge)
+                break
+            except BudgetExceeded as exc:
+                blocking = exc.ledger
+                if (
+                    blocking is None
+                    or exc.limit == "seconds"
+                    or blocking._settling_elsewhere() <= 0
+                ):
+                    raise
+                # Registered before the lock is released: no settlement can slip in between.
+                future = blocking._add_waiter()
         try:
-            reservation = reserve(ledgers, charge)
-        except BudgetExceeded as exc:
-            ledger = exc.ledger
-            if ledger is None or exc.limit == "seconds" or ledger.outstanding == 0:
-                raise
-            await ledger.wait_for_settlement()
-            continue
-        if any(ledger.remote for ledger in ledgers):
-            await reservation._acquire_remote()
-        return reservation
+            await future
+        except BaseException:  # cancelled while waiting
+            blocking._drop_waiter(future)
+            raise
+    if any(ledger.remote for ledger in ledgers):
+        await reservation._acquire_remote()
+    return reservation
 
 
 def deadline_seconds(ledgers: Sequence[Ledger]) -> float | None:

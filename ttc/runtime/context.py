@@ -26,6 +26,7 @@ class UsageCounter:
         "prompt_tokens",
         "requests",
         "seconds",
+        "undelivered",
         "unpriced",
     )
 
@@ -35,6 +36,7 @@ class UsageCounter:
         self.requests = 0
         self.cost_usd = 0.0
         self.seconds = 0.0
+        self.undelivered = 0
         self.unpriced: set[str] = set()
 
     def add(
@@ -45,8 +47,10 @@ class UsageCounter:
         cost_usd: float | None,
         seconds: float,
         model: str,
+        undelivered: int = 0,
     ) -> None:
         self.prompt_tokens += prompt_tokens
+        self.undelivered += undelivered
         self.completion_tokens += completion_tokens
         self.requests += requests
         self.seconds += seconds
@@ -63,6 +67,7 @@ class UsageCounter:
             requests=self.requests,
             cost_usd=self.cost_usd,
             seconds=self.seconds,
+            undelivered_requests=self.undelivered,
             unpriced_models=frozenset(self.unpriced),
         )
 
@@ -70,7 +75,16 @@ class UsageCounter:
 class RunContext:
     """One strategy run: its ledgers (with those of enclosing runs), usage and trace."""
 
-    __slots__ = ("budget_error", "ledger", "ledgers", "parent", "trace", "traced", "usage")
+    __slots__ = (
+        "budget_error",
+        "ledger",
+        "ledgers",
+        "out_of_spec",
+        "parent",
+        "trace",
+        "traced",
+        "usage",
+    )
 
     def __init__(
         self, budget: Budget | Ledger | None, parent: RunContext | None, trace: bool
@@ -90,6 +104,9 @@ class RunContext:
         self.traced: bool = trace or (parent is not None and parent.traced)
         #: The budget error that stopped this run early, if one did.
         self.budget_error: BudgetExceeded | None = None
+        #: Models that answered out of spec in this run (more choices than asked, tokens past
+        #: max_tokens), each with what it did: no more requests go to them in this run.
+        self.out_of_spec: dict[str, str] = {}
 
     def record(
         self,
@@ -99,15 +116,25 @@ class RunContext:
         cost_usd: float | None,
         seconds: float,
         event: TraceEvent | None,
+        undelivered: int = 0,
     ) -> None:
         """Add one request's usage to this run and every enclosing run, and its trace event
         to those that trace (callers build ``event`` only where ``traced`` says one will be
         kept)."""
         ctx: RunContext | None = self
         while ctx is not None:
-            ctx.usage.add(prompt_tokens, completion_tokens, 1, cost_usd, seconds, model)
+            ctx.usage.add(
+                prompt_tokens, completion_tokens, 1, cost_usd, seconds, model, undelivered
+            )
             if ctx.trace is not None and event is not None:
                 ctx.trace.append(event)
+            ctx = ctx.parent
+
+    def mark_out_of_spec(self, model: str, what: str) -> None:
+        """Stop sending to ``model`` in this run and the runs around it."""
+        ctx: RunContext | None = self
+        while ctx is not None:
+            ctx.out_of_spec.setdefault(model, what)
             ctx = ctx.parent
 
 

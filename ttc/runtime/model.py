@@ -42,6 +42,7 @@ from ttc.runtime.budget import (
     Ledger,
     Reservation,
     deadline_seconds,
+    ledger_lock,
     reserve_when_affordable,
     try_reserve,
 )
@@ -182,6 +183,10 @@ class Model(ABC):
     #: Public attributes that change as the model works (counters) and so say nothing about
     #: its answers: left out of the response cache's key.
     volatile_attributes: ClassVar[frozenset[str]] = frozenset()
+    #: The provider's usage counts the completion tokens of one choice only when it answers
+    #: ``n > 1`` in one request (llama.cpp's server with parallel slots): the runtime then
+    #: counts every choice itself (see ``_count_choices``).
+    usage_counts_one_choice: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -237,6 +242,7 @@ class Model(ABC):
         self._last_loop: tuple[asyncio.AbstractEventLoop, _LoopState] | None = None
         self._prompt_tokens_seen: OrderedDict[object, int] = OrderedDict()
         self._warned_short = False
+        self._warned_usage = False
         # Dropped without ``aclose()`` (or alive at exit): release the sessions silently.
         weakref.finalize(self, _release_loops, self._loops, type(self)._release_loop_resources)
 
@@ -304,26 +310,15 @@ class Model(ABC):
         if len(chunks) == 1:
             await self._generate_chunk(chunks[0], on_completions, collected, failures, 0)
         else:
-            # Plain tasks (cheaper than a task group): a chunk keeps its provider failures in
-            # ``failures``; a cancellation reaches every chunk through gather; any other error
-            # (a bug in ``on_completions``, say) cancels the other chunks and waits for them to
-            # settle before it goes up, as a task group would.
             firsts = [0] * len(sizes)
             for i in range(1, len(sizes)):
                 firsts[i] = firsts[i - 1] + sizes[i - 1]
-            tasks = [
-                asyncio.ensure_future(
+            await _all_chunks(
+                [
                     self._generate_chunk(chunk, on_completions, collected, failures, first)
-                )
-                for chunk, first in zip(chunks, firsts)
-            ]
-            try:
-                await asyncio.gather(*tasks)
-            except Exception:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.wait(tasks)
-                raise
+                    for chunk, first in zip(chunks, firsts)
+                ]
+            )
         if failures:
             raise self._partial_failure(failures, collected, n)
         return collected
@@ -447,13 +442,20 @@ class Model(ABC):
         scope = anyio.move_on_after(deadline) if deadline is not None else None
         try:
             with scope if scope is not None else _NO_DEADLINE:
-                if self.cache is not None:
-                    got = await self._cached(request, first_sample)
-                else:
-                    try:
-                        got = await self._attempt(request, 1)
-                    except ProviderError as exc:
-                        got = await self._retry_after(exc, self._attempt, request)
+                try:
+                    if self.cache is not None:
+                        got = await self._cached(request, first_sample)
+                    else:
+                        try:
+                            got = await self._attempt(request, 1)
+                        except ProviderError as exc:
+                            got = await self._retry_after(exc, self._attempt, request)
+                except BudgetExceeded as exc:
+                    if request.n == 1 or exc.limit not in ("tokens", "usd"):
+                        raise
+                    # The whole chunk's worst case does not fit: smaller chunks may.
+                    await self._split(request, on_completions, collected, failures, first_sample)
+                    return
                 size = request.n
                 delivered = self._deliver(got[:size], on_completions, collected)
                 if delivered is not None:
@@ -464,6 +466,30 @@ class Model(ABC):
                 failures.append(self._deadline_passed(ledgers))
         except (ProviderError, BudgetExceeded, GenerationError) as exc:
             failures.append(exc)
+
+    async def _split(
+        self,
+        request: GenerateRequest,
+        on_completions: OnCompletions | None,
+        collected: list[Completion],
+        failures: list[BaseException],
+        first_sample: int,
+    ) -> None:
+        """Ask for ``request``'s samples in two halves (each halved again while its worst case
+        does not fit a token or USD budget, down to one sample a request): with a tight
+        budget, ``n=16`` at 512 tokens each reserves more than the limit, while the samples
+        themselves would fit. The second half waits for the first to settle if both together
+        do not fit."""
+        first = (request.n + 1) // 2
+        sizes = [first, request.n - first]
+        logger.debug("%s: n=%d does not fit the budget; asking for %s", self.name, request.n, sizes)
+        halves = self._chunk_requests(request, sizes)
+        await _all_chunks(
+            [
+                self._generate_chunk(half, on_completions, collected, failures, first_sample + at)
+                for half, at in zip(halves, (0, first))
+            ]
+        )
 
     async def _refill(
         self,
@@ -621,7 +647,11 @@ class Model(ABC):
                 else:  # cancelled, timed out, cut off: the worst case may have been billed
                     reservation.settle(worst)
                 counted = tokens or 0
-                self._usage.add(counted, 0, 1, cost, seconds, self.name)
+                undelivered = not done and not (
+                    isinstance(error, ProviderError) and not isinstance(error, _UNKNOWN_OUTCOME)
+                )
+                with ledger_lock:  # a model may be shared by threads
+                    self._usage.add(counted, 0, 1, cost, seconds, self.name, undelivered)
                 run = current_run()
                 if run is not None:
                     run.record(
@@ -642,6 +672,7 @@ class Model(ABC):
                         )
                         if run.traced
                         else None,
+                        undelivered,
                     )
         finally:
             limiter.release()
@@ -711,6 +742,9 @@ class Model(ABC):
 
     async def _attempt(self, request: GenerateRequest, attempt: int) -> list[Completion]:
         ledgers = self._ledgers()
+        run = current_run()
+        if run is not None and run.out_of_spec:
+            self._refuse_out_of_spec(run.out_of_spec)
         if self.price is None and ledgers:
             self._check_priced(ledgers)
         limiter = self._loop_state().limiter
@@ -755,6 +789,79 @@ class Model(ABC):
         finally:
             limiter.release()
 
+    def _refuse_out_of_spec(self, out_of_spec: dict[str, str]) -> None:
+        what = out_of_spec.get(self.name)
+        if what is not None:
+            raise ProviderError(
+                f"{what}; no more requests go to it in this run, so it cannot keep spending "
+                "past the budget",
+                provider=self.provider,
+                model=self.model,
+            )
+
+    @staticmethod
+    def _count_choices(completions: list[Completion], max_tokens: int) -> int:
+        """Completion tokens of ``completions`` counted by the runtime, for a provider whose
+        figure cannot be right: each choice's own count where known (or its logprobs), else
+        ``max_tokens`` for a choice cut at the limit, else its UTF-8 bytes (no byte-level
+        tokenizer makes more tokens than bytes), at most ``max_tokens``."""
+        total = 0
+        for c in completions:
+            if c.completion_tokens is not None:
+                total += c.completion_tokens
+            elif c.logprobs is not None:
+                total += len(c.logprobs)
+            elif c.finish_reason == "length":
+                total += max_tokens
+            else:
+                total += min(max_tokens, len(c.text.encode()))
+        return total
+
+    def _completion_tokens(self, request: GenerateRequest, raw: RawResponse) -> int:
+        """What the response's choices cost: the provider's figure, unless it cannot be right
+        (fewer tokens than the choices' own counts, or than one a non-empty choice, or a
+        provider known to count one choice of n), then the runtime's own count."""
+        completions = raw.completions
+        reported = raw.completion_tokens
+        if reported is None:
+            per = [c.completion_tokens for c in completions]
+            if all(t is not None for t in per):
+                return sum(t for t in per if t is not None)
+            return request.params.max_tokens * max(len(completions), 1)
+        if len(completions) > 1:
+            floor = sum(
+                c.completion_tokens if c.completion_tokens is not None else int(bool(c.text))
+                for c in completions
+            )
+            if self.usage_counts_one_choice or reported < floor:
+                counted = self._count_choices(completions, request.params.max_tokens)
+                if counted > reported:
+                    if not self._warned_usage:
+                        self._warned_usage = True
+                        logger.warning(
+                            "%s reported %d completion tokens for %d choices; counting the "
+                            "choices instead (%d)",
+                            self.name,
+                            reported,
+                            len(completions),
+                            counted,
+                        )
+                    return counted
+        return reported
+
+    @staticmethod
+    def _out_of_spec(request: GenerateRequest, choices: int, completion_tokens: int) -> str | None:
+        """What a response did that the request did not allow, if anything."""
+        if choices > request.n:
+            return f"returned {choices} choices for n={request.n}"
+        cap = request.params.max_tokens * request.n
+        if completion_tokens > cap:
+            return (
+                f"billed {completion_tokens} completion tokens, past max_tokens="
+                f"{request.params.max_tokens} x n={request.n}"
+            )
+        return None
+
     @staticmethod
     def _deadline_passed(ledgers: tuple[Ledger, ...]) -> BudgetExceeded:
         ledger = min(ledgers, key=lambda lg: lg.remaining_seconds() or float("inf"))
@@ -790,17 +897,10 @@ class Model(ABC):
                 self._remember_prompt_tokens(request, raw.prompt_tokens)
             else:
                 prompt_tokens = self._prompt_token_bound(request)
-            if raw.completion_tokens is not None:
-                completion_tokens = raw.completion_tokens
-            else:
-                per = [c.completion_tokens for c in raw.completions]
-                completion_tokens = (
-                    sum(t for t in per if t is not None)
-                    if all(t is not None for t in per)
-                    else request.params.max_tokens * max(choices, 1)
-                )
+            completion_tokens = self._completion_tokens(request, raw)
         cost = self.price.cost(prompt_tokens, completion_tokens) if self.price else None
-        if raw is None and (error is None or isinstance(error, _UNKNOWN_OUTCOME)):
+        undelivered = raw is None and (error is None or isinstance(error, _UNKNOWN_OUTCOME))
+        if undelivered:
             reservation.settle(worst)
         else:
             reservation.settle(Charge(prompt_tokens + completion_tokens, cost or 0.0, 1))
@@ -809,8 +909,16 @@ class Model(ABC):
             # After the refund: what the provider says remains has the last word.
             self.rate_limiter.observe(raw.rate_limits)
         name = self.name
-        self._usage.add(prompt_tokens, completion_tokens, 1, cost, seconds, name)
+        with ledger_lock:  # a model may be shared by threads
+            self._usage.add(prompt_tokens, completion_tokens, 1, cost, seconds, name, undelivered)
         run = current_run()
+        if raw is not None and (
+            choices > request.n or completion_tokens > request.params.max_tokens * request.n
+        ):
+            what = self._out_of_spec(request, choices, completion_tokens)
+            logger.warning("%s %s: out of spec", name, what)
+            if run is not None:
+                run.mark_out_of_spec(name, f"{name} {what}")
         if run is not None:
             event = None
             if run.traced:
@@ -828,7 +936,31 @@ class Model(ABC):
                     choices=choices,
                     error=error_text,
                 )
-            run.record(name, prompt_tokens, completion_tokens, cost, seconds, event)
+            run.record(name, prompt_tokens, completion_tokens, cost, seconds, event, undelivered)
+
+
+async def _all_chunks(coros: list[Awaitable[None]]) -> None:
+    """Run ``coros`` as tasks and return only once every one has finished, as a task group
+    would, but cheaper. A chunk keeps its provider failures in ``failures``; a cancellation
+    (an early stop) or any other error (a bug in ``on_completions``, say) cancels the other
+    chunks and waits until each has settled its request, so a run is final when it returns
+    (``gather`` returns as soon as one task ends cancelled, leaving the others to settle
+    later)."""
+    tasks = [asyncio.ensure_future(coro) for coro in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        pending = [task for task in tasks if not task.done()]
+        while pending:
+            try:
+                await asyncio.wait(pending)
+            except asyncio.CancelledError:  # cancelled again (anyio repeats it): keep waiting
+                for task in pending:
+                    task.cancel()
+            pending = [task for task in pending if not task.done()]
+        raise
 
 
 # Models that hold resources (sessions, connections) on each event loop, so that a loop that

@@ -29,9 +29,16 @@ def run_sync(fn: Callable[[], Awaitable[T]]) -> T:
             await close_models_on_this_loop()
 
     try:
-        asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(main())
+    from ttc.runtime.budget import loop_blocked
+
     ctx = contextvars.copy_context()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttc-run-sync") as pool:
+    # The caller's loop is blocked until the worker is done: budgets must not wait for what
+    # its tasks hold (see ``loop_blocked``).
+    with (
+        loop_blocked(loop),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttc-run-sync") as pool,
+    ):
         return pool.submit(ctx.run, asyncio.run, main()).result()

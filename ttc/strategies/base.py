@@ -21,7 +21,16 @@ from ttc.runtime.budget import Budget
 from ttc.runtime.context import RunContext, current_run, run_scope
 from ttc.runtime.model import Model
 from ttc.runtime.sync import run_sync
-from ttc.types import Candidate, Completion, Message, Prompt, Result, SamplingParams, StopReason
+from ttc.types import (
+    BudgetStop,
+    Candidate,
+    Completion,
+    Message,
+    Prompt,
+    Result,
+    SamplingParams,
+    StopReason,
+)
 from ttc.validation import check_instance, check_int
 
 Extractor = Callable[[str], str | None]
@@ -58,6 +67,8 @@ class Strategy(ABC):
         result.usage = ctx.usage.snapshot()
         result.elapsed_s = time.perf_counter() - start
         result.trace = ctx.trace or []
+        if result.stopped_by == "budget" and ctx.budget_error is not None:
+            result.budget_stop = _budget_stop(ctx.budget_error)
         if result.stopped_by == "budget" and self.on_budget == "raise":
             error = ctx.budget_error or BudgetExceeded("run", 0, 0, 0, "run")
             error.result = result
@@ -97,6 +108,19 @@ def check_source(source: object) -> Source:
 def check_n(n: int) -> int:
     checked: int = check_int("n", n, ge=1)
     return checked
+
+
+def _budget_stop(exc: BudgetExceeded) -> BudgetStop | None:
+    """The structured form of the budget error that stopped a run."""
+    if exc.limit not in ("tokens", "usd", "requests", "seconds"):
+        return None
+    return BudgetStop(
+        scope=exc.scope,
+        limit=exc.limit,
+        limit_value=exc.limit_value,
+        spent=exc.spent,
+        needed=exc.needed,
+    )
 
 
 def _note_budget_error(exc: BudgetExceeded) -> None:
@@ -165,6 +189,13 @@ async def draw(
             return
         if result.stopped_by == "budget":
             out.stopped_by = "budget"
+            stop = result.budget_stop
+            if stop is not None:  # the inner run's budget stops this one too
+                _note_budget_error(
+                    BudgetExceeded(
+                        stop.limit, stop.limit_value, stop.spent, stop.needed, stop.scope
+                    )
+                )
         out.errors.extend(result.errors)
         if result.best is not None:
             watched = take([result.best])

@@ -532,6 +532,7 @@ class FakeProvider:
         port: int = 0,
         rate_window: float = 60.0,
         echo_auth: bool = False,
+        parallel: bool = False,
     ) -> None:
         if flavor not in FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
@@ -544,6 +545,10 @@ class FakeProvider:
         if rate_window <= 0:
             raise ValueError("rate_window must be > 0")
         self.flavor: Flavor = flavor
+        #: llamacpp only: imitate llama.cpp's C++ server started with ``--parallel``, which
+        #: honours ``n`` but whose usage counts the completion tokens of one choice (the
+        #: last); ``Stats`` still counts every choice generated.
+        self.parallel = parallel
         self.reply: Reply = reply or default_reply
         self.latency = latency
         self.faults = faults or Faults()
@@ -840,7 +845,7 @@ class FakeProvider:
 
     def _parse_n(self, req: Mapping[str, Any]) -> int:
         flavor = self.flavor
-        if flavor == "llamacpp":
+        if flavor == "llamacpp" and not self.parallel:
             return 1  # silently ignored, like llama-cpp-python's server
         if flavor in ("groq", "cerebras"):
             n = req.get("n")
@@ -981,7 +986,7 @@ class FakeProvider:
             [tokenize(text) for text in p.prompts] if p.echo and p.logprobs is not None else None
         )
         choices: list[dict[str, Any]] = []
-        completion_tokens = 0
+        completion_tokens = last_tokens = 0
         for p_index, prompt_text in enumerate(p.prompts):
             limit = (
                 p.max_tokens
@@ -991,6 +996,7 @@ class FakeProvider:
             for j in range(min(p.n, keep - p_index * p.n)):
                 c = self._generate(prompt_text, j, p.seed, p.stops, limit)
                 completion_tokens += len(c.tokens)
+                last_tokens = len(c.tokens)
                 choices.append(
                     self._choice_json(
                         p_index * p.n + j,
@@ -1001,6 +1007,7 @@ class FakeProvider:
                         echo_tokens[p_index] if echo_tokens else None,
                     )
                 )
+        reported = last_tokens if self.parallel and self.flavor == "llamacpp" else completion_tokens
         payload: dict[str, Any] = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-fake{next(self._ids):012d}",
             "object": "chat.completion" if chat else "text_completion",
@@ -1009,8 +1016,8 @@ class FakeProvider:
             "choices": choices,
             "usage": {
                 "prompt_tokens": p.prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": p.prompt_tokens + completion_tokens,
+                "completion_tokens": reported,
+                "total_tokens": p.prompt_tokens + reported,
             },
         }
         if self.flavor == "groq":  # what Groq adds to every completion (litellm reads it)
