@@ -306,6 +306,25 @@ async def test_a_refused_connection_is_retried_briefly_logged_and_named(
     await model.aclose()
 
 
+async def test_a_connection_that_never_opened_is_refunded_to_the_budget() -> None:
+    """Nothing reached the provider: the budget keeps no worst case for it (the attempts still
+    count as requests), and the usage does not call it undelivered."""
+    from ttc.errors import ProviderUnreachableError
+
+    model = OpenAICompatible(
+        "m",
+        base_url=_closed_port_url(),
+        retry=RetryPolicy(initial_backoff=0.01),
+        budget=Budget(tokens=10_000),
+    )
+    with pytest.raises(ProviderUnreachableError):
+        await model.generate("q")
+    assert model.ledger is not None
+    assert model.ledger.spent_tokens == 0 and model.ledger.spent_requests == 3
+    assert model.usage.undelivered_requests == 0
+    await model.aclose()
+
+
 async def test_a_server_that_accepts_and_never_answers_costs_max_timeouts_attempts() -> None:
     """Bug 4: a port that accepts and never answers took 29 s with ``timeout=1`` (8 attempts
     plus growing backoff). Timeouts now get ``max_timeouts`` attempts (default 2)."""

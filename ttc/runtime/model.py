@@ -35,6 +35,7 @@ from ttc.errors import (
     ProviderConnectionError,
     ProviderError,
     ProviderTimeoutError,
+    ProviderUnreachableError,
 )
 from ttc.runtime.budget import (
     Budget,
@@ -108,6 +109,16 @@ _UNKNOWN_OUTCOME = (
     MalformedResponseError,
     BudgetExceeded,  # the run's deadline cancelled the request in flight
 )
+
+
+
+def _unknown_outcome(error: BaseException | None) -> bool:
+    """Whether the provider may have generated (and billed) something for a failed request:
+    not for a connection that never opened (``ProviderUnreachableError``: nothing was sent)."""
+    return isinstance(error, _UNKNOWN_OUTCOME) and not isinstance(
+        error, ProviderUnreachableError
+    )
+
 
 OnCompletions = Callable[[list[Completion]], Awaitable[None] | None]
 
@@ -641,14 +652,14 @@ class Model(ABC):
                     cost = self.price.cost(tokens, 0) if self.price is not None else None
                     reservation.settle(Charge(tokens, cost or 0.0, 1))
                     self.rate_limiter.refund(prompt_bound - tokens)
-                elif isinstance(error, ProviderError) and not isinstance(error, _UNKNOWN_OUTCOME):
+                elif isinstance(error, ProviderError) and not _unknown_outcome(error):
                     reservation.settle(Charge(0, 0.0, 1))  # refused: nothing was processed
                     self.rate_limiter.refund(prompt_bound)
                 else:  # cancelled, timed out, cut off: the worst case may have been billed
                     reservation.settle(worst)
                 counted = tokens or 0
                 undelivered = not done and not (
-                    isinstance(error, ProviderError) and not isinstance(error, _UNKNOWN_OUTCOME)
+                    isinstance(error, ProviderError) and not _unknown_outcome(error)
                 )
                 with ledger_lock:  # a model may be shared by threads
                     self._usage.add(counted, 0, 1, cost, seconds, self.name, undelivered)
@@ -899,7 +910,7 @@ class Model(ABC):
                 prompt_tokens = self._prompt_token_bound(request)
             completion_tokens = self._completion_tokens(request, raw)
         cost = self.price.cost(prompt_tokens, completion_tokens) if self.price else None
-        undelivered = raw is None and (error is None or isinstance(error, _UNKNOWN_OUTCOME))
+        undelivered = raw is None and (error is None or _unknown_outcome(error))
         if undelivered:
             reservation.settle(worst)
         else:
