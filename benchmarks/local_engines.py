@@ -34,6 +34,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 
@@ -173,6 +174,115 @@ async def bench_llamacpp(repeats: int, threads: int) -> list[Row]:
 
 async def _tokens(model: Model, prompt: str, params: SamplingParams, n: int = 1) -> int:
     return (await generated_tokens(model, prompt, params, n))[0]
+
+
+#: Options of the batching benchmark (set by ``main``).
+BATCH_THREADS: tuple[int, ...] = (1, 2)
+BATCH_NS: tuple[int, ...] = (1, 4, 16, 64)
+SERIAL_CAP = 16  # the serial path's speed does not depend on n: measure at most this many
+SEARCH_QUESTIONS = 3
+DATA = Path(__file__).resolve().parent / "data" / "gsm8k_dev_50.jsonl"
+
+
+async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
+    """Batched against serial decoding in ``LlamaCpp``, and prefix reuse in a step search.
+
+    For each thread count in ``BATCH_THREADS``: generated tokens/s of n sampled continuations
+    (T = 0.8, 64 tokens, no stop) of the GSM8K few-shot prompt, for n in ``BATCH_NS``, on the
+    serial path (``batched=False``: today's one-after-another generation, measured on at most
+    ``SERIAL_CAP`` samples since its speed does not depend on n) and on the batching engine
+    (prompt cached, as it is after the first call). Then the wall time of a BeamPRM search
+    (N = 16, M = 4, ArithmeticPRM, the step format of ``benchmarks/search.py``) on the first
+    ``SEARCH_QUESTIONS`` GSM8K dev questions, with the engine's prefix cache off and on, and
+    the prompt tokens the engine had to decode (the rest came from the cache).
+    """
+    import json
+
+    from ttc import BeamPRM
+    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS, LlamaCpp
+    from ttc.scoring import ArithmeticPRM
+    from ttc.strategies import StepFormat
+
+    rows: list[Row] = []
+    sampled = SamplingParams(temperature=0.8, max_tokens=64, seed=1)
+    for t in BATCH_THREADS:
+        engine = f"llama.cpp ({t} thread{'s' if t > 1 else ''})"
+        serial = LlamaCpp(n_threads=t, batched=False, seed=0, raw=True).load()
+        batched = LlamaCpp(n_threads=t, n_seq_max=max(BATCH_NS), seed=0, raw=True).load()
+        prompt = GSM8K_FEW_SHOT.replace("{question}", GSM8K_QUESTION)
+        for model in (serial, batched):
+            await _tokens(model, prompt, SamplingParams(temperature=0.0, max_tokens=1))
+        base = float("nan")
+        for n in BATCH_NS:
+            speeds: dict[str, float] = {}
+            for label, model, count in (
+                ("serial", serial, min(n, SERIAL_CAP)),
+                ("batched", batched, n),
+            ):
+                runs = []
+                for _ in range(repeats):
+                    seconds, tokens = await timed(
+                        lambda m=model, c=count, p=prompt: _tokens(m, p, sampled, n=c)  # type: ignore[misc]
+                    )
+                    runs.append(tokens / seconds)
+                speeds[label] = median(runs)
+            if n == 1:
+                base = speeds["serial"]
+            note = f"{min(n, SERIAL_CAP)} samples" if n > SERIAL_CAP else ""
+            rows.append(
+                Row(engine, f"n={n}, serial (batched=False)", speeds["serial"], "tok/s", note)
+            )
+            rows.append(
+                Row(
+                    engine,
+                    f"n={n}, batched",
+                    speeds["batched"],
+                    "tok/s",
+                    f"{speeds['batched'] / speeds['serial']:.2f}x serial n={n}, "
+                    f"{speeds['batched'] / base:.2f}x serial n=1",
+                )
+            )
+        serial.close()
+        batched.close()
+
+    problems = [
+        json.loads(line) for line in DATA.read_text().splitlines()[:SEARCH_QUESTIONS] if line
+    ]
+    fmt = StepFormat(delimiter=". ", template=GSM8K_FEW_SHOT, end_markers=TEMPLATE_STOPS)
+    step = SamplingParams(temperature=0.8, max_tokens=48)
+    t = max(BATCH_THREADS)
+    engine = f"llama.cpp ({t} thread{'s' if t > 1 else ''})"
+    for reuse in (False, True):
+        model = LlamaCpp(n_threads=t, raw=True, seed=0, prefix_cache=reuse).load()
+        seconds = 0.0
+        rounds = 0
+        generated = 0
+        for problem in problems:
+            search = BeamPRM(
+                model, ArithmeticPRM(), n=16, width=4, max_rounds=8, params=step, step_format=fmt
+            )
+            start = time.perf_counter()
+            result = await search.run(problem["question"].strip())
+            seconds += time.perf_counter() - start
+            rounds += len(result.tree or [])
+            generated += result.usage.completion_tokens
+        stats = model.batch_engine.stats if model.batch_engine is not None else {}
+        decoded = stats.get("tokens", 0.0) - generated
+        label = "on" if reuse else "off"
+        rows.append(
+            Row(
+                engine,
+                f"BeamPRM N=16 M=4, {len(problems)} questions, prefix cache {label}",
+                seconds,
+                "s",
+                f"{rounds} rounds, {seconds / max(rounds, 1):.2f} s a round, {generated} tokens "
+                f"generated, {decoded:.0f} prompt tokens decoded",
+            )
+        )
+        model.close()
+    off, on = rows[-2].value, rows[-1].value
+    rows[-1].note += f"; {off / on:.2f}x faster"
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,6 +483,7 @@ async def bench_transformers(repeats: int, threads: int) -> list[Row]:
 #: engine name -> (benchmark, the package it needs)
 ENGINES: dict[str, tuple[Callable[[int, int], Awaitable[list[Row]]], str]] = {
     "llama.cpp": (bench_llamacpp, "llama_cpp"),
+    "llama.cpp-batching": (bench_llamacpp_batching, "llama_cpp"),
     "vllm": (bench_vllm, "vllm"),
     "transformers": (bench_transformers, "transformers"),
 }
@@ -403,11 +514,23 @@ async def run(engines: list[str], repeats: int, threads: int) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global BATCH_THREADS, BATCH_NS, SEARCH_QUESTIONS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per engine")
+    parser.add_argument(
+        "--batch-threads",
+        type=int,
+        nargs="*",
+        default=list(BATCH_THREADS),
+        help="thread counts of the llama.cpp-batching rows",
+    )
+    parser.add_argument("--batch-n", type=int, nargs="*", default=list(BATCH_NS))
+    parser.add_argument("--search-questions", type=int, default=SEARCH_QUESTIONS)
     args = parser.parse_args(argv)
+    BATCH_THREADS, BATCH_NS = tuple(args.batch_threads), tuple(args.batch_n)
+    SEARCH_QUESTIONS = args.search_questions
     print_table(anyio.run(run, args.engines, args.repeats, args.threads))
 
 

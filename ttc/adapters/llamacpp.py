@@ -403,6 +403,12 @@ class LlamaCpp(Model):
         return self._engine_lock.locked()
 
     @property
+    def batch_engine(self) -> BatchEngine | None:
+        """The batching engine once started (``None`` before, or with ``batched=False``): for
+        inspection, e.g. its ``stats`` (decode calls, tokens decoded, seconds in decode)."""
+        return self._batch_engine
+
+    @property
     def llama(self) -> Any:
         """The ``llama_cpp.Llama`` object, loaded if needed: for what the adapter does not
         expose. Do not use it while a request is in flight."""

@@ -193,6 +193,8 @@ class BatchEngine:
         self._step_lock = threading.Lock()  # held while a step runs; reset/close take it
         self._closed = False
         self._stepping = False
+        #: Decode calls, tokens decoded (prompt and generated) and seconds inside llama_decode.
+        self.stats: dict[str, float] = {"steps": 0, "tokens": 0, "decode_s": 0.0}
         self._thread = threading.Thread(target=self._run, name="ttc-llamacpp-batch", daemon=True)
         self._thread.start()
 
@@ -209,6 +211,11 @@ class BatchEngine:
     def busy(self) -> bool:
         """Whether sequences are live, requests queued, or a step is running."""
         return bool(self._queue or self._live or self._stepping)
+
+    @property
+    def live(self) -> int:
+        """Sequences being decoded now."""
+        return len(self._live)
 
     @property
     def kept(self) -> int:
@@ -467,7 +474,11 @@ class BatchEngine:
         return plan
 
     def _decode(self) -> None:
+        start = time.perf_counter()
         result = int(self._lib.llama_decode(self._ctx, self._batch))
+        self.stats["decode_s"] += time.perf_counter() - start
+        self.stats["steps"] += 1
+        self.stats["tokens"] += self._batch.n_tokens
         if result == 1 and self._kept:
             # No room for the batch (a copied prefix outlived the kept sequence that counted
             # its cells): drop the kept caches and decode the same batch once more (one ubatch:
