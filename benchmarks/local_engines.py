@@ -179,8 +179,9 @@ async def _tokens(model: Model, prompt: str, params: SamplingParams, n: int = 1)
 #: Options of the batching benchmark (set by ``main``).
 BATCH_THREADS: tuple[int, ...] = (1, 2)
 BATCH_NS: tuple[int, ...] = (1, 4, 16, 64)
-SERIAL_CAP = 16  # the serial path's speed does not depend on n: measure at most this many
+SERIAL_CAP = 4  # the serial path's speed does not depend on n: measure at most this many
 SEARCH_QUESTIONS = 3
+SEARCH_THREADS = 2
 DATA = Path(__file__).resolve().parent / "data" / "gsm8k_dev_50.jsonl"
 
 
@@ -248,9 +249,11 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
     problems = [
         json.loads(line) for line in DATA.read_text().splitlines()[:SEARCH_QUESTIONS] if line
     ]
+    if not problems:
+        return rows
     fmt = StepFormat(delimiter=". ", template=GSM8K_FEW_SHOT, end_markers=TEMPLATE_STOPS)
     step = SamplingParams(temperature=0.8, max_tokens=48)
-    t = max(BATCH_THREADS)
+    t = SEARCH_THREADS
     engine = f"llama.cpp ({t} thread{'s' if t > 1 else ''})"
     for reuse in (False, True):
         model = LlamaCpp(n_threads=t, raw=True, seed=0, prefix_cache=reuse).load()
@@ -514,7 +517,7 @@ async def run(engines: list[str], repeats: int, threads: int) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    global BATCH_THREADS, BATCH_NS, SEARCH_QUESTIONS
+    global BATCH_THREADS, BATCH_NS, SEARCH_QUESTIONS, SEARCH_THREADS, SERIAL_CAP
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--repeats", type=int, default=3)
@@ -527,10 +530,13 @@ def main(argv: list[str] | None = None) -> None:
         help="thread counts of the llama.cpp-batching rows",
     )
     parser.add_argument("--batch-n", type=int, nargs="*", default=list(BATCH_NS))
+    parser.add_argument("--serial-cap", type=int, default=SERIAL_CAP)
     parser.add_argument("--search-questions", type=int, default=SEARCH_QUESTIONS)
+    parser.add_argument("--search-threads", type=int, default=SEARCH_THREADS)
     args = parser.parse_args(argv)
     BATCH_THREADS, BATCH_NS = tuple(args.batch_threads), tuple(args.batch_n)
-    SEARCH_QUESTIONS = args.search_questions
+    SEARCH_QUESTIONS, SEARCH_THREADS = args.search_questions, args.search_threads
+    SERIAL_CAP = args.serial_cap
     print_table(anyio.run(run, args.engines, args.repeats, args.threads))
 
 

@@ -224,9 +224,10 @@ class LlamaCpp(Model):
         chat_format: a llama-cpp-python chat format (e.g. ``"gemma"``, ``"chatml"``,
             ``"llama-3"``) that turns chat messages into the prompt. Chat-message prompts need
             it: a GGUF's own chat-format guess is unreliable (empty output for the base Gemma).
-        prompt_lookup: speculative decoding by prompt lookup: draft this many tokens by copying
-            what followed an earlier occurrence of the last n-gram in the context
-            (``LlamaPromptLookupDecoding``), then verify them in one batch. Off by default: no
+        prompt_lookup: speculative decoding by prompt lookup (on the serial path, see
+            ``batched``): draft this many tokens by copying what followed an earlier occurrence
+            of the last n-gram in the context (``LlamaPromptLookupDecoding``), then verify
+            them in one batch. Off by default: no
             reliable speedup on this CPU (measured 0.4x to 1.2x, slower on few-shot math
             prompts), greedy output can change (batched logits differ slightly), and
             llama.cpp then keeps logits for every token (more memory). No logprobs with it.
