@@ -38,6 +38,7 @@ import os
 import random
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -568,6 +569,8 @@ class LlamaCpp(Model):
                         repeat_penalty=self.repeat_penalty,
                         describe=(self.provider, self.model),
                     )
+                # A model dropped without close() must not leave its thread and context behind.
+                weakref.finalize(self, self._batch_engine.close)
             return self._batch_engine
 
     async def _in_worker(self, fn: Callable[[_Job], T]) -> T:

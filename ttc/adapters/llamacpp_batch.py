@@ -232,20 +232,27 @@ class BatchEngine:
                 self._lib.llama_memory_clear(self._mem, True)
 
     def close(self) -> None:
-        """Stop the thread, fail what is still queued or live, and free the context."""
+        """Stop the thread, fail what is still queued or live, and free the context (the
+        thread does it as it leaves; ``close`` waits for that unless called from it)."""
         with self._cond:
             if self._closed:
                 return
             self._closed = True
             self._cond.notify_all()
-        self._thread.join()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _shutdown(self) -> None:
         error = ProviderError("the llama.cpp engine was closed", provider=self.provider)
-        for request in [*self._queue, *(s.request for s in self._live)]:
+        with self._cond:
+            queued = list(self._queue)
+            self._queue.clear()
+        for request in [*queued, *(s.request for s in self._live)]:
             _fail(request, error)
-        self._queue.clear()
         for seq in self._live:
             self._lib.llama_sampler_free(seq.sampler)
         self._live.clear()
+        self._kept.clear()
         self._lib.llama_batch_free(self._batch)
         self._lib.llama_free(self._ctx)
 
@@ -257,7 +264,7 @@ class BatchEngine:
                 while not self._closed and not self._queue and not self._live:
                     self._cond.wait()
                 if self._closed:
-                    return
+                    break
                 idle = not self._live
             if idle:
                 self._linger()
@@ -269,6 +276,8 @@ class BatchEngine:
                     self._fail_all(exc)
                 finally:
                     self._stepping = False
+        with self._step_lock:
+            self._shutdown()
 
     def _linger(self) -> None:
         """From idle: wait until requests stop arriving (a few ms), so a burst starts together."""
