@@ -18,8 +18,8 @@ pytest.importorskip("llama_cpp")
 
 from ttc import Budget, Completion, Message, RepeatedSample, SamplingParams
 from ttc.adapters import LlamaCpp
-from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS, gemma_path
-from ttc.errors import ConfigError
+from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS, available_cores, gemma_path
+from ttc.errors import ConfigError, ContextLengthError
 from ttc.scoring import FunctionVerifier, GSM8KAnswer
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.anyio]
@@ -111,6 +111,8 @@ async def test_batched_greedy_samples_equal_the_serial_greedy_output(gemma: Llam
     finally:
         serial.close()
     assert gemma.batched and gemma.max_concurrency == gemma.n_seq_max
+    # n_threads was measured at load: one thread or every core this process may use.
+    assert gemma.n_threads in {1, available_cores()}
     # Four sequences decoded together, sharing the prompt's cache: each is the serial output.
     batch = await gemma.generate(CARS, GREEDY, n=4)
     assert [c.text for c in batch] == [reference.text] * 4
@@ -251,6 +253,25 @@ async def test_a_search_round_reuses_the_cached_prefix_of_its_beam(raw_gemma: Ll
     finally:
         fresh.close()
     assert again.text == second.text
+
+
+async def test_the_engine_refuses_what_its_cache_cannot_hold_and_stops_when_dropped() -> None:
+    import gc
+    import threading
+
+    def engine_threads() -> int:
+        return sum(t.name == "ttc-llamacpp-batch" for t in threading.enumerate())
+
+    before = engine_threads()
+    small = LlamaCpp(gemma_path(), n_ctx=256, kv_size=64, n_threads=1)
+    with pytest.raises(ContextLengthError, match="kv_size=64"):
+        await small.generate("Once upon a time", SamplingParams(max_tokens=100))
+    [c] = await small.generate("Once upon a time", SamplingParams(max_tokens=4))
+    assert c.completion_tokens == 4
+    assert engine_threads() == before + 1
+    del small, c
+    gc.collect()
+    assert engine_threads() == before  # no thread or llama context left behind
 
 
 async def test_stop_sequences_and_max_tokens(raw_gemma: LlamaCpp) -> None:

