@@ -180,8 +180,10 @@ async def _tokens(model: Model, prompt: str, params: SamplingParams, n: int = 1)
 BATCH_THREADS: tuple[int, ...] = (1, 2)
 BATCH_NS: tuple[int, ...] = (1, 4, 16, 64)
 SERIAL_CAP = 4  # the serial path's speed does not depend on n: measure at most this many
+BATCH_TOKENS = 64
 SEARCH_QUESTIONS = 3
-SEARCH_THREADS = 2
+SEARCH_ROUNDS = 4
+SEARCH_THREADS = 1
 DATA = Path(__file__).resolve().parent / "data" / "gsm8k_dev_50.jsonl"
 
 
@@ -205,7 +207,7 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
     from ttc.strategies import StepFormat
 
     rows: list[Row] = []
-    sampled = SamplingParams(temperature=0.8, max_tokens=64, seed=1)
+    sampled = SamplingParams(temperature=0.8, max_tokens=BATCH_TOKENS, seed=1)
     for t in BATCH_THREADS:
         engine = f"llama.cpp ({t} thread{'s' if t > 1 else ''})"
         serial = LlamaCpp(n_threads=t, batched=False, seed=0, raw=True).load()
@@ -243,6 +245,7 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
                     f"{speeds['batched'] / base:.2f}x serial n=1",
                 )
             )
+            print(rows[-2], rows[-1], sep="\n", flush=True)
         serial.close()
         batched.close()
 
@@ -262,7 +265,13 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
         generated = 0
         for problem in problems:
             search = BeamPRM(
-                model, ArithmeticPRM(), n=16, width=4, max_rounds=8, params=step, step_format=fmt
+                model,
+                ArithmeticPRM(),
+                n=16,
+                width=4,
+                max_rounds=SEARCH_ROUNDS,
+                params=step,
+                step_format=fmt,
             )
             start = time.perf_counter()
             result = await search.run(problem["question"].strip())
@@ -283,6 +292,7 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
             )
         )
         model.close()
+        print(rows[-1], flush=True)
     off, on = rows[-2].value, rows[-1].value
     rows[-1].note += f"; {off / on:.2f}x faster"
     return rows
@@ -518,6 +528,7 @@ async def run(engines: list[str], repeats: int, threads: int) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> None:
     global BATCH_THREADS, BATCH_NS, SEARCH_QUESTIONS, SEARCH_THREADS, SERIAL_CAP
+    global BATCH_TOKENS, SEARCH_ROUNDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--repeats", type=int, default=3)
@@ -531,12 +542,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--batch-n", type=int, nargs="*", default=list(BATCH_NS))
     parser.add_argument("--serial-cap", type=int, default=SERIAL_CAP)
+    parser.add_argument("--batch-tokens", type=int, default=BATCH_TOKENS)
+    parser.add_argument("--search-rounds", type=int, default=SEARCH_ROUNDS)
     parser.add_argument("--search-questions", type=int, default=SEARCH_QUESTIONS)
     parser.add_argument("--search-threads", type=int, default=SEARCH_THREADS)
     args = parser.parse_args(argv)
     BATCH_THREADS, BATCH_NS = tuple(args.batch_threads), tuple(args.batch_n)
     SEARCH_QUESTIONS, SEARCH_THREADS = args.search_questions, args.search_threads
-    SERIAL_CAP = args.serial_cap
+    SERIAL_CAP, BATCH_TOKENS, SEARCH_ROUNDS = args.serial_cap, args.batch_tokens, args.search_rounds
     print_table(anyio.run(run, args.engines, args.repeats, args.threads))
 
 
