@@ -35,6 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -184,6 +185,7 @@ BATCH_TOKENS = 64
 SEARCH_QUESTIONS = 3
 SEARCH_ROUNDS = 4
 SEARCH_THREADS = 1
+SEARCH_SERIAL = True  # also run the search on the serial path (slow)
 DATA = Path(__file__).resolve().parent / "data" / "gsm8k_dev_50.jsonl"
 
 
@@ -258,8 +260,16 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
     step = SamplingParams(temperature=0.8, max_tokens=48)
     t = SEARCH_THREADS
     engine = f"llama.cpp ({t} thread{'s' if t > 1 else ''})"
-    for reuse in (False, True):
-        model = LlamaCpp(n_threads=t, raw=True, seed=0, prefix_cache=reuse).load()
+    per_round: dict[str, float] = {}
+    configs: list[tuple[str, dict[str, Any]]] = [
+        ("serial (batched=False)", {"batched": False}),
+        ("batched, prefix cache off", {"prefix_cache": False}),
+        ("batched, prefix cache on", {"prefix_cache": True}),
+    ]
+    for label, options in configs:
+        if label.startswith("serial") and not SEARCH_SERIAL:
+            continue
+        model = LlamaCpp(n_threads=t, raw=True, seed=0, **options).load()
         seconds = 0.0
         rounds = 0
         generated = 0
@@ -278,23 +288,22 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
             seconds += time.perf_counter() - start
             rounds += len(result.tree or [])
             generated += result.usage.completion_tokens
-        stats = model.batch_engine.stats if model.batch_engine is not None else {}
-        decoded = stats.get("tokens", 0.0) - generated
-        label = "on" if reuse else "off"
+        per_round[label] = seconds / max(rounds, 1)
+        note = f"{rounds} rounds, {per_round[label]:.2f} s a round, {generated} tokens generated"
+        if model.batch_engine is not None:
+            decoded = model.batch_engine.stats["tokens"] - generated
+            note += f", {decoded:.0f} prompt tokens decoded"
+        if label.endswith("on"):
+            off = per_round["batched, prefix cache off"]
+            note += f"; a round {off / per_round[label]:.2f}x faster than cache off"
+            if "serial (batched=False)" in per_round:
+                slow = per_round["serial (batched=False)"]
+                note += f", {slow / per_round[label]:.2f}x faster than serial"
         rows.append(
-            Row(
-                engine,
-                f"BeamPRM N=16 M=4, {len(problems)} questions, prefix cache {label}",
-                seconds,
-                "s",
-                f"{rounds} rounds, {seconds / max(rounds, 1):.2f} s a round, {generated} tokens "
-                f"generated, {decoded:.0f} prompt tokens decoded",
-            )
+            Row(engine, f"BeamPRM N=16 M=4, {len(problems)} questions, {label}", seconds, "s", note)
         )
         model.close()
         print(rows[-1], flush=True)
-    off, on = rows[-2].value, rows[-1].value
-    rows[-1].note += f"; {off / on:.2f}x faster"
     return rows
 
 
@@ -528,7 +537,7 @@ async def run(engines: list[str], repeats: int, threads: int) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> None:
     global BATCH_THREADS, BATCH_NS, SEARCH_QUESTIONS, SEARCH_THREADS, SERIAL_CAP
-    global BATCH_TOKENS, SEARCH_ROUNDS
+    global BATCH_TOKENS, SEARCH_ROUNDS, SEARCH_SERIAL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--repeats", type=int, default=3)
@@ -546,9 +555,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--search-rounds", type=int, default=SEARCH_ROUNDS)
     parser.add_argument("--search-questions", type=int, default=SEARCH_QUESTIONS)
     parser.add_argument("--search-threads", type=int, default=SEARCH_THREADS)
+    parser.add_argument(
+        "--no-search-serial", action="store_true", help="skip the search on the serial path"
+    )
     args = parser.parse_args(argv)
     BATCH_THREADS, BATCH_NS = tuple(args.batch_threads), tuple(args.batch_n)
     SEARCH_QUESTIONS, SEARCH_THREADS = args.search_questions, args.search_threads
+    SEARCH_SERIAL = not args.no_search_serial
     SERIAL_CAP, BATCH_TOKENS, SEARCH_ROUNDS = args.serial_cap, args.batch_tokens, args.search_rounds
     print_table(anyio.run(run, args.engines, args.repeats, args.threads))
 
