@@ -182,6 +182,7 @@ BATCH_THREADS: tuple[int, ...] = (1, 2)
 BATCH_NS: tuple[int, ...] = (1, 4, 16, 64)
 SERIAL_CAP = 4  # the serial path's speed does not depend on n: measure at most this many
 BATCH_TOKENS = 64
+BATCH_SEQS = 16  # the engine's n_seq_max (its default): more samples wait for a free slot
 SEARCH_QUESTIONS = 3
 SEARCH_ROUNDS = 4
 SEARCH_THREADS = 1
@@ -196,7 +197,8 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
     (T = 0.8, 64 tokens, no stop) of the GSM8K few-shot prompt, for n in ``BATCH_NS``, on the
     serial path (``batched=False``: today's one-after-another generation, measured on at most
     ``SERIAL_CAP`` samples since its speed does not depend on n) and on the batching engine
-    (prompt cached, as it is after the first call). Then the wall time of a BeamPRM search
+    (prompt cached, as it is after the first call; ``BATCH_SEQS`` sequences at once, more
+    wait for a slot). Then the wall time of a BeamPRM search
     (N = 16, M = 4, ArithmeticPRM, the step format of ``benchmarks/search.py``) on the first
     ``SEARCH_QUESTIONS`` GSM8K dev questions, with the engine's prefix cache off and on, and
     the prompt tokens the engine had to decode (the rest came from the cache).
@@ -213,7 +215,7 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
     for t in BATCH_THREADS:
         engine = f"llama.cpp ({t} thread{'s' if t > 1 else ''})"
         serial = LlamaCpp(n_threads=t, batched=False, seed=0, raw=True).load()
-        batched = LlamaCpp(n_threads=t, n_seq_max=max(BATCH_NS), seed=0, raw=True).load()
+        batched = LlamaCpp(n_threads=t, n_seq_max=BATCH_SEQS, seed=0, raw=True).load()
         prompt = GSM8K_FEW_SHOT.replace("{question}", GSM8K_QUESTION)
         for model in (serial, batched):
             await _tokens(model, prompt, SamplingParams(temperature=0.0, max_tokens=1))
@@ -537,7 +539,7 @@ async def run(engines: list[str], repeats: int, threads: int) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> None:
     global BATCH_THREADS, BATCH_NS, SEARCH_QUESTIONS, SEARCH_THREADS, SERIAL_CAP
-    global BATCH_TOKENS, SEARCH_ROUNDS, SEARCH_SERIAL
+    global BATCH_TOKENS, SEARCH_ROUNDS, SEARCH_SERIAL, BATCH_SEQS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--repeats", type=int, default=3)
@@ -552,6 +554,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-n", type=int, nargs="*", default=list(BATCH_NS))
     parser.add_argument("--serial-cap", type=int, default=SERIAL_CAP)
     parser.add_argument("--batch-tokens", type=int, default=BATCH_TOKENS)
+    parser.add_argument("--batch-seqs", type=int, default=BATCH_SEQS, help="n_seq_max")
     parser.add_argument("--search-rounds", type=int, default=SEARCH_ROUNDS)
     parser.add_argument("--search-questions", type=int, default=SEARCH_QUESTIONS)
     parser.add_argument("--search-threads", type=int, default=SEARCH_THREADS)
@@ -562,6 +565,7 @@ def main(argv: list[str] | None = None) -> None:
     BATCH_THREADS, BATCH_NS = tuple(args.batch_threads), tuple(args.batch_n)
     SEARCH_QUESTIONS, SEARCH_THREADS = args.search_questions, args.search_threads
     SEARCH_SERIAL = not args.no_search_serial
+    BATCH_SEQS = args.batch_seqs
     SERIAL_CAP, BATCH_TOKENS, SEARCH_ROUNDS = args.serial_cap, args.batch_tokens, args.search_rounds
     print_table(anyio.run(run, args.engines, args.repeats, args.threads))
 
