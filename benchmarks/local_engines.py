@@ -2,6 +2,8 @@
 
     python benchmarks/local_engines.py                      # every engine that is installed
     python benchmarks/local_engines.py --engines llama.cpp --repeats 3
+    python benchmarks/local_engines.py --engines llama.cpp-batching --repeats 1 \
+        --batch-tokens 32 --search-questions 2 --search-rounds 3 --search-threads 1
 
 Each engine is one function returning rows; ``main`` runs the engines whose package is
 installed and prints one table. Numbers are medians over ``--repeats`` runs. The machine may be
@@ -16,6 +18,10 @@ llama.cpp rows (``ttc.adapters.LlamaCpp`` on the embedded Gemma 3 270M, one thre
   batched sampling, so the adapter runs them one after another on the cached prompt);
 - prompt lookup: generated tokens/s without and with ``prompt_lookup=10`` speculative drafting,
   greedy, on a copy-heavy prompt and on a GSM8K few-shot prompt, and whether the text matched.
+
+llama.cpp-batching rows (``bench_llamacpp_batching``): tokens/s of n = 1, 4, 16, 64 samples
+on the serial path and on the batching engine with 1 and 2 threads, and a BeamPRM search
+(N = 16, M = 4) on the serial path and batched with the prefix cache off and on.
 
 vLLM rows (``ttc.adapters.VLLM``, the async engine in this process, on the Gemma weights
 converted once to a Hugging Face folder; bf16, eager mode): engine start, prefill, single
