@@ -2,6 +2,8 @@
 
     python benchmarks/local_engines.py                      # every engine that is installed
     python benchmarks/local_engines.py --engines llama.cpp --repeats 3
+    python benchmarks/local_engines.py --engines llama.cpp-batching --repeats 1 \
+        --batch-tokens 32 --search-questions 2 --search-rounds 3 --search-threads 1
 
 Each engine is one function returning rows; ``main`` runs the engines whose package is
 installed and prints one table. Numbers are medians over ``--repeats`` runs. The machine may be
@@ -16,6 +18,10 @@ llama.cpp rows (``ttc.adapters.LlamaCpp`` on the embedded Gemma 3 270M, one thre
   batched sampling, so the adapter runs them one after another on the cached prompt);
 - prompt lookup: generated tokens/s without and with ``prompt_lookup=10`` speculative drafting,
   greedy, on a copy-heavy prompt and on a GSM8K few-shot prompt, and whether the text matched.
+
+llama.cpp-batching rows (``bench_llamacpp_batching``): tokens/s of n = 1, 4, 16, 64 samples
+on the serial path and on the batching engine with 1 and 2 threads, and a BeamPRM search
+(N = 16, M = 4) on the serial path and batched with the prefix cache off and on.
 
 vLLM rows (``ttc.adapters.VLLM``, the async engine in this process, on the Gemma weights
 converted once to a Hugging Face folder; bf16, eager mode): engine start, prefill, single
@@ -34,6 +40,8 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -173,6 +181,138 @@ async def bench_llamacpp(repeats: int, threads: int) -> list[Row]:
 
 async def _tokens(model: Model, prompt: str, params: SamplingParams, n: int = 1) -> int:
     return (await generated_tokens(model, prompt, params, n))[0]
+
+
+#: Options of the batching benchmark (set by ``main``).
+BATCH_THREADS: tuple[int, ...] = (1, 2)
+BATCH_NS: tuple[int, ...] = (1, 4, 16, 64)
+SERIAL_CAP = 4  # the serial path's speed does not depend on n: measure at most this many
+BATCH_TOKENS = 64
+BATCH_SEQS = 16  # the engine's n_seq_max (its default): more samples wait for a free slot
+SEARCH_QUESTIONS = 3
+SEARCH_ROUNDS = 4
+SEARCH_THREADS = 1
+SEARCH_SERIAL = True  # also run the search on the serial path (slow)
+DATA = Path(__file__).resolve().parent / "data" / "gsm8k_dev_50.jsonl"
+
+
+async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
+    """Batched against serial decoding in ``LlamaCpp``, and prefix reuse in a step search.
+
+    For each thread count in ``BATCH_THREADS``: generated tokens/s of n sampled continuations
+    (T = 0.8, 64 tokens, no stop) of the GSM8K few-shot prompt, for n in ``BATCH_NS``, on the
+    serial path (``batched=False``: today's one-after-another generation, measured on at most
+    ``SERIAL_CAP`` samples since its speed does not depend on n) and on the batching engine
+    (prompt cached, as it is after the first call; ``BATCH_SEQS`` sequences at once, more
+    wait for a slot). Then the wall time of a BeamPRM search
+    (N = 16, M = 4, ArithmeticPRM, the step format of ``benchmarks/search.py``) on the first
+    ``SEARCH_QUESTIONS`` GSM8K dev questions, with the engine's prefix cache off and on, and
+    the prompt tokens the engine had to decode (the rest came from the cache).
+    """
+    import json
+
+    from ttc import BeamPRM
+    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS, LlamaCpp
+    from ttc.scoring import ArithmeticPRM
+    from ttc.strategies import StepFormat
+
+    rows: list[Row] = []
+    sampled = SamplingParams(temperature=0.8, max_tokens=BATCH_TOKENS, seed=1)
+    for t in BATCH_THREADS:
+        engine = f"llama.cpp ({t} thread{'s' if t > 1 else ''})"
+        serial = LlamaCpp(n_threads=t, batched=False, seed=0, raw=True).load()
+        batched = LlamaCpp(n_threads=t, n_seq_max=BATCH_SEQS, seed=0, raw=True).load()
+        prompt = GSM8K_FEW_SHOT.replace("{question}", GSM8K_QUESTION)
+        for model in (serial, batched):
+            await _tokens(model, prompt, SamplingParams(temperature=0.0, max_tokens=1))
+        base = float("nan")
+        for n in BATCH_NS:
+            speeds: dict[str, float] = {}
+            for label, model, count in (
+                ("serial", serial, min(n, SERIAL_CAP)),
+                ("batched", batched, n),
+            ):
+                runs = []
+                for _ in range(repeats):
+                    seconds, tokens = await timed(
+                        lambda m=model, c=count, p=prompt: _tokens(m, p, sampled, n=c)  # type: ignore[misc]
+                    )
+                    runs.append(tokens / seconds)
+                speeds[label] = median(runs)
+            if n == 1:
+                base = speeds["serial"]
+            note = f"{min(n, SERIAL_CAP)} samples" if n > SERIAL_CAP else ""
+            rows.append(
+                Row(engine, f"n={n}, serial (batched=False)", speeds["serial"], "tok/s", note)
+            )
+            rows.append(
+                Row(
+                    engine,
+                    f"n={n}, batched",
+                    speeds["batched"],
+                    "tok/s",
+                    f"{speeds['batched'] / speeds['serial']:.2f}x serial n={n}, "
+                    f"{speeds['batched'] / base:.2f}x serial n=1",
+                )
+            )
+            print(rows[-2], rows[-1], sep="\n", flush=True)
+        serial.close()
+        batched.close()
+
+    problems = [
+        json.loads(line) for line in DATA.read_text().splitlines()[:SEARCH_QUESTIONS] if line
+    ]
+    if not problems:
+        return rows
+    fmt = StepFormat(delimiter=". ", template=GSM8K_FEW_SHOT, end_markers=TEMPLATE_STOPS)
+    step = SamplingParams(temperature=0.8, max_tokens=48)
+    t = SEARCH_THREADS
+    engine = f"llama.cpp ({t} thread{'s' if t > 1 else ''})"
+    per_round: dict[str, float] = {}
+    configs: list[tuple[str, dict[str, Any]]] = [
+        ("serial (batched=False)", {"batched": False}),
+        ("batched, prefix cache off", {"prefix_cache": False}),
+        ("batched, prefix cache on", {"prefix_cache": True}),
+    ]
+    for label, options in configs:
+        if label.startswith("serial") and not SEARCH_SERIAL:
+            continue
+        model = LlamaCpp(n_threads=t, raw=True, seed=0, **options).load()
+        seconds = 0.0
+        rounds = 0
+        generated = 0
+        for problem in problems:
+            search = BeamPRM(
+                model,
+                ArithmeticPRM(),
+                n=16,
+                width=4,
+                max_rounds=SEARCH_ROUNDS,
+                params=step,
+                step_format=fmt,
+            )
+            start = time.perf_counter()
+            result = await search.run(problem["question"].strip())
+            seconds += time.perf_counter() - start
+            rounds += len(result.tree or [])
+            generated += result.usage.completion_tokens
+        per_round[label] = seconds / max(rounds, 1)
+        note = f"{rounds} rounds, {per_round[label]:.2f} s a round, {generated} tokens generated"
+        if model.batch_engine is not None:
+            decoded = model.batch_engine.stats["tokens"] - generated
+            note += f", {decoded:.0f} prompt tokens decoded"
+        if label.endswith("on"):
+            off = per_round["batched, prefix cache off"]
+            note += f"; a round {off / per_round[label]:.2f}x faster than cache off"
+            if "serial (batched=False)" in per_round:
+                slow = per_round["serial (batched=False)"]
+                note += f", {slow / per_round[label]:.2f}x faster than serial"
+        rows.append(
+            Row(engine, f"BeamPRM N=16 M=4, {len(problems)} questions, {label}", seconds, "s", note)
+        )
+        model.close()
+        print(rows[-1], flush=True)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,6 +513,7 @@ async def bench_transformers(repeats: int, threads: int) -> list[Row]:
 #: engine name -> (benchmark, the package it needs)
 ENGINES: dict[str, tuple[Callable[[int, int], Awaitable[list[Row]]], str]] = {
     "llama.cpp": (bench_llamacpp, "llama_cpp"),
+    "llama.cpp-batching": (bench_llamacpp_batching, "llama_cpp"),
     "vllm": (bench_vllm, "vllm"),
     "transformers": (bench_transformers, "transformers"),
 }
@@ -403,11 +544,35 @@ async def run(engines: list[str], repeats: int, threads: int) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global BATCH_THREADS, BATCH_NS, SEARCH_QUESTIONS, SEARCH_THREADS, SERIAL_CAP
+    global BATCH_TOKENS, SEARCH_ROUNDS, SEARCH_SERIAL, BATCH_SEQS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per engine")
+    parser.add_argument(
+        "--batch-threads",
+        type=int,
+        nargs="*",
+        default=list(BATCH_THREADS),
+        help="thread counts of the llama.cpp-batching rows",
+    )
+    parser.add_argument("--batch-n", type=int, nargs="*", default=list(BATCH_NS))
+    parser.add_argument("--serial-cap", type=int, default=SERIAL_CAP)
+    parser.add_argument("--batch-tokens", type=int, default=BATCH_TOKENS)
+    parser.add_argument("--batch-seqs", type=int, default=BATCH_SEQS, help="n_seq_max")
+    parser.add_argument("--search-rounds", type=int, default=SEARCH_ROUNDS)
+    parser.add_argument("--search-questions", type=int, default=SEARCH_QUESTIONS)
+    parser.add_argument("--search-threads", type=int, default=SEARCH_THREADS)
+    parser.add_argument(
+        "--no-search-serial", action="store_true", help="skip the search on the serial path"
+    )
     args = parser.parse_args(argv)
+    BATCH_THREADS, BATCH_NS = tuple(args.batch_threads), tuple(args.batch_n)
+    SEARCH_QUESTIONS, SEARCH_THREADS = args.search_questions, args.search_threads
+    SEARCH_SERIAL = not args.no_search_serial
+    BATCH_SEQS = args.batch_seqs
+    SERIAL_CAP, BATCH_TOKENS, SEARCH_ROUNDS = args.serial_cap, args.batch_tokens, args.search_rounds
     print_table(anyio.run(run, args.engines, args.repeats, args.threads))
 
 

@@ -16,10 +16,10 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from ttc import Budget, Message, RepeatedSample, SamplingParams
+from ttc import Budget, Completion, Message, RepeatedSample, SamplingParams
 from ttc.adapters import LlamaCpp
-from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS, gemma_path
-from ttc.errors import ConfigError
+from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS, available_cores, gemma_path
+from ttc.errors import ConfigError, ContextLengthError
 from ttc.scoring import FunctionVerifier, GSM8KAnswer
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.anyio]
@@ -104,6 +104,176 @@ async def test_n_is_honoured_with_distinct_reproducible_seeds(gemma: LlamaCpp) -
     assert [c.text for c in later] != [c.text for c in first]
 
 
+async def test_batched_greedy_samples_equal_the_serial_greedy_output(gemma: LlamaCpp) -> None:
+    serial = LlamaCpp(seed=0, batched=False, n_threads=gemma.n_threads)
+    try:
+        [reference] = await serial.generate(CARS, GREEDY)
+    finally:
+        serial.close()
+    assert gemma.batched and gemma.max_concurrency == gemma.n_seq_max
+    # n_threads was measured at load: one thread or every core this process may use.
+    assert gemma.n_threads in {1, available_cores()}
+    # Four sequences decoded together, sharing the prompt's cache: each is the serial output.
+    batch = await gemma.generate(CARS, GREEDY, n=4)
+    assert [c.text for c in batch] == [reference.text] * 4
+    assert [c.completion_tokens for c in batch] == [reference.completion_tokens] * 4
+    assert {c.finish_reason for c in batch} == {reference.finish_reason}
+
+
+async def test_samples_of_one_prompt_decode_together_reading_the_prompt_once(
+    raw_gemma: LlamaCpp,
+) -> None:
+    engine = raw_gemma.load().batch_engine
+    assert engine is not None
+    prompt = "A list of fruits, one per line:\n"
+    params = SamplingParams(temperature=1.0, max_tokens=8, seed=5)
+    prompt_tokens = raw_gemma.count_tokens(prompt)
+    raw_gemma.reset()
+    before = dict(engine.stats)
+    samples = await raw_gemma.generate(prompt, params, n=6)
+    steps = engine.stats["steps"] - before["steps"]
+    decoded = engine.stats["tokens"] - before["tokens"]
+    generated = sum(c.completion_tokens or 0 for c in samples)
+    # The prompt read once (each sibling replays only its last token), all six in each step.
+    assert decoded == prompt_tokens + 5 + generated - sum(
+        c.finish_reason == "length" for c in samples
+    )
+    assert steps <= 8 + 2
+    assert len({c.text for c in samples}) >= 4
+
+
+async def test_a_request_joining_a_running_batch_gets_its_own_answer(raw_gemma: LlamaCpp) -> None:
+    engine = raw_gemma.load().batch_engine
+    assert engine is not None
+    long_prompt, short_prompt = "1, 2, 3, 4, 5,", "The capital of France is"
+    long_params = SamplingParams(temperature=0.0, max_tokens=48)
+    short_params = SamplingParams(temperature=0.0, max_tokens=8)
+    [long_alone] = await raw_gemma.generate(long_prompt, long_params)
+    [short_alone] = await raw_gemma.generate(short_prompt, short_params)
+
+    results: dict[str, str] = {}
+    live_when_joined: list[int] = []
+
+    async def long_one() -> None:
+        [c] = await raw_gemma.generate(long_prompt, long_params)
+        results["long"] = c.text
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(long_one)
+        start = engine.stats["steps"]
+        for _ in range(4000):  # until the long request is generating
+            if engine.stats["steps"] >= start + 5:
+                break
+            await anyio.sleep(0.005)
+        live_when_joined.append(engine.live)
+        [c] = await raw_gemma.generate(short_prompt, short_params)
+        results["short"] = c.text
+        assert "long" not in results  # it finished while the long one still ran
+    assert live_when_joined == [1]
+    assert results == {"long": long_alone.text, "short": short_alone.text}
+
+
+async def test_cancelling_one_request_frees_its_sequences_and_the_others_finish(
+    raw_gemma: LlamaCpp,
+) -> None:
+    engine = raw_gemma.load().batch_engine
+    assert engine is not None
+    keep = SamplingParams(temperature=0.0, max_tokens=24)
+    [alone] = await raw_gemma.generate("Once upon a time", keep)
+    done: list[str] = []
+
+    async def kept() -> None:
+        [c] = await raw_gemma.generate("Once upon a time", keep)
+        done.append(c.text)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(kept)
+        with anyio.move_on_after(0.3):
+            await raw_gemma.generate(
+                "In a land far away,", SamplingParams(temperature=0.8, max_tokens=500), n=3
+            )
+        # The three cancelled sequences leave at the next step; the fourth runs on.
+        for _ in range(400):
+            if engine.live <= 1:
+                break
+            await anyio.sleep(0.005)
+        assert engine.live <= 1
+    assert done == [alone.text]
+    assert await idle_within(raw_gemma, 1.0)
+
+
+async def test_usage_equals_the_tokens_produced_by_concurrent_requests(
+    raw_gemma: LlamaCpp,
+) -> None:
+    params = SamplingParams(temperature=0.9, max_tokens=12, seed=3)
+    prompts = ["Red, green,", "One plus one is", "Dear diary, today"]
+    before = raw_gemma.usage
+    got: list[list[Completion]] = []
+
+    async def run(prompt: str) -> None:
+        got.append(await raw_gemma.generate(prompt, params, n=2))
+
+    async with anyio.create_task_group() as tg:
+        for prompt in prompts:
+            tg.start_soon(run, prompt)
+    completions = [c for batch in got for c in batch]
+    assert len(completions) == 6
+    used = raw_gemma.usage
+    assert used.requests - before.requests == 6
+    assert used.completion_tokens - before.completion_tokens == sum(
+        c.completion_tokens or 0 for c in completions
+    )
+    assert used.prompt_tokens - before.prompt_tokens == 2 * sum(
+        raw_gemma.count_tokens(p) for p in prompts
+    )
+    for c in completions:
+        assert c.completion_tokens is not None and 1 <= c.completion_tokens <= 12
+        assert c.finish_reason == "stop" or c.completion_tokens == 12
+
+
+async def test_a_search_round_reuses_the_cached_prefix_of_its_beam(raw_gemma: LlamaCpp) -> None:
+    engine = raw_gemma.load().batch_engine
+    assert engine is not None
+    raw_gemma.reset()
+    params = SamplingParams(temperature=0.0, max_tokens=6)
+    prompt = "Step 1: count the apples. Step 2:"
+    [first] = await raw_gemma.generate(prompt, params)
+    before = engine.stats["tokens"]
+    [second] = await raw_gemma.generate(prompt + first.text, params)
+    # Only what the first request's cache lacked was decoded: not the whole prompt again.
+    new_prompt = raw_gemma.count_tokens(prompt + first.text)
+    assert engine.stats["tokens"] - before <= (second.completion_tokens or 0) + 3
+    assert engine.stats["tokens"] - before < new_prompt
+    assert engine.kept >= 1
+
+    fresh = LlamaCpp(gemma_path(), n_ctx=1024, prefix_cache=False)
+    try:
+        [again] = await fresh.generate(prompt + first.text, params)
+        assert fresh.batch_engine is not None and fresh.batch_engine.kept == 0
+    finally:
+        fresh.close()
+    assert again.text == second.text
+
+
+async def test_the_engine_refuses_what_its_cache_cannot_hold_and_stops_when_dropped() -> None:
+    import gc
+    import threading
+
+    def engine_threads() -> int:
+        return sum(t.name == "ttc-llamacpp-batch" for t in threading.enumerate())
+
+    before = engine_threads()
+    small = LlamaCpp(gemma_path(), n_ctx=256, kv_size=64, n_threads=1)
+    with pytest.raises(ContextLengthError, match="kv_size=64"):
+        await small.generate("Once upon a time", SamplingParams(max_tokens=100))
+    [c] = await small.generate("Once upon a time", SamplingParams(max_tokens=4))
+    assert c.completion_tokens == 4
+    assert engine_threads() == before + 1
+    del small, c
+    gc.collect()
+    assert engine_threads() == before  # no thread or llama context left behind
+
+
 async def test_stop_sequences_and_max_tokens(raw_gemma: LlamaCpp) -> None:
     assert raw_gemma.template is None
     prompt = "1, 2, 3, 4, 5, 6,"
@@ -145,21 +315,42 @@ async def test_cancellation_stops_generation_quickly_and_the_model_still_works(
 
 
 async def test_stop_on_success_cancels_the_remaining_samples(gemma: LlamaCpp) -> None:
+    # Batched: the first n_seq_max samples decode together, the rest wait for a slot; the
+    # first success (with whatever finished in the same step) ends the run, and the waiting
+    # samples are (almost all) never sent.
     before = gemma.usage.requests
-    start = time.perf_counter()
     result = await RepeatedSample(
         gemma,
-        n=8,
+        n=gemma.n_seq_max + 8,
         verifier=FunctionVerifier(lambda text: True),
         stop_on_success=True,
         params=SamplingParams(max_tokens=24),
     ).run(CARS)
     assert result.stopped_by == "success"
-    assert len(result.candidates) == 1
-    # max_concurrency=1: the other samples were queued, never sent (one may have started).
-    assert gemma.usage.requests - before <= 2
-    assert time.perf_counter() - start < 20
+    assert 1 <= len(result.candidates) <= gemma.n_seq_max
+    # A slot freed by a sample that stopped early may take one waiting sample first.
+    assert gemma.usage.requests - before <= gemma.n_seq_max + 2
     assert await idle_within(gemma, 1.0)
+
+
+async def test_stop_on_success_on_the_serial_path_sends_one_sample_at_a_time() -> None:
+    serial = LlamaCpp(seed=0, batched=False)
+    try:
+        assert serial.max_concurrency == 1 and serial.batch_engine is None
+        result = await RepeatedSample(
+            serial,
+            n=8,
+            verifier=FunctionVerifier(lambda text: True),
+            stop_on_success=True,
+            params=SamplingParams(max_tokens=24),
+        ).run(CARS)
+        assert result.stopped_by == "success"
+        assert len(result.candidates) == 1
+        # max_concurrency=1: the other samples were queued, never sent (one may have started).
+        assert serial.usage.requests <= 2
+        assert await idle_within(serial, 1.0)
+    finally:
+        serial.close()
 
 
 async def test_a_token_budget_stops_repeated_sampling(gemma: LlamaCpp) -> None:

