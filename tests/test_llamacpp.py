@@ -198,7 +198,11 @@ async def test_cancelling_one_request_frees_its_sequences_and_the_others_finish(
                 break
             await anyio.sleep(0.005)
         assert engine.live <= 1
-    assert done == [alone.text]
+    # The kept request finished with a whole answer. Not necessarily the text it gets alone:
+    # llama.cpp's CPU kernels are not batch-invariant (the batch's size changes the float
+    # sums), so a greedy continuation decoded beside other sequences may take another path.
+    assert len(done) == 1 and len(done[0].split()) >= 5
+    assert done[0][:8] == alone.text[:8]
     assert await idle_within(raw_gemma, 1.0)
 
 
