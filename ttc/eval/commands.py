@@ -21,13 +21,16 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from ttc.eval.compare import Series
     from ttc.eval.report import LevelRow, RunReport
     from ttc.eval.runner import EvalSummary
 
 __all__ = [
     "EvalStrategy",
     "eval_command",
+    "markdown_comparison",
     "markdown_report",
+    "print_comparison",
     "print_reports",
     "register",
     "report_command",
@@ -565,6 +568,94 @@ def markdown_report(reports: list[RunReport], plots: list[Path] | None = None) -
     return "\n".join(parts) + "\n"
 
 
+_COMPARISON_COLUMNS = ["strategy", "level", "n or k", "gen. tokens/q", "accuracy % [95% CI]", "q"]
+
+
+def _comparison_rows(series: list[Series]) -> list[list[str]]:
+    from ttc.eval.compare import ALL
+    from ttc.eval.report import _level_key
+
+    rows = []
+    ordered = sorted(series, key=lambda s: (s.level != ALL, _level_key(s.level)))
+    for s in ordered:
+        if s.kind == "coverage":
+            continue
+        for point in s.points:
+            rows.append(
+                [
+                    s.name,
+                    s.level,
+                    str(point.budget),
+                    f"{point.tokens:,.0f}",
+                    str(point.accuracy),
+                    str(point.questions),
+                ]
+            )
+    return rows
+
+
+def _coverage_rows(series: list[Series]) -> tuple[list[str], list[list[str]]]:
+    """pass@k and majority@k by level, one column per k, with intervals."""
+    from ttc.eval.compare import ALL
+    from ttc.eval.report import _level_key
+
+    chosen = [s for s in series if s.kind == "coverage" or s.name.endswith("majority@k")]
+    chosen.sort(key=lambda s: (s.level != ALL, _level_key(s.level)))
+    ks = sorted({p.budget for s in chosen for p in s.points})
+    header = ["curve", "level", *[f"k={k}" for k in ks]]
+    rows = []
+    for s in chosen:
+        by_k = {p.budget: str(p.accuracy) for p in s.points}
+        rows.append([s.name, s.level, *[by_k.get(k, "-") for k in ks]])
+    return header, rows
+
+
+def print_comparison(console: Console, series: list[Series]) -> None:
+    """Strategies at matched compute, and coverage by level, with 95% bootstrap intervals."""
+    rows = _comparison_rows(series)
+    if rows and len({r[0] for r in rows}) > 1:
+        table = Table(
+            title="strategies by generated tokens",
+            title_justify="left",
+            caption="accuracy of the selected answer, 95% bootstrap interval over questions; "
+            "votes@k are over k of one run's samples",
+            caption_justify="left",
+        )
+        for column in _COMPARISON_COLUMNS:
+            table.add_column(column, justify="left" if column == "strategy" else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print()
+        console.print(table)
+    header, cov = _coverage_rows(series)
+    if cov:
+        table = Table(title="coverage and majority by level (95% CI)", title_justify="left")
+        for column in header:
+            table.add_column(column, justify="left" if column == "curve" else "right")
+        for row in cov:
+            table.add_row(*row)
+        console.print()
+        console.print(table)
+
+
+def markdown_comparison(series: list[Series]) -> str:
+    """The comparison tables as Markdown (empty when there is nothing to compare)."""
+    parts: list[str] = []
+    rows = _comparison_rows(series)
+    if rows and len({r[0] for r in rows}) > 1:
+        parts += ["", "## Strategies by generated tokens", "", _md_table(_COMPARISON_COLUMNS, rows)]
+    header, cov = _coverage_rows(series)
+    if cov:
+        parts += ["", "## Coverage and majority by level", "", _md_table(header, cov)]
+    if parts:
+        parts += [
+            "",
+            "Intervals: 95% percentile bootstrap over questions (2,000 resamples, seed 0); "
+            "overlapping intervals mean the data cannot tell the two apart.",
+        ]
+    return "\n".join(parts) + ("\n" if parts else "")
+
+
 def report_command(
     folder: Annotated[Path, typer.Argument(help="A results folder written by ttc eval.")],
     run: Annotated[
@@ -592,20 +683,27 @@ def report_command(
     except ConfigError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
+    from ttc.eval.compare import load_comparison
+
+    series = load_comparison(str(folder), [r.run for r in reports])
     written: list[Path] = []
     if plots:
         try:
-            from ttc.eval.plots import write_plots
+            from ttc.eval.plots import plot_coverage_by_level, plot_strategies, write_plots
 
             written = write_plots(reports, folder)
+            if len(reports) > 1 or any(len(s.points) > 1 for s in series):
+                written += plot_strategies(series, folder)
+            written += plot_coverage_by_level(series, folder)
         except MissingDependencyError as exc:
             err.print(f"[yellow]no plots:[/] {escape(str(exc))}", soft_wrap=True)
     if markdown:
-        text = markdown_report(reports, written)
+        text = markdown_report(reports, written) + markdown_comparison(series)
         (folder / "report.md").write_text(text, encoding="utf-8")
         sys.stdout.write(text)
     else:
         print_reports(Console(), reports)
+        print_comparison(Console(), series)
     for path in written:
         err.print(f"wrote {path}", soft_wrap=True)
 
