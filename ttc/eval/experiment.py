@@ -63,6 +63,7 @@ __all__ = [
     "prepare",
     "run_experiment",
     "select_questions",
+    "untemplate",
 ]
 
 _TOP_KEYS = {
@@ -113,30 +114,33 @@ def select_questions(
     return dataclasses.replace(data, examples=tuple(kept))
 
 
-def _local_gguf(model: str) -> bool:
-    from ttc.adapters.registry import EMBEDDED_NAMES
-
-    name = model.strip().lower()
-    return name in EMBEDDED_NAMES or name.endswith(".gguf")
-
-
 def prepare(data: Dataset, model: str, **model_kwargs: Any) -> tuple[Dataset, Model]:
     """The dataset and the model to evaluate it on, fitted to each other.
 
-    A llama.cpp model (the embedded Gemma, a ``.gguf``) is built raw, so that step-wise search
-    can continue its prompts; the template it would have applied (the GSM8K few-shot, with its
-    stop strings) moves to the dataset, unless the dataset has its own (the graded suite's).
+    A model that wraps prompts in its own template (the embedded Gemma's GSM8K few-shot) is
+    made raw, so that step-wise search can continue its prompts; its template and stop
+    strings move to the dataset, unless the dataset has its own (the graded suite's).
     """
     from ttc.adapters.registry import resolve_model
 
-    if _local_gguf(model):
-        from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS
+    llm = resolve_model(model, **model_kwargs)
+    data, _ = untemplate(data, llm)
+    return data, llm
 
-        model_kwargs.setdefault("raw", True)
-        if data.spec.template is None and data.spec.kind != "code":
-            spec = dataclasses.replace(data.spec, template=GSM8K_FEW_SHOT, stop=TEMPLATE_STOPS)
-            data = dataclasses.replace(data, spec=spec)
-    return data, resolve_model(model, **model_kwargs)
+
+def untemplate(data: Dataset, llm: Model) -> tuple[Dataset, str | None]:
+    """Move ``llm``'s own prompt template (``LlamaCpp.template``) to ``data`` and make the
+    model send prompts as they are; returns the dataset and the template moved."""
+    template = getattr(llm, "template", None)
+    if not isinstance(template, str):
+        return data, None
+    from ttc.adapters.llamacpp import TEMPLATE_STOPS
+
+    llm.template = None  # type: ignore[attr-defined]
+    if data.spec.template is None and data.spec.kind != "code":
+        spec = dataclasses.replace(data.spec, template=template, stop=TEMPLATE_STOPS)
+        data = dataclasses.replace(data, spec=spec)
+    return data, template
 
 
 def sampling(
@@ -347,7 +351,10 @@ async def run_experiment(
             pair = built.get((cell.dataset, cell.model))
             if pair is None:
                 ready = given.get(cell.model)
-                pair = (data, ready) if ready is not None else prepare(data, cell.model)
+                if ready is not None:
+                    pair = (untemplate(data, ready)[0], ready)
+                else:
+                    pair = prepare(data, cell.model)
                 built[(cell.dataset, cell.model)] = pair
             fitted, llm = pair
             data = dataclasses.replace(data, spec=fitted.spec)
