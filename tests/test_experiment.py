@@ -152,3 +152,16 @@ def test_a_killed_grid_resumes_without_redoing_stored_cells(tmp_path: Path) -> N
         # min over steps: 0.5 (unchecked steps, right sums) or 0 (a wrong sum).
         assert sorted(c.score for c in record.result.candidates) == [0.0, 0.0, 0.5, 0.5]
         assert record.result.answer == "5"
+
+
+def test_prm_scorer_scores_each_sample_by_its_steps() -> None:
+    from ttc.scoring.prm import ArithmeticPRM, PRMScorer
+    from ttc.types import Candidate
+
+    scorer = PRMScorer(ArithmeticPRM(), delimiter="\n", aggregation="min")
+    assert scorer.steps("a\nb\n\nc") == ["a\n", "b\n", "c"]
+    texts = ["2 + 3 = 5.\n5 * 2 = 10.\nThe answer is 10.", "2 + 3 = 6.\nThe answer is 6.", ""]
+    scores = anyio.run(scorer.score, "q", [Candidate(text=t) for t in texts])
+    assert scores == [0.5, 0.0, 0.0]  # neutral answer line; a wrong sum; nothing to score
+    with pytest.raises(ConfigError, match="aggregation"):
+        PRMScorer(ArithmeticPRM(), aggregation="max")
