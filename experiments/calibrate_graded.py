@@ -19,7 +19,7 @@ import anyio
 
 from ttc import SamplingParams
 from ttc.adapters import resolve_model
-from ttc.eval.datasets import load_dataset
+from ttc.eval.datasets import Example, load_dataset
 from ttc.eval.graded import few_shot_template
 from ttc.eval.metrics import coverage
 from ttc.scoring import GSM8KAnswer, MajorityVote
@@ -29,7 +29,7 @@ from ttc.strategies import RepeatedSample
 async def main(args: argparse.Namespace) -> None:
     data = load_dataset("graded-dev")
     levels = [str(level) for level in args.levels]
-    chosen: dict[str, list] = defaultdict(list)
+    chosen: dict[str, list[Example]] = defaultdict(list)
     for example in data:
         if example.level in levels and len(chosen[example.level]) < args.per_level:
             chosen[example.level].append(example)

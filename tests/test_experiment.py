@@ -66,7 +66,7 @@ def test_every_strategy_builds_from_the_registry() -> None:
         assert type(built) is cls
         if STRATEGIES[name].search:
             assert spec.prm == "arithmetic"  # the default PRM of the searches
-            assert built.width == 2  # type: ignore[attr-defined]
+            assert built.width == 2
 
 
 def test_parameters_from_text_are_typed_and_checked() -> None:
@@ -150,7 +150,7 @@ def test_a_killed_grid_resumes_without_redoing_stored_cells(tmp_path: Path) -> N
     with ResultsStore(experiment.out) as store:
         record = store.records(names[2])[0]
         # min over steps: 0.5 (unchecked steps, right sums) or 0 (a wrong sum).
-        assert sorted(c.score for c in record.result.candidates) == [0.0, 0.0, 0.5, 0.5]
+        assert sorted(c.score or 0.0 for c in record.result.candidates) == [0.0, 0.0, 0.5, 0.5]
         assert record.result.answer == "5"
 
 
@@ -165,3 +165,39 @@ def test_prm_scorer_scores_each_sample_by_its_steps() -> None:
     assert scores == [0.5, 0.0, 0.0]  # neutral answer line; a wrong sum; nothing to score
     with pytest.raises(ConfigError, match="aggregation"):
         PRMScorer(ArithmeticPRM(), aggregation="max")
+
+
+def test_ttc_eval_runs_a_search_with_its_parameters_and_checks_config_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    prompts: list[str] = []
+
+    def resolve(name: str, **kwargs: object) -> FunctionModel:
+        def reply(request: GenerateRequest, i: int) -> str:
+            assert isinstance(request.prompt, str)
+            prompts.append(request.prompt)
+            return "Then 2 + 3 = 5 apples." if request.params.stop == ("\n",) else "x"
+
+        return FunctionModel(reply, model="fake", native_n=False)
+
+    monkeypatch.setattr("ttc.adapters.registry.resolve_model", resolve)
+    runner = CliRunner()
+    args = ["eval", "graded-dev", "-s", "beam-prm", "-n", "2", "--param", "width=2"]
+    args += ["--param", "max_rounds=2", "--level", "1", "--per-level", "1", "-o", str(tmp_path)]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    # The graded suite's few-shot template, then the question; steps stop at a line's end.
+    assert prompts[0].startswith("Question: ") and prompts[0].endswith("Answer:")
+    with ResultsStore(tmp_path) as store:
+        (run,) = store.runs()
+    assert run.config["strategy"] == "beam-prm" and run.config["width"] == 2
+    assert run.config["max_rounds"] == 2 and run.config["prm"] == "arithmetic"
+    bad = runner.invoke(app, [*args[:-2], "--param", "beams=3", "-o", str(tmp_path)])
+    assert bad.exit_code == 2 and "unknown parameter 'beams'" in bad.output
+    config = _write(tmp_path, GRID.replace('name = "best-of-n"', 'name = "best-of-m"'))
+    bad = runner.invoke(app, ["eval", "--config", str(config)])
+    assert bad.exit_code == 2 and "unknown strategy 'best-of-m'" in " ".join(bad.output.split())

@@ -226,7 +226,7 @@ def _band(ax: Any, series: Any, colour: str, x: Sequence[float], style: str) -> 
     else:
         low, high = points[0].accuracy.low, points[0].accuracy.high
         ax.errorbar(x, means, yerr=[[means[0] - low], [high - means[0]]], color=colour)
-    return max(p.accuracy.high for p in points)
+    return float(max(p.accuracy.high for p in points))
 
 
 def _level_title(level: str) -> str:
