@@ -201,3 +201,24 @@ def test_ttc_eval_runs_a_search_with_its_parameters_and_checks_config_files(
     config = _write(tmp_path, GRID.replace('name = "best-of-n"', 'name = "best-of-m"'))
     bad = runner.invoke(app, ["eval", "--config", str(config)])
     assert bad.exit_code == 2 and "unknown strategy 'best-of-m'" in " ".join(bad.output.split())
+
+
+def test_ttc_run_offers_every_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    def resolve(name: str, **kwargs: object) -> FunctionModel:
+        return FunctionModel(lambda request, i: "2 + 3 = 5. The answer is 5.", model="fake")
+
+    monkeypatch.setattr("ttc.adapters.registry.resolve_model", resolve)
+    for strategy in STRATEGIES:
+        args = ["run", "q", "-s", strategy, "-n", "2", "--verify", "5", "--json"]
+        if STRATEGIES[strategy].search:
+            args += ["--param", "width=2", "--prm", "arithmetic"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (strategy, result.output)
+        data = json.loads(result.stdout)
+        assert data["strategy"] == strategy and data["answer"] == "5" and data["correct"]
