@@ -2,7 +2,7 @@
 
 ``ttc eval --config experiment.toml`` reads a TOML file such as::
 
-    out = "results/graded"          # the results folder (one SQLite store for every cell)
+    out = "results/graded"          # the results folder (one store for every cell), like --out
     datasets = ["graded-test"]      # shipped names or JSONL files
     models = ["embedded"]
     levels = [1, 2, 3, 4]           # only these levels (datasets with levels)
@@ -311,9 +311,7 @@ def load_experiment(path: str | Path) -> Experiment:
         for model in models
         for spec in specs
     )
-    out = Path(str(raw.get("out", "results")))
-    if not out.is_absolute():
-        out = path.parent / out if str(raw.get("out", "")).startswith(".") else out
+    out = Path(str(raw.get("out", "results")))  # relative to where ttc runs, like --out
     budget = raw.get("budget_tokens")
     return Experiment(
         path=path,
