@@ -222,3 +222,23 @@ def test_ttc_run_offers_every_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
         assert result.exit_code == 0, (strategy, result.output)
         data = json.loads(result.stdout)
         assert data["strategy"] == strategy and data["answer"] == "5" and data["correct"]
+
+
+@pytest.mark.llamacpp
+def test_a_search_on_the_embedded_model_continues_the_graded_template(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    args = ["eval", "graded-dev", "-s", "beam-prm", "-n", "2", "--param", "width=2"]
+    args += ["--param", "max_rounds=3", "--level", "1", "--per-level", "1", "--max-tokens", "30"]
+    result = CliRunner().invoke(app, [*args, "--seed", "0", "-o", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    with ResultsStore(tmp_path) as store:
+        (record,) = store.records(store.runs()[0].name)
+    beams = record.result.candidates
+    assert beams and all(c.steps for c in beams)
+    # One line a step, the first restating the question's start as the few-shot shows.
+    assert all(step.endswith("\n") for c in beams for step in (c.steps or [])[:-1])
+    assert record.result.usage.completion_tokens > 0
