@@ -75,6 +75,8 @@ def test_parameters_from_text_are_typed_and_checked() -> None:
     assert spec.config()["prm"] == "arithmetic"
     with pytest.raises(ConfigError, match="unknown parameter 'beam' for strategy 'dvts'"):
         StrategySpec.of("dvts", params={"beam": 4})
+    assert StrategySpec.of("dvts", n=2).param("width") == 2  # the default 4 does not divide 2
+    assert StrategySpec.of("dvts", n=12).param("width") == 4
     with pytest.raises(ConfigError, match="multiple of width"):
         StrategySpec.of("beam-prm", n=6, params={"width": 4})
     with pytest.raises(ConfigError, match="k: expected int"):

@@ -68,7 +68,7 @@ class Param:
 
 _N = Param(int, 16, "samples, or beams for the searches")
 _SEARCH: dict[str, Param] = {
-    "width": Param(int, 4, "M, the beam width (n must be a multiple of it)"),
+    "width": Param(int, 4, "M, the beam width: n must be a multiple of it (default 4, else 2, 1)"),
     "max_rounds": Param(int, 40, "at most this many steps; the last one runs to the end"),
     "aggregation": Param(
         str, "last", "how a beam's step scores make one", ("last", "min", "prod", "mean")
@@ -186,7 +186,8 @@ _PRM_OPTIONS: dict[str, set[str]] = {
 
 def _known(kind: str, name: str, known: Mapping[str, Any] | tuple[str, ...]) -> None:
     if name not in known:
-        raise ConfigError(f"unknown {kind} {name!r}; the {kind}s are {', '.join(known)}")
+        kinds = "strategies" if kind == "strategy" else f"{kind}s"
+        raise ConfigError(f"unknown {kind} {name!r}; the {kinds} are {', '.join(known)}")
 
 
 def parse_value(key: str, text: str, kind: type) -> Scalar:
@@ -264,7 +265,9 @@ class StrategySpec:
                 )
             checked[key] = _typed(key, value, info.params[key])
         if "width" in info.params:
-            width = int(checked.get("width", info.params["width"].default))  # type: ignore[arg-type]
+            if "width" not in checked:  # 4, or the largest of 2 and 1 that divides n
+                checked["width"] = next(w for w in (4, 2, 1) if count % w == 0)
+            width = int(checked["width"])
             if width < 1 or count % width:
                 raise ConfigError(f"n ({count}) must be a multiple of width ({width})")
         needs_prm = info.search or checked.get("scorer") == "prm"
