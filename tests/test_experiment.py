@@ -203,6 +203,8 @@ def test_ttc_eval_runs_a_search_with_its_parameters_and_checks_config_files(
     config = _write(tmp_path, GRID.replace('name = "best-of-n"', 'name = "best-of-m"'))
     bad = runner.invoke(app, ["eval", "--config", str(config)])
     assert bad.exit_code == 2 and "unknown strategy 'best-of-m'" in " ".join(bad.output.split())
+    both = runner.invoke(app, ["eval", "graded-dev", "--config", str(config)])
+    assert both.exit_code == 2 and "drop the dataset argument" in " ".join(both.output.split())
 
 
 def test_ttc_run_offers_every_strategy(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -237,6 +237,13 @@ def eval_command(
 
     err = Console(stderr=True)
     if config is not None:
+        if dataset is not None:
+            err.print(
+                "[red]error:[/] --config runs the datasets its file names; drop the "
+                f"dataset argument {escape(dataset)!r}",
+                soft_wrap=True,
+            )
+            raise typer.Exit(2)
         _run_config(config, json_output, err)
         return
     try:
