@@ -1,10 +1,10 @@
 """Repeated sampling on graded word problems with the embedded default model.
 
-    python examples/quickstart.py            # 12 samples a question, Gemma 3 270M on the CPU
+    python examples/quickstart.py            # 8 samples a question, Gemma 3 270M on the CPU
 
 The questions come from ttc's graded suite (``ttc.eval.graded``): level L takes L arithmetic
 steps, so difficulty is under control and a 270M model is in range at the low levels. The
-first questions of levels 1 to 3 of the development split are used, in file order (never
+first three questions of levels 1 and 2 of the development split are used, in file order (never
 picked by the model's answers). Per level and overall it prints one sample's accuracy
 (pass@1), the majority vote's accuracy and coverage (pass@k: the chance that k samples contain
 a right answer), with the tokens spent: the gap between the vote and coverage is what a
@@ -71,9 +71,9 @@ async def main(levels: list[int], per_level: int, n: int, model_name: str) -> No
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--per-level", type=int, default=2, help="questions per level")
-    parser.add_argument("--n", type=int, default=12, help="samples per question")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--per-level", type=int, default=3, help="questions per level")
+    parser.add_argument("--n", type=int, default=8, help="samples per question")
     parser.add_argument("--model", default="embedded", help="a ttc model name")
     args = parser.parse_args()
     anyio.run(main, args.levels, args.per_level, args.n, args.model)
