@@ -55,11 +55,14 @@ MAX_ROWS = 32
 
 
 class StrategyName(str, Enum):
-    """The strategies ``ttc run`` offers."""
+    """The strategies ``ttc run`` offers: every one of ``ttc.strategies.registry``."""
 
     self_consistency = "self-consistency"
     best_of_n = "best-of-n"
     repeated_sample = "repeated-sample"
+    beam_prm = "beam-prm"
+    lookahead = "lookahead"
+    dvts = "dvts"
 
 
 def _version(value: bool) -> None:
@@ -151,16 +154,24 @@ def build_strategy(
     params: SamplingParams | None = None,
     verifier: Verifier | None = None,
     budget: Budget | None = None,
+    strategy_params: dict[str, Any] | None = None,
+    prm: str | None = None,
+    prm_options: dict[str, Any] | None = None,
+    step_format: Any = None,
 ) -> Strategy:
-    """The strategy ``name`` over ``model``. A verifier judges repeated samples, and is
-    best-of-N's scorer; self-consistency only votes (candidates are judged afterwards)."""
-    from ttc.strategies import BestOfN, RepeatedSample, SelfConsistency
+    """The strategy ``name`` over ``model``, from ``ttc.strategies.registry``. A verifier
+    judges repeated samples, and is best-of-N's scorer; self-consistency only votes
+    (candidates are judged afterwards); the searches are guided by ``prm``."""
+    from ttc.strategies.registry import BuildContext, StrategySpec
+    from ttc.strategies.registry import build_strategy as build
 
-    if name is StrategyName.repeated_sample:
-        return RepeatedSample(model, n, verifier=verifier, params=params, budget=budget)
-    if name is StrategyName.best_of_n:
-        return BestOfN(model, n, scorer=verifier, params=params, budget=budget)
-    return SelfConsistency(model, n, params=params, budget=budget)
+    spec = StrategySpec.of(
+        name.value, n=n, params=strategy_params, prm=prm, prm_options=prm_options
+    )
+    context = BuildContext(
+        verifier=verifier, params=params, step_format=step_format, extra={"budget": budget}
+    )
+    return build(spec, model, context)
 
 
 async def judge(result: Result, question: str, verifier: Verifier) -> bool | None:
@@ -383,6 +394,25 @@ def run_command(
         int | None, typer.Option("--max-tokens", min=1, help="Tokens per sample at most.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the first sample.")] = None,
+    prm: Annotated[
+        str | None,
+        typer.Option(
+            "--prm",
+            help="The PRM of beam-prm, lookahead, dvts (and best-of-n with --param "
+            "scorer=prm): arithmetic (default), step-judge, math-shepherd, qwen, rlhflow, "
+            "vllm-pooling.",
+        ),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            metavar="KEY=VALUE",
+            help="A strategy parameter (e.g. width=4, k=1, scorer=prm); prm.KEY=VALUE for the "
+            "PRM's options.",
+        ),
+    ] = None,
     verify: Annotated[
         str | None,
         typer.Option(
@@ -407,11 +437,30 @@ def run_command(
 
     err = Console(stderr=True)
     try:
-        llm = resolve_model(model, **endpoint_options(base_url, api_key, api_key_env))
+        from ttc.eval.commands import _pairs
+        from ttc.strategies.registry import STRATEGIES
+
+        options = _pairs(param, "--param")
+        search = STRATEGIES[strategy.value].search
+        endpoint = endpoint_options(base_url, api_key, api_key_env)
+        llm, step_format = (
+            _search_model(model, endpoint) if search else (resolve_model(model, **endpoint), None)
+        )
         params = build_params(llm, temperature, max_tokens, seed)
         verifier = build_verifier(verify)
         budget = build_budget(budget_usd, budget_tokens, budget_requests, budget_seconds)
-        chosen = build_strategy(strategy, llm, n, params=params, verifier=verifier, budget=budget)
+        chosen = build_strategy(
+            strategy,
+            llm,
+            n,
+            params=params,
+            verifier=verifier,
+            budget=budget,
+            strategy_params={k: v for k, v in options.items() if not k.startswith("prm.")},
+            prm=prm,
+            prm_options={k[4:]: v for k, v in options.items() if k.startswith("prm.")},
+            step_format=step_format,
+        )
     except (ConfigError, ValueError) as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -440,6 +489,23 @@ def run_command(
     out = Console()
     out.print(f"[bold]{strategy.value}[/] · n={n} · {llm.name}")
     print_report(out, data, result.candidates)
+
+
+def _search_model(name: str, endpoint: dict[str, Any]) -> tuple[Model, Any]:
+    """A model for step-wise search and its step format: a model with its own template
+    (the embedded Gemma) is made raw, its template and stops moved to the step format (the
+    search must continue partial solutions as they are)."""
+    from ttc.adapters.registry import resolve_model
+    from ttc.strategies.steps import StepFormat
+
+    llm = resolve_model(name, **endpoint)
+    template = getattr(llm, "template", None)
+    if not isinstance(template, str):
+        return llm, None
+    from ttc.adapters.llamacpp import TEMPLATE_STOPS
+
+    llm.template = None  # type: ignore[attr-defined]
+    return llm, StepFormat(template=template, end_markers=TEMPLATE_STOPS)
 
 
 def _register_commands() -> None:

@@ -43,9 +43,15 @@ _EXPORTS: dict[str, str] = {
     "build_report": "ttc.eval.report",
     "load_reports": "ttc.eval.report",
     "write_plots": "ttc.eval.plots",
+    "GRADED": "ttc.eval.datasets",
+    "load_experiment": "ttc.eval.experiment",
+    "run_experiment": "ttc.eval.experiment",
+    "load_comparison": "ttc.eval.compare",
+    "spec_strategy": "ttc.eval.solver",
 }
 
 __all__ = [
+    "GRADED",
     "GSM8K",
     "HUMANEVAL",
     "MATH500",
@@ -63,13 +69,17 @@ __all__ = [
     "build_report",
     "coverage",
     "evaluate",
+    "load_comparison",
     "load_dataset",
+    "load_experiment",
     "load_reports",
     "majority_at_k",
     "majority_at_k_curve",
     "named_strategy",
     "pass_at_k",
     "pass_at_k_curve",
+    "run_experiment",
+    "spec_strategy",
     "vote_groups",
     "weighted_vote_at_k_curve",
     "write_plots",
@@ -90,7 +100,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from ttc.eval.compare import load_comparison
     from ttc.eval.datasets import (
+        GRADED,
         GSM8K,
         HUMANEVAL,
         MATH500,
@@ -100,6 +112,7 @@ if TYPE_CHECKING:
         Example,
         load_dataset,
     )
+    from ttc.eval.experiment import load_experiment, run_experiment
     from ttc.eval.metrics import (
         coverage,
         majority_at_k,
@@ -112,5 +125,5 @@ if TYPE_CHECKING:
     from ttc.eval.plots import write_plots
     from ttc.eval.report import RunReport, build_report, load_reports
     from ttc.eval.runner import EvalSummary, evaluate
-    from ttc.eval.solver import STRATEGIES, Question, Solver, named_strategy
+    from ttc.eval.solver import STRATEGIES, Question, Solver, named_strategy, spec_strategy
     from ttc.eval.store import QuestionRecord, ResultsStore
