@@ -735,17 +735,17 @@ def report_command(
     from ttc.eval.store import DamagedStoreError
 
     err = Console(stderr=True)
+    from ttc.eval.compare import load_comparison
+
     try:
         try:
             reports = load_reports(str(folder), run)
+            series = load_comparison(str(folder), [r.run for r in reports])
         except DamagedStoreError as exc:
-            reports = _reports_of_damaged(exc, run, err)
+            reports, series = _reports_of_damaged(exc, run, err)
     except ConfigError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
-    from ttc.eval.compare import load_comparison
-
-    series = load_comparison(str(folder), [r.run for r in reports])
     written: list[Path] = []
     if plots:
         try:
@@ -770,11 +770,13 @@ def report_command(
 
 def _reports_of_damaged(
     damaged: DamagedStoreError, runs: list[str] | None, err: Console
-) -> list[RunReport]:
-    """Reports from the rows of a damaged store that can still be read (copied into a
-    temporary store; the damaged file is only read), with a warning saying what is missing."""
+) -> tuple[list[RunReport], list[Series]]:
+    """Reports and comparisons from the rows of a damaged store that can still be read (copied
+    into a temporary store; the damaged file is only read), with a warning saying what is
+    missing."""
     import tempfile
 
+    from ttc.eval.compare import load_comparison
     from ttc.eval.report import load_reports
     from ttc.eval.store import salvage
 
@@ -790,10 +792,11 @@ def _reports_of_damaged(
             soft_wrap=True,
         )
         reports = load_reports(tmp, runs)
+        series = load_comparison(tmp, [r.run for r in reports])
     for report in reports:
         if report.incomplete:
             report.stopped_by, report.stop_note = "unreadable", None
-    return reports
+    return reports, series
 
 
 def salvage_command(
