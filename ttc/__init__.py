@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "RepeatedSample": "ttc.strategies.repeated_sample",
     "BestOfN": "ttc.strategies.best_of_n",
     "SelfConsistency": "ttc.strategies.best_of_n",
+    "AdaptiveConsistency": "ttc.strategies.adaptive_consistency",
     "BeamPRM": "ttc.strategies.beam_prm",
     "Lookahead": "ttc.strategies.lookahead",
     "DVTS": "ttc.strategies.dvts",
@@ -58,6 +59,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "DVTS",
+    "AdaptiveConsistency",
     "BeamPRM",
     "BestOfN",
     "Budget",
@@ -122,6 +124,7 @@ if TYPE_CHECKING:
     from ttc.runtime.pricing import Price, register_price
     from ttc.runtime.retry import RetryPolicy
     from ttc.runtime.sync import run_sync
+    from ttc.strategies.adaptive_consistency import AdaptiveConsistency
     from ttc.strategies.base import Strategy
     from ttc.strategies.beam_prm import BeamPRM
     from ttc.strategies.best_of_n import BestOfN, SelfConsistency

@@ -225,6 +225,11 @@ class Result(BaseModel):
         default_factory=dict,
         description="Unbiased pass@k for this question, where a verifier judged the candidates.",
     )
+    confidence: float | None = Field(
+        None,
+        description="AdaptiveConsistency: the stopping rule's posterior probability that the "
+        "answer is the majority answer of the model's answer distribution.",
+    )
     elapsed_s: float = 0.0
     trace: list[TraceEvent] = Field(default_factory=list)
     tree: list[dict[str, Any]] | None = Field(

@@ -1,5 +1,6 @@
 """Strategies: small objects with ``async run(prompt) -> Result`` that compose."""
 
+from ttc.strategies.adaptive_consistency import AdaptiveConsistency
 from ttc.strategies.base import Strategy
 from ttc.strategies.beam_prm import BeamPRM
 from ttc.strategies.best_of_n import BestOfN, SelfConsistency
@@ -10,6 +11,7 @@ from ttc.strategies.steps import StepFormat
 
 __all__ = [
     "DVTS",
+    "AdaptiveConsistency",
     "BeamPRM",
     "BestOfN",
     "Lookahead",
