@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "BestOfN": "ttc.strategies.best_of_n",
     "SelfConsistency": "ttc.strategies.best_of_n",
     "AdaptiveConsistency": "ttc.strategies.adaptive_consistency",
+    "AdaptiveAllocation": "ttc.strategies.allocation",
     "BeamPRM": "ttc.strategies.beam_prm",
     "Lookahead": "ttc.strategies.lookahead",
     "DVTS": "ttc.strategies.dvts",
@@ -59,6 +60,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "DVTS",
+    "AdaptiveAllocation",
     "AdaptiveConsistency",
     "BeamPRM",
     "BestOfN",
@@ -125,6 +127,7 @@ if TYPE_CHECKING:
     from ttc.runtime.retry import RetryPolicy
     from ttc.runtime.sync import run_sync
     from ttc.strategies.adaptive_consistency import AdaptiveConsistency
+    from ttc.strategies.allocation import AdaptiveAllocation
     from ttc.strategies.base import Strategy
     from ttc.strategies.beam_prm import BeamPRM
     from ttc.strategies.best_of_n import BestOfN, SelfConsistency

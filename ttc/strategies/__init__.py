@@ -1,6 +1,7 @@
 """Strategies: small objects with ``async run(prompt) -> Result`` that compose."""
 
 from ttc.strategies.adaptive_consistency import AdaptiveConsistency
+from ttc.strategies.allocation import AdaptiveAllocation
 from ttc.strategies.base import Strategy
 from ttc.strategies.beam_prm import BeamPRM
 from ttc.strategies.best_of_n import BestOfN, SelfConsistency
@@ -11,6 +12,7 @@ from ttc.strategies.steps import StepFormat
 
 __all__ = [
     "DVTS",
+    "AdaptiveAllocation",
     "AdaptiveConsistency",
     "BeamPRM",
     "BestOfN",

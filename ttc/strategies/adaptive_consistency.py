@@ -128,19 +128,11 @@ class AdaptiveConsistency(Strategy):
     ) -> None:
         super().__init__(budget=budget, on_budget=on_budget, trace=trace)
         self.source = check_source(source)
-        self.max_n = _positive("max_n", max_n)
-        if (
-            not isinstance(threshold, (int, float))
-            or isinstance(threshold, bool)
-            or not 0.5 <= threshold < 1.0
-        ):
-            raise ConfigError(f"threshold must be a number in [0.5, 1), got {threshold!r}")
-        if rule not in _RULES:
-            raise ConfigError(f"rule must be one of {sorted(_RULES)}, got {rule!r}")
-        self.threshold = float(threshold)
-        self.rule: StoppingRule = rule
-        self.batch = _positive("batch", batch)
-        self.min_n = _positive("min_n", min_n)
+        self.max_n = positive_int("max_n", max_n)
+        self.threshold = check_threshold(threshold)
+        self.rule = check_rule(rule)
+        self.batch = positive_int("batch", batch)
+        self.min_n = positive_int("min_n", min_n)
         if self.min_n > self.max_n:
             raise ConfigError(f"min_n ({min_n}) must not exceed max_n ({max_n})")
         self.params = params
@@ -200,7 +192,21 @@ class AdaptiveConsistency(Strategy):
         )
 
 
-def _positive(name: str, value: int) -> int:
+def positive_int(name: str, value: int) -> int:
+    """``value`` if it is a positive integer, else a ``ConfigError`` naming ``name``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_threshold(value: float) -> float:
+    """A stopping threshold: a probability in [0.5, 1) (below 1/2 a leader is not a majority)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.5 <= value < 1.0:
+        raise ConfigError(f"threshold must be a number in [0.5, 1), got {value!r}")
+    return float(value)
+
+
+def check_rule(value: str) -> StoppingRule:
+    if value not in _RULES:
+        raise ConfigError(f"rule must be one of {sorted(_RULES)}, got {value!r}")
+    return value  # type: ignore[return-value]
