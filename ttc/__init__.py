@@ -24,6 +24,8 @@ _EXPORTS: dict[str, str] = {
     "SelfConsistency": "ttc.strategies.best_of_n",
     "AdaptiveConsistency": "ttc.strategies.adaptive_consistency",
     "AdaptiveAllocation": "ttc.strategies.allocation",
+    "ComputeOptimal": "ttc.strategies.compute_optimal",
+    "Policy": "ttc.strategies.compute_optimal",
     "BeamPRM": "ttc.strategies.beam_prm",
     "Lookahead": "ttc.strategies.lookahead",
     "DVTS": "ttc.strategies.dvts",
@@ -69,6 +71,7 @@ __all__ = [
     "Candidate",
     "Capabilities",
     "Completion",
+    "ComputeOptimal",
     "ConfigError",
     "GenerateRequest",
     "GenerationError",
@@ -77,6 +80,7 @@ __all__ = [
     "Message",
     "MissingDependencyError",
     "Model",
+    "Policy",
     "Price",
     "Prompt",
     "ProviderError",
@@ -131,6 +135,7 @@ if TYPE_CHECKING:
     from ttc.strategies.base import Strategy
     from ttc.strategies.beam_prm import BeamPRM
     from ttc.strategies.best_of_n import BestOfN, SelfConsistency
+    from ttc.strategies.compute_optimal import ComputeOptimal, Policy
     from ttc.strategies.dvts import DVTS
     from ttc.strategies.lookahead import Lookahead
     from ttc.strategies.repeated_sample import RepeatedSample

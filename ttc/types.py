@@ -204,6 +204,17 @@ class TraceEvent(_Frozen):
     error: str | None = None
 
 
+class Routing(_Frozen):
+    """Where ``ComputeOptimal`` sent a question: its difficulty estimate from the probe (in
+    [0, 1], higher is easier), how it was measured, the policy's bin and its action."""
+
+    difficulty: float
+    measure: str
+    bin: str
+    action: str
+    probe_n: int
+
+
 class Result(BaseModel):
     """What a strategy returns.
 
@@ -229,6 +240,9 @@ class Result(BaseModel):
         None,
         description="AdaptiveConsistency: the stopping rule's posterior probability that the "
         "answer is the majority answer of the model's answer distribution.",
+    )
+    routing: Routing | None = Field(
+        None, description="ComputeOptimal: the probe's difficulty estimate, bin and action."
     )
     elapsed_s: float = 0.0
     trace: list[TraceEvent] = Field(default_factory=list)

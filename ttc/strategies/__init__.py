@@ -5,6 +5,7 @@ from ttc.strategies.allocation import AdaptiveAllocation
 from ttc.strategies.base import Strategy
 from ttc.strategies.beam_prm import BeamPRM
 from ttc.strategies.best_of_n import BestOfN, SelfConsistency
+from ttc.strategies.compute_optimal import Bin, ComputeOptimal, Policy
 from ttc.strategies.dvts import DVTS
 from ttc.strategies.lookahead import Lookahead
 from ttc.strategies.repeated_sample import RepeatedSample
@@ -16,7 +17,10 @@ __all__ = [
     "AdaptiveConsistency",
     "BeamPRM",
     "BestOfN",
+    "Bin",
+    "ComputeOptimal",
     "Lookahead",
+    "Policy",
     "RepeatedSample",
     "SelfConsistency",
     "StepFormat",

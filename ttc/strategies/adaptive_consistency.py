@@ -149,20 +149,31 @@ class AdaptiveConsistency(Strategy):
         return _RULES[self.rule](counts)
 
     async def _run(self, prompt: str | tuple[Message, ...], ctx: RunContext) -> Result:
-        got = Draw()
-        votes: Counter[str] = Counter()
-        confidence = 0.0
+        return await self.continue_from(prompt, [])
 
-        async def settled(batch: list[Candidate]) -> bool:
-            nonlocal confidence
+    async def continue_from(
+        self, prompt: str | tuple[Message, ...], prior: list[Candidate]
+    ) -> Result:
+        """Go on from samples already drawn for ``prompt`` (they vote and count towards
+        ``max_n``), inside the caller's run; ``ComputeOptimal`` continues its probe so."""
+        got = Draw(candidates=list(prior))
+        votes: Counter[str] = Counter()
+
+        def count(batch: list[Candidate]) -> float:
             for c in batch:
                 key = normalize_answer(c.answer) if c.answer is not None else ""
                 if key:
                     votes[key] += 1
-            confidence = self.probability(list(votes.values()))
+            return self.probability(list(votes.values()))
+
+        confidence = count(got.candidates)
+        stopped = len(got.candidates) >= self.min_n and confidence >= self.threshold
+
+        async def settled(batch: list[Candidate]) -> bool:
+            nonlocal confidence
+            confidence = count(batch)
             return len(got.candidates) >= self.min_n and confidence >= self.threshold
 
-        stopped = False
         while not stopped and len(got.candidates) < self.max_n and got.stopped_by is None:
             before = len(got.candidates)
             size = min(self.batch, self.max_n - before)
