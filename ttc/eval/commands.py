@@ -21,13 +21,16 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from ttc.eval.compare import Series
     from ttc.eval.report import LevelRow, RunReport
     from ttc.eval.runner import EvalSummary
 
 __all__ = [
     "EvalStrategy",
     "eval_command",
+    "markdown_comparison",
     "markdown_report",
+    "print_comparison",
     "print_reports",
     "register",
     "report_command",
@@ -35,11 +38,14 @@ __all__ = [
 
 
 class EvalStrategy(str, Enum):
-    """The strategies ``ttc eval`` offers (the names of ``ttc run --strategy``)."""
+    """The strategies ``ttc eval`` offers: every one of ``ttc.strategies.registry``."""
 
     repeated_sample = "repeated-sample"
     best_of_n = "best-of-n"
     self_consistency = "self-consistency"
+    beam_prm = "beam-prm"
+    lookahead = "lookahead"
+    dvts = "dvts"
 
 
 class DatasetFormat(str, Enum):
@@ -63,24 +69,74 @@ def _fields(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _pairs(pairs: list[str] | None, option: str) -> dict[str, str]:
+    from ttc.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"{option} takes KEY=VALUE (e.g. width=4), got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def eval_command(
     dataset: Annotated[
-        str,
+        str | None,
         typer.Argument(
             help="A JSONL file, or a sample shipped with ttc: gsm8k-sample, math500-sample, "
-            "code-sample."
+            "code-sample, graded-dev, graded-test. Not with --config."
         ),
-    ],
+    ] = None,
     strategy: Annotated[
         EvalStrategy,
         typer.Option(
             "--strategy",
             "-s",
             help="How to spend the samples. repeated-sample and best-of-n judge samples with "
-            "the dataset's reference (an oracle verifier); self-consistency only votes.",
+            "the dataset's reference (an oracle verifier; best-of-n takes --param scorer=prm "
+            "for a PRM); self-consistency only votes; beam-prm, lookahead and dvts search step "
+            "by step guided by --prm.",
         ),
     ] = EvalStrategy.repeated_sample,
-    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Samples per question.")] = 16,
+    n: Annotated[
+        int, typer.Option("--n", "-n", min=1, help="Samples (or beams) per question.")
+    ] = 16,
+    prm: Annotated[
+        str | None,
+        typer.Option(
+            "--prm",
+            help="The PRM of the searches and of best-of-n with scorer=prm: arithmetic "
+            "(default), step-judge, math-shepherd, qwen, rlhflow, vllm-pooling.",
+        ),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            metavar="KEY=VALUE",
+            help="A strategy parameter, e.g. --param width=4 --param k=1 --param scorer=prm; "
+            "prm.KEY=VALUE sets a PRM option (prm.model_dir=..., prm.model=...).",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Run the grid of an experiment file (TOML: datasets x models x strategies x "
+            "n) into one store; a rerun resumes every cell.",
+        ),
+    ] = None,
+    levels: Annotated[
+        list[int] | None,
+        typer.Option("--level", help="Only questions of this level (repeat for several)."),
+    ] = None,
+    per_level: Annotated[
+        int | None,
+        typer.Option("--per-level", min=1, help="The first N questions of each level."),
+    ] = None,
     model: Annotated[
         str,
         typer.Option(
@@ -171,37 +227,52 @@ def eval_command(
     """
     import anyio
 
-    from ttc.adapters.registry import resolve_model
-    from ttc.cli import build_budget, build_params
+    from ttc.cli import build_budget
     from ttc.errors import ConfigError, TTCError
     from ttc.eval.datasets import load_dataset
+    from ttc.eval.experiment import prepare, sampling, select_questions
     from ttc.eval.runner import evaluate
-    from ttc.eval.solver import Solver, named_strategy
+    from ttc.eval.solver import Solver, spec_strategy
+    from ttc.strategies.registry import StrategySpec
 
     err = Console(stderr=True)
+    if config is not None:
+        _run_config(config, json_output, err)
+        return
     try:
+        if dataset is None:
+            raise ConfigError("name a dataset (a JSONL file or a shipped sample), or --config")
         data = load_dataset(
             dataset,
             None if data_format is DatasetFormat.auto else data_format.value,
             fields=_fields(field),
             limit=limit,
         )
-        llm = resolve_model(model)
-        params = build_params(llm, temperature, max_tokens, seed)
+        data = select_questions(data, levels=levels, per_level=per_level)
+        options = _pairs(param, "--param")
+        prm_options = {k[4:]: v for k, v in options.items() if k.startswith("prm.")}
+        strategy_options = {k: v for k, v in options.items() if not k.startswith("prm.")}
+        spec = StrategySpec.of(
+            strategy.value, n=n, params=strategy_options, prm=prm, prm_options=prm_options
+        )
+        data, llm = prepare(data, model)
+        params, step_format = sampling(data, llm, temperature, max_tokens, seed)
         budget = build_budget(budget_usd, budget_tokens, budget_requests, budget_seconds)
-        make = named_strategy(strategy.value, n, params=params)
-        config = {
-            "strategy": strategy.value,
-            "n": n,
+        make = spec_strategy(spec, params=params, step_format=step_format)
+        run_config = {
+            **spec.config(),
             "model": llm.name,
             "temperature": params.temperature,
             "max_tokens": params.max_tokens,
             "seed": params.seed,
         }
+        if levels is not None or per_level is not None:
+            run_config["levels"] = sorted(levels) if levels else None
+            run_config["per_level"] = per_level
         # Ray workers build their own model from the name; locally the one built here runs.
         use_ray: bool | str | None = ray_address or (True if ray else None)
-        source: Any = functools.partial(resolve_model, model) if use_ray else llm
-        solver = Solver(model=source, strategy=make, config=config)
+        source: Any = functools.partial(_fitted_model, model, data) if use_ray else llm
+        solver = Solver(model=source, strategy=make, config=run_config)
     except (ConfigError, ValueError) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
@@ -241,6 +312,69 @@ def eval_command(
         raise typer.Exit(1) from None
     _print_summary(summary, out, json_output, err)
     if summary.failed:
+        raise typer.Exit(1)
+
+
+def _fitted_model(model: str, data: Any) -> Any:
+    """The model as ``prepare`` builds it for ``data`` (a Ray worker's copy)."""
+    from ttc.eval.experiment import prepare
+
+    return prepare(data, model)[1]
+
+
+def _run_config(path: Path, json_output: bool, err: Console) -> None:
+    """``ttc eval --config FILE``: every cell of the grid, then one summary line a cell."""
+    import anyio
+
+    from ttc.errors import ConfigError, TTCError
+    from ttc.eval.experiment import load_experiment, run_experiment
+
+    try:
+        experiment = load_experiment(path)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    try:
+        summaries = anyio.run(
+            functools.partial(run_experiment, experiment, progress=None if json_output else err)
+        )
+    except KeyboardInterrupt:
+        err.print(
+            f"[yellow]interrupted:[/] every finished question is stored in {experiment.out}; "
+            "rerun the same command to continue",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except TTCError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    if json_output:
+        rows = [
+            {
+                "run": s.run,
+                "questions": s.total,
+                "stored": s.stored,
+                "new": s.new,
+                "accuracy": s.accuracy,
+                "tokens": s.usage.total_tokens,
+            }
+            for s in summaries
+        ]
+        sys.stdout.write(json.dumps({"results": str(experiment.out), "cells": rows}, indent=2))
+        sys.stdout.write("\n")
+    else:
+        console = Console()
+        for s in summaries:
+            accuracy = f"{s.accuracy:.3f}" if s.accuracy is not None else "-"
+            console.print(
+                f"{s.run}: {s.stored}/{s.total} stored ({s.new} new) · accuracy {accuracy}",
+                soft_wrap=True,
+            )
+        console.print(f"report: ttc report {experiment.out}", soft_wrap=True)
+    if any(s.failed for s in summaries):
         raise typer.Exit(1)
 
 
@@ -434,6 +568,94 @@ def markdown_report(reports: list[RunReport], plots: list[Path] | None = None) -
     return "\n".join(parts) + "\n"
 
 
+_COMPARISON_COLUMNS = ["strategy", "level", "n or k", "gen. tokens/q", "accuracy % [95% CI]", "q"]
+
+
+def _comparison_rows(series: list[Series]) -> list[list[str]]:
+    from ttc.eval.compare import ALL
+    from ttc.eval.report import _level_key
+
+    rows = []
+    ordered = sorted(series, key=lambda s: (s.level != ALL, _level_key(s.level)))
+    for s in ordered:
+        if s.kind == "coverage":
+            continue
+        for point in s.points:
+            rows.append(
+                [
+                    s.name,
+                    s.level,
+                    str(point.budget),
+                    f"{point.tokens:,.0f}",
+                    str(point.accuracy),
+                    str(point.questions),
+                ]
+            )
+    return rows
+
+
+def _coverage_rows(series: list[Series]) -> tuple[list[str], list[list[str]]]:
+    """pass@k and majority@k by level, one column per k, with intervals."""
+    from ttc.eval.compare import ALL
+    from ttc.eval.report import _level_key
+
+    chosen = [s for s in series if s.kind == "coverage" or s.name.endswith("majority@k")]
+    chosen.sort(key=lambda s: (s.level != ALL, _level_key(s.level)))
+    ks = sorted({p.budget for s in chosen for p in s.points})
+    header = ["curve", "level", *[f"k={k}" for k in ks]]
+    rows = []
+    for s in chosen:
+        by_k = {p.budget: str(p.accuracy) for p in s.points}
+        rows.append([s.name, s.level, *[by_k.get(k, "-") for k in ks]])
+    return header, rows
+
+
+def print_comparison(console: Console, series: list[Series]) -> None:
+    """Strategies at matched compute, and coverage by level, with 95% bootstrap intervals."""
+    rows = _comparison_rows(series)
+    if rows and len({r[0] for r in rows}) > 1:
+        table = Table(
+            title="strategies by generated tokens",
+            title_justify="left",
+            caption="accuracy of the selected answer, 95% bootstrap interval over questions; "
+            "votes@k are over k of one run's samples",
+            caption_justify="left",
+        )
+        for column in _COMPARISON_COLUMNS:
+            table.add_column(column, justify="left" if column == "strategy" else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print()
+        console.print(table)
+    header, cov = _coverage_rows(series)
+    if cov:
+        table = Table(title="coverage and majority by level (95% CI)", title_justify="left")
+        for column in header:
+            table.add_column(column, justify="left" if column == "curve" else "right")
+        for row in cov:
+            table.add_row(*row)
+        console.print()
+        console.print(table)
+
+
+def markdown_comparison(series: list[Series]) -> str:
+    """The comparison tables as Markdown (empty when there is nothing to compare)."""
+    parts: list[str] = []
+    rows = _comparison_rows(series)
+    if rows and len({r[0] for r in rows}) > 1:
+        parts += ["", "## Strategies by generated tokens", "", _md_table(_COMPARISON_COLUMNS, rows)]
+    header, cov = _coverage_rows(series)
+    if cov:
+        parts += ["", "## Coverage and majority by level", "", _md_table(header, cov)]
+    if parts:
+        parts += [
+            "",
+            "Intervals: 95% percentile bootstrap over questions (2,000 resamples, seed 0); "
+            "overlapping intervals mean the data cannot tell the two apart.",
+        ]
+    return "\n".join(parts) + ("\n" if parts else "")
+
+
 def report_command(
     folder: Annotated[Path, typer.Argument(help="A results folder written by ttc eval.")],
     run: Annotated[
@@ -461,20 +683,27 @@ def report_command(
     except ConfigError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
+    from ttc.eval.compare import load_comparison
+
+    series = load_comparison(str(folder), [r.run for r in reports])
     written: list[Path] = []
     if plots:
         try:
-            from ttc.eval.plots import write_plots
+            from ttc.eval.plots import plot_coverage_by_level, plot_strategies, write_plots
 
             written = write_plots(reports, folder)
+            if len(reports) > 1 or any(len(s.points) > 1 for s in series):
+                written += plot_strategies(series, folder)
+            written += plot_coverage_by_level(series, folder)
         except MissingDependencyError as exc:
             err.print(f"[yellow]no plots:[/] {escape(str(exc))}", soft_wrap=True)
     if markdown:
-        text = markdown_report(reports, written)
+        text = markdown_report(reports, written) + markdown_comparison(series)
         (folder / "report.md").write_text(text, encoding="utf-8")
         sys.stdout.write(text)
     else:
         print_reports(Console(), reports)
+        print_comparison(Console(), series)
     for path in written:
         err.print(f"wrote {path}", soft_wrap=True)
 

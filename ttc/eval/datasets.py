@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ttc.errors import ConfigError
+from ttc.eval.graded import GRADED_FEW_SHOT, GRADED_STEP_DELIMITER, GRADED_STOPS
 from ttc.scoring.base import Verifier
 from ttc.scoring.extract import extract_answer, gsm8k_reference
 
 __all__ = [
+    "GRADED",
     "GSM8K",
     "HUMANEVAL",
     "MATH500",
@@ -75,6 +77,10 @@ class DatasetSpec:
         entry_point: the field naming the function under test (``code``, HumanEval style).
         template: a prompt template with a ``{question}`` placeholder (``None``: the question
             as it is, so the model adapter's own template applies).
+        stop: stop strings every sample of this dataset needs (a few-shot template's end of
+            answer), added to the sampling parameters.
+        step_delimiter: what ends a step of a worked solution, for step-wise search
+            (``"\n"`` where the few-shot solutions write one step a line).
     """
 
     name: str
@@ -87,6 +93,8 @@ class DatasetSpec:
     tests: str | None = None
     entry_point: str | None = None
     template: str | None = None
+    stop: tuple[str, ...] = ()
+    step_delimiter: str = "\n\n"
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -153,8 +161,23 @@ HUMANEVAL = DatasetSpec(
 )
 """HumanEval-style code (``prompt``, ``test`` with ``check(candidate)``, ``entry_point``)."""
 
+GRADED = DatasetSpec(
+    "graded",
+    "gsm8k",
+    question="question",
+    answer="answer",
+    id="id",
+    level="level",
+    template=GRADED_FEW_SHOT,
+    stop=GRADED_STOPS,
+    step_delimiter=GRADED_STEP_DELIMITER,
+)
+"""The graded suite (``ttc.eval.graded``): GSM8K fields, ``id``, ``level`` 1-8, and the few-shot
+template made for it."""
+
 SPECS: dict[str, DatasetSpec] = {
     "gsm8k": GSM8K,
+    "graded": GRADED,
     "math500": MATH500,
     "math": MATH500,
     "humaneval": HUMANEVAL,
@@ -166,6 +189,8 @@ SAMPLES: dict[str, tuple[str, DatasetSpec]] = {
     "gsm8k-sample": ("gsm8k_sample.jsonl", GSM8K),
     "math500-sample": ("math500_sample.jsonl", MATH500),
     "code-sample": ("code_sample.jsonl", HUMANEVAL),
+    "graded-dev": ("graded_dev.jsonl", GRADED),
+    "graded-test": ("graded_test.jsonl", GRADED),
 }
 """The samples shipped in ``ttc/eval/data`` (see its README for sources and licenses)."""
 

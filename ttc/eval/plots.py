@@ -193,3 +193,123 @@ def write_plots(reports: Sequence[RunReport], folder: str | Path) -> list[Path]:
     if any(r.priced for r in reports):
         paths += plot_accuracy_vs_compute(reports, folder, usd=True)
     return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Strategies compared at matched compute (ttc.eval.compare), with 95% bootstrap bands.
+
+
+def _panels(plt: Any, levels: Sequence[str]) -> tuple[Any, list[Any]]:
+    count = len(levels)
+    cols = min(count, 4)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
+def _band(ax: Any, series: Any, colour: str, x: Sequence[float], style: str) -> float:
+    points = series.points
+    means = [p.accuracy.mean for p in points]
+    ax.plot(x, means, linestyle=style, marker="o", markersize=3, color=colour, label=series.name)
+    if len(points) > 1:
+        ax.fill_between(
+            x,
+            [p.accuracy.low for p in points],
+            [p.accuracy.high for p in points],
+            color=colour,
+            alpha=0.15,
+            linewidth=0,
+        )
+    else:
+        low, high = points[0].accuracy.low, points[0].accuracy.high
+        ax.errorbar(x, means, yerr=[[means[0] - low], [high - means[0]]], color=colour)
+    return max(p.accuracy.high for p in points)
+
+
+def _level_title(level: str) -> str:
+    from ttc.eval.compare import ALL
+
+    return "all levels" if level == ALL else f"level {level}"
+
+
+def plot_strategies(series: Sequence[Any], folder: str | Path, *, title: str = "") -> list[Path]:
+    """Accuracy against generated tokens per question, one line per strategy (runs at
+    several n, or votes over k samples of one run), one panel per level and one for all,
+    each with its 95% bootstrap band over questions. Returns the PNG and SVG paths."""
+    plt = _pyplot()
+    shown = [s for s in series if s.kind in ("runs", "votes") and s.points]
+    levels = list(dict.fromkeys(s.level for s in shown))
+    if not levels:
+        return []
+    names = list(dict.fromkeys(s.name for s in shown))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    fig, axes = _panels(plt, levels)
+    try:
+        for ax, level in zip(axes, levels):
+            highest = 0.0
+            for s in (s for s in shown if s.level == level):
+                style = "--" if s.kind == "votes" else "-"
+                x = [max(p.tokens, 1e-9) for p in s.points]
+                highest = max(highest, _band(ax, s, colours[s.name], x, style))
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(_plain_numbers())
+            ax.set_ylim(0, _y_top(highest))
+            ax.set_title(_level_title(level), fontsize=9)
+            ax.set_xlabel("generated tokens per question", fontsize=8)
+            ax.set_ylabel("accuracy", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(True, which="major", alpha=0.3)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(
+            handles,
+            labels,
+            fontsize=7,
+            loc="lower center",
+            ncol=min(3, len(labels)),
+            bbox_to_anchor=(0.5, -0.02 - 0.03 * math.ceil(len(labels) / 3)),
+        )
+        fig.suptitle(title or "Accuracy vs generated tokens (95% bootstrap bands)", fontsize=10)
+        fig.tight_layout()
+        return _save(fig, Path(folder), "strategies_vs_tokens")
+    finally:
+        plt.close(fig)
+
+
+def plot_coverage_by_level(
+    series: Sequence[Any], folder: str | Path, *, title: str = ""
+) -> list[Path]:
+    """Coverage (pass@k) and the majority vote against k (log2 axis) for each sampling run,
+    one panel per level, with 95% bootstrap bands. Returns the PNG and SVG paths."""
+    plt = _pyplot()
+    shown = [s for s in series if s.points and (s.kind == "coverage" or "majority@k" in s.name)]
+    levels = list(dict.fromkeys(s.level for s in shown))
+    if not levels:
+        return []
+    fig, axes = _panels(plt, levels)
+    try:
+        for ax, level in zip(axes, levels):
+            top = 1
+            for index, s in enumerate(s for s in shown if s.level == level):
+                x = [float(p.budget) for p in s.points]
+                top = max(top, int(x[-1]))
+                style = "-" if s.kind == "coverage" else "--"
+                _band(ax, s, f"C{index % 10}", x, style)
+            _log2_axis(ax, top)
+            ax.set_ylim(0, 1.0)
+            ax.set_title(_level_title(level), fontsize=9)
+            ax.set_xlabel("samples per question (k)", fontsize=8)
+            ax.set_ylabel("fraction solved", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(True, which="major", alpha=0.3)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(
+            handles, labels, fontsize=7, loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.06)
+        )
+        fig.suptitle(title or "Coverage and majority vote vs k (95% bootstrap bands)", fontsize=10)
+        fig.tight_layout()
+        return _save(fig, Path(folder), "coverage_by_level")
+    finally:
+        plt.close(fig)

@@ -4,8 +4,13 @@ A strategy takes its verifier at construction (``RepeatedSample(model, n, verifi
 each question has its own reference answer, so an evaluation builds one strategy a question
 from a ``MakeStrategy`` function. The model is built once per process: with Ray every worker
 builds its own from ``Solver.model`` (a function), since a loaded engine cannot travel.
-``named_strategy`` gives the functions behind ``ttc eval --strategy``; they pickle, so the
-same solver runs locally and on a Ray cluster.
+``named_strategy`` (and ``spec_strategy``, from a ``ttc.strategies.registry.StrategySpec``)
+give the functions behind ``ttc eval --strategy``, for all six strategies of the registry;
+they pickle, so the same solver runs locally and on a Ray cluster.
+
+Step-wise search continues the prompt as raw text: for a dataset with a few-shot template the
+question it searches from is the templated prompt, so ``StepFormat.template`` stays
+``"{question}"`` and ``step_format`` brings the delimiter and end markers.
 """
 
 from __future__ import annotations
@@ -19,10 +24,19 @@ from ttc.errors import ConfigError
 from ttc.eval.datasets import Example
 from ttc.runtime.model import Model
 from ttc.scoring.base import Verifier
+from ttc.strategies import registry
 from ttc.strategies.base import Strategy
+from ttc.strategies.steps import StepFormat
 from ttc.types import SamplingParams
 
-__all__ = ["STRATEGIES", "MakeStrategy", "Question", "Solver", "named_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "MakeStrategy",
+    "Question",
+    "Solver",
+    "named_strategy",
+    "spec_strategy",
+]
 
 Extractor = Callable[[str], str | None]
 
@@ -70,31 +84,55 @@ class Solver:
         return model, True
 
 
-STRATEGIES: tuple[str, ...] = ("repeated-sample", "best-of-n", "self-consistency")
-"""The strategies ``named_strategy`` (and ``ttc eval --strategy``) knows."""
+STRATEGIES: tuple[str, ...] = tuple(registry.STRATEGIES)
+"""The strategies ``named_strategy`` (and ``ttc eval --strategy``) knows: all of
+``ttc.strategies.registry``."""
 
 
-def named_strategy(name: str, n: int, *, params: SamplingParams | None = None) -> MakeStrategy:
-    """The strategy ``name`` with ``n`` samples, as ``ttc run`` builds it: repeated sampling
-    judged by the question's verifier; best-of-N with that verifier as its scorer (an
-    oracle: the Large Language Monkeys setting); self-consistency, which only votes (the
-    evaluation judges its candidates afterwards)."""
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r}; the strategies are {', '.join(STRATEGIES)}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n must be a positive integer, got {n!r}")
-    return functools.partial(_build_named, name=name, n=n, params=params)
+def named_strategy(
+    name: str,
+    n: int,
+    *,
+    params: SamplingParams | None = None,
+    strategy_params: Mapping[str, object] | None = None,
+    prm: str | None = None,
+    prm_options: Mapping[str, object] | None = None,
+    step_format: StepFormat | None = None,
+) -> MakeStrategy:
+    """The strategy ``name`` with ``n`` samples (or beams), as ``ttc run`` builds it (see
+    ``ttc.strategies.registry``): repeated sampling judged by the question's verifier;
+    best-of-N with that verifier as its scorer (an oracle: the Large Language Monkeys
+    setting) or a PRM (``scorer="prm"``); self-consistency, which only votes (the evaluation
+    judges its candidates afterwards); the PRM-guided searches (``beam-prm``, ``lookahead``,
+    ``dvts``) with ``prm`` (default ``arithmetic``) and ``step_format``."""
+    spec = registry.StrategySpec.of(
+        name, n=n, params=strategy_params, prm=prm, prm_options=prm_options
+    )
+    return spec_strategy(spec, params=params, step_format=step_format)
 
 
-def _build_named(
-    model: Model, question: Question, *, name: str, n: int, params: SamplingParams | None
+def spec_strategy(
+    spec: registry.StrategySpec,
+    *,
+    params: SamplingParams | None = None,
+    step_format: StepFormat | None = None,
+) -> MakeStrategy:
+    """The factory for a checked ``StrategySpec``; it pickles (Ray)."""
+    return functools.partial(_build_spec, spec=spec, params=params, step_format=step_format)
+
+
+def _build_spec(
+    model: Model,
+    question: Question,
+    *,
+    spec: registry.StrategySpec,
+    params: SamplingParams | None,
+    step_format: StepFormat | None,
 ) -> Strategy:
-    from ttc.strategies import BestOfN, RepeatedSample, SelfConsistency
-
-    if name == "repeated-sample":
-        return RepeatedSample(
-            model, n, verifier=question.verifier, params=params, extract=question.extract
-        )
-    if name == "best-of-n":
-        return BestOfN(model, n, scorer=question.verifier, params=params, extract=question.extract)
-    return SelfConsistency(model, n, params=params, extract=question.extract)
+    context = registry.BuildContext(
+        verifier=question.verifier,
+        extract=question.extract,
+        params=params,
+        step_format=step_format,
+    )
+    return registry.build_strategy(spec, model, context)

@@ -23,10 +23,13 @@ from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 from ttc.errors import ConfigError
+from ttc.scoring.base import Scorer
+from ttc.types import Candidate, Prompt
 
 __all__ = [
     "Aggregation",
     "ArithmeticPRM",
+    "PRMScorer",
     "ProcessRewardModel",
     "aggregate",
     "check_aggregation",
@@ -319,3 +322,50 @@ class ArithmeticPRM(ProcessRewardModel):
 
     def __repr__(self) -> str:
         return f"ArithmeticPRM(right={self.right}, wrong={self.wrong}, neutral={self.neutral})"
+
+
+class PRMScorer(Scorer):
+    """A PRM as an outcome scorer for whole samples (PRM-weighted best-of-N, Snell et al.).
+
+    Each candidate's text is cut into steps at ``delimiter`` (kept at the end of every step
+    but the last, as step-wise search writes them), the PRM scores the steps, and
+    ``aggregation`` makes one score. All candidates of a call go to the PRM in one batch.
+
+    Args:
+        prm: the process reward model, e.g. ``ArithmeticPRM()``.
+        delimiter: what separates the steps of a sample (``"\\n\\n"``; ``"\\n"`` for one step
+            a line).
+        aggregation: ``last`` (default), ``min``, ``prod`` or ``mean``.
+    """
+
+    def __init__(
+        self,
+        prm: ProcessRewardModel,
+        *,
+        delimiter: str = "\n\n",
+        aggregation: Aggregation | str = "last",
+    ) -> None:
+        if not isinstance(prm, ProcessRewardModel):
+            raise ConfigError(f"prm must be a ProcessRewardModel, got {type(prm).__name__}")
+        if not delimiter:
+            raise ConfigError("delimiter must not be empty")
+        self.prm = prm
+        self.delimiter = delimiter
+        self.aggregation = check_aggregation(aggregation)
+        self.name = prm.name
+
+    def steps(self, text: str) -> list[str]:
+        """``text`` as steps, each but the last ending with the delimiter; blank ones dropped."""
+        parts = text.split(self.delimiter)
+        steps = [part + self.delimiter for part in parts[:-1]] + [parts[-1]]
+        return [step for step in steps if step.strip()]
+
+    async def score(self, prompt: Prompt, candidates: Sequence[Candidate]) -> list[float]:
+        question = prompt if isinstance(prompt, str) else "\n".join(m.content for m in prompt)
+        solutions = [self.steps(c.text) for c in candidates]
+        present = [steps for steps in solutions if steps]
+        scored = iter(await self.prm.score_steps(question, present)) if present else iter(())
+        return [aggregate(next(scored), self.aggregation) if steps else 0.0 for steps in solutions]
+
+    def __repr__(self) -> str:
+        return f"PRMScorer({self.prm!r}, aggregation={self.aggregation!r})"

@@ -1,0 +1,467 @@
+"""One registry of strategies, PRMs and selectors by name, for every front end.
+
+``ttc run``, ``ttc eval``, experiment files and the evaluation's solver all build strategies
+from a ``StrategySpec``: a strategy name, ``n``, its parameters, and (for the searches and
+PRM-weighted best-of-N) a PRM by name with its options. Each strategy's parameters are listed
+with their type and default in ``STRATEGIES``, so a front end can offer every one of them and a
+typo fails with one ``ConfigError`` naming it.
+
+Strategies (names as on the command line):
+
+=================  ==========================================================================
+repeated-sample    ``RepeatedSample``: n samples, judged by the verifier (an oracle in eval)
+best-of-n          ``BestOfN``: n samples, the best by a scorer: ``scorer = "verifier"``
+                   (the reference: oracle), ``"prm"`` (PRM-weighted) or ``"none"`` (a vote)
+self-consistency   ``SelfConsistency``: n samples, majority vote
+beam-prm           ``BeamPRM``: beam search guided by a PRM (n beams, ``width`` M)
+lookahead          ``Lookahead``: beam search scoring ``k`` steps ahead
+dvts               ``DVTS``: n/M independent subtrees
+=================  ==========================================================================
+
+PRMs: ``arithmetic`` (rule-based, no model), ``step-judge`` (the policy model, or
+``prm.model``, asked whether each step is right), ``math-shepherd``, ``qwen``, ``rlhflow``
+(transformers checkpoints in ``prm.model_dir``), ``vllm-pooling`` (a vLLM server's
+``/pooling``: ``prm.model`` as ``vllm-server/<model>@<url>``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ttc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ttc.runtime.model import Model
+    from ttc.scoring.base import Selector, Verifier
+    from ttc.scoring.prm import ProcessRewardModel
+    from ttc.strategies.base import Extractor, Strategy
+    from ttc.strategies.steps import StepFormat
+    from ttc.types import SamplingParams
+
+__all__ = [
+    "PRMS",
+    "SELECTORS",
+    "STRATEGIES",
+    "Param",
+    "StrategyInfo",
+    "StrategySpec",
+    "build_prm",
+    "build_strategy",
+    "parse_value",
+]
+
+Scalar = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class Param:
+    """One strategy parameter: its type, default and what it does."""
+
+    type: type
+    default: Scalar | None
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+_N = Param(int, 16, "samples, or beams for the searches")
+_SEARCH: dict[str, Param] = {
+    "width": Param(int, 4, "M, the beam width (n must be a multiple of it)"),
+    "max_rounds": Param(int, 40, "at most this many steps; the last one runs to the end"),
+    "aggregation": Param(
+        str, "last", "how a beam's step scores make one", ("last", "min", "prod", "mean")
+    ),
+    "final_selector": Param(
+        str,
+        "weighted",
+        "how the finished beams give the answer",
+        ("weighted", "argmax", "majority"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """A strategy: its class's name, whether it searches step by step (then it needs a PRM and
+    a raw-text model), and its parameters besides ``n``."""
+
+    name: str
+    cls: str
+    summary: str
+    search: bool
+    params: Mapping[str, Param]
+
+    @property
+    def all_params(self) -> dict[str, Param]:
+        return {"n": _N, **self.params}
+
+
+STRATEGIES: dict[str, StrategyInfo] = {
+    "repeated-sample": StrategyInfo(
+        "repeated-sample",
+        "RepeatedSample",
+        "n samples judged by the verifier",
+        False,
+        {
+            "stop_on_success": Param(bool, False, "stop at the first verified sample"),
+            "selector": Param(
+                str, "first-verified", "the answer", ("first-verified", "majority", "weighted")
+            ),
+        },
+    ),
+    "best-of-n": StrategyInfo(
+        "best-of-n",
+        "BestOfN",
+        "n samples, the best by a scorer",
+        False,
+        {
+            "scorer": Param(
+                str,
+                "verifier",
+                "verifier (the reference, an oracle), prm (PRM-weighted) or none",
+                ("verifier", "prm", "none"),
+            ),
+            "selector": Param(
+                str,
+                None,
+                "argmax or weighted (default: argmax with a scorer, else majority)",
+                ("argmax", "weighted", "majority"),
+            ),
+            "aggregation": _SEARCH["aggregation"],
+            "stop_when_settled": Param(bool, False, "stop once no answer can overtake the lead"),
+        },
+    ),
+    "self-consistency": StrategyInfo(
+        "self-consistency",
+        "SelfConsistency",
+        "n samples, majority vote",
+        False,
+        {"stop_when_settled": Param(bool, False, "stop once no answer can overtake the lead")},
+    ),
+    "beam-prm": StrategyInfo(
+        "beam-prm",
+        "BeamPRM",
+        "beam search guided by a PRM",
+        True,
+        {**_SEARCH, "remove_duplicates": Param(bool, True, "drop repeated beams of a round")},
+    ),
+    "lookahead": StrategyInfo(
+        "lookahead",
+        "Lookahead",
+        "beam search scoring k steps ahead",
+        True,
+        {
+            **_SEARCH,
+            "k": Param(int, 1, "steps rolled out ahead (0: plain beam search)"),
+            "remove_duplicates": Param(bool, True, "drop repeated beams of a round"),
+        },
+    ),
+    "dvts": StrategyInfo("dvts", "DVTS", "n/M independent subtrees", True, dict(_SEARCH)),
+}
+"""Every strategy by its command-line name."""
+
+PRMS: dict[str, str] = {
+    "arithmetic": "rule-based: recomputes each step's arithmetic (no model)",
+    "step-judge": "a model asked whether each step is right (the policy, or prm.model)",
+    "math-shepherd": "Math-Shepherd PRM from a transformers folder (prm.model_dir)",
+    "qwen": "Qwen2.5-Math-PRM from a transformers folder (prm.model_dir)",
+    "rlhflow": "RLHFlow PRM from a transformers folder (prm.model_dir)",
+    "vllm-pooling": "a PRM served by vLLM /pooling (prm.model = vllm-server/<model>@<url>)",
+}
+"""Every PRM kind by name."""
+
+SELECTORS: tuple[str, ...] = ("argmax", "weighted", "majority", "first-verified")
+
+_PRM_OPTIONS: dict[str, set[str]] = {
+    "arithmetic": {"right", "wrong", "neutral"},
+    "step-judge": {"model", "renormalize", "top_logprobs"},
+    "math-shepherd": {"model_dir", "batch_size", "device", "dtype", "num_threads"},
+    "qwen": {"model_dir", "batch_size", "device", "dtype", "num_threads"},
+    "rlhflow": {"model_dir", "batch_size", "device", "dtype", "num_threads"},
+    "vllm-pooling": {"model", "separator", "label"},
+}
+
+
+def _known(kind: str, name: str, known: Mapping[str, Any] | tuple[str, ...]) -> None:
+    if name not in known:
+        raise ConfigError(f"unknown {kind} {name!r}; the {kind}s are {', '.join(known)}")
+
+
+def parse_value(key: str, text: str, kind: type) -> Scalar:
+    """A command-line value as the parameter's type (``true``/``false`` for booleans)."""
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return lowered in ("true", "1", "yes")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {text!r}") from None
+    return text
+
+
+def _typed(key: str, value: object, param: Param) -> Scalar:
+    if isinstance(value, str) and param.type is not str:
+        value = parse_value(key, value, param.type)
+    ok = (
+        isinstance(value, bool)
+        if param.type is bool
+        else isinstance(value, param.type) and not isinstance(value, bool)
+    )
+    if param.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(f"{key}: expected {param.type.__name__}, got {value!r}")
+    if param.choices and value not in param.choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(param.choices)}, got {value!r}")
+    assert isinstance(value, (bool, int, float, str))
+    return value
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """What to build: a strategy by name, ``n``, its parameters, and its PRM.
+
+    Build one with ``StrategySpec.of(name, n=..., params={...}, prm=..., prm_options={...})``;
+    every name is checked there (unknown strategy, parameter, PRM or PRM option: a
+    ``ConfigError`` naming it). ``config()`` is the flat description stored with results.
+    """
+
+    name: str
+    n: int = 16
+    params: tuple[tuple[str, Scalar], ...] = ()
+    prm: str | None = None
+    prm_options: tuple[tuple[str, Scalar], ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        *,
+        n: int | str = 16,
+        params: Mapping[str, object] | None = None,
+        prm: str | None = None,
+        prm_options: Mapping[str, object] | None = None,
+    ) -> StrategySpec:
+        _known("strategy", name, STRATEGIES)
+        info = STRATEGIES[name]
+        count = _typed("n", n, _N)
+        assert isinstance(count, int)
+        if count < 1:
+            raise ConfigError(f"n must be a positive integer, got {n!r}")
+        checked: dict[str, Scalar] = {}
+        for key, value in (params or {}).items():
+            if key not in info.params:
+                allowed = ", ".join(info.params) or "none besides n"
+                raise ConfigError(
+                    f"unknown parameter {key!r} for strategy {name!r}; its parameters: {allowed}"
+                )
+            checked[key] = _typed(key, value, info.params[key])
+        if "width" in info.params:
+            width = int(checked.get("width", info.params["width"].default))  # type: ignore[arg-type]
+            if width < 1 or count % width:
+                raise ConfigError(f"n ({count}) must be a multiple of width ({width})")
+        needs_prm = info.search or checked.get("scorer") == "prm"
+        if needs_prm and prm is None:
+            prm = "arithmetic"
+        if prm is not None:
+            _known("PRM", prm, PRMS)
+            if not needs_prm:
+                raise ConfigError(
+                    f"strategy {name!r} takes no PRM (best-of-n takes one with scorer=prm)"
+                )
+        options: dict[str, Scalar] = {}
+        for key, value in (prm_options or {}).items():
+            if prm is None or key not in _PRM_OPTIONS[prm]:
+                allowed = ", ".join(sorted(_PRM_OPTIONS.get(prm or "", ()))) or "none"
+                raise ConfigError(f"unknown PRM option {key!r} for PRM {prm!r}; options: {allowed}")
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ConfigError(f"prm.{key}: expected a number or text, got {value!r}")
+            options[key] = value
+        return cls(name, count, tuple(sorted(checked.items())), prm, tuple(sorted(options.items())))
+
+    @property
+    def info(self) -> StrategyInfo:
+        return STRATEGIES[self.name]
+
+    def param(self, key: str) -> Any:
+        """The parameter's value, or its default."""
+        return dict(self.params).get(key, self.info.params[key].default)
+
+    def config(self) -> dict[str, Any]:
+        """A flat, JSON-ready description: the strategy, n, every parameter (defaults
+        included), the PRM and its options."""
+        out: dict[str, Any] = {"strategy": self.name, "n": self.n}
+        for key in self.info.params:
+            out[key] = self.param(key)
+        if self.prm is not None:
+            out["prm"] = self.prm
+            for key, value in self.prm_options:
+                out[f"prm.{key}"] = value
+        return out
+
+    def label(self) -> str:
+        """A short name for plots: ``beam-prm n=16 w=4 (arithmetic)``."""
+        bits = [self.name]
+        if self.name == "best-of-n":
+            scorer = self.param("scorer")
+            bits = ["best-of-n" if scorer == "verifier" else f"best-of-n/{scorer}"]
+        extra = "".join(f" {k}={v}" for k, v in self.params if k in ("width", "k"))
+        return f"{bits[0]} n={self.n}{extra}"
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+
+
+_prm_lock = threading.Lock()
+_prm_cache: dict[tuple[Any, ...], ProcessRewardModel] = {}
+
+
+def build_prm(name: str, options: Mapping[str, Scalar], model: Model) -> ProcessRewardModel:
+    """The PRM ``name``, built once per (name, options, policy model) in this process, so its
+    step-score cache and loaded weights serve every question."""
+    _known("PRM", name, PRMS)
+    key = (name, tuple(sorted(options.items())), id(model))
+    with _prm_lock:
+        found = _prm_cache.get(key)
+        if found is None:
+            found = _make_prm(name, dict(options), model)
+            _prm_cache[key] = found
+        return found
+
+
+def _make_prm(name: str, options: dict[str, Any], model: Model) -> ProcessRewardModel:
+    from ttc import scoring
+
+    if name == "arithmetic":
+        return scoring.ArithmeticPRM(
+            right=float(options.get("right", 1.0)),
+            wrong=float(options.get("wrong", 0.0)),
+            neutral=float(options.get("neutral", 0.5)),
+        )
+    if name == "step-judge":
+        judge = model
+        if "model" in options:
+            from ttc.adapters.registry import resolve_model
+
+            judge = resolve_model(str(options.pop("model")))
+        return scoring.StepJudge(judge, **options)
+    if name in ("math-shepherd", "qwen", "rlhflow"):
+        if "model_dir" not in options:
+            raise ConfigError(f"PRM {name!r} needs prm.model_dir (a transformers folder)")
+        cls = {
+            "math-shepherd": scoring.MathShepherdPRM,
+            "qwen": scoring.QwenPRM,
+            "rlhflow": scoring.RLHFlowPRM,
+        }[name]
+        return cls(options.pop("model_dir"), **options)  # type: ignore[no-any-return]
+    if "model" not in options:
+        raise ConfigError("PRM 'vllm-pooling' needs prm.model (vllm-server/<model>@<url>)")
+    from ttc.adapters.registry import resolve_model
+
+    server = resolve_model(str(options.pop("model")))
+    return scoring.VLLMPoolingPRM(server, **options)  # type: ignore[no-any-return]
+
+
+def _selector(name: str | None) -> Selector | None:
+    from ttc.scoring import Argmax, FirstVerified, MajorityVote, WeightedMajority
+
+    if name is None:
+        return None
+    _known("selector", name, SELECTORS)
+    table: dict[str, Callable[[], Selector]] = {
+        "argmax": Argmax,
+        "weighted": WeightedMajority,
+        "majority": MajorityVote,
+        "first-verified": lambda: FirstVerified(fallback=MajorityVote()),
+    }
+    return table[name]()
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a strategy is built with besides its spec: the verifier of the question (the
+    reference), how answers are read, sampling parameters and the step format."""
+
+    verifier: Verifier | None = None
+    extract: Extractor | None = None
+    params: SamplingParams | None = None
+    step_format: StepFormat | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def build_strategy(spec: StrategySpec, model: Model, context: BuildContext) -> Strategy:
+    """The strategy ``spec`` over ``model``."""
+    from ttc import strategies
+    from ttc.scoring.extract import extract_answer
+    from ttc.scoring.prm import PRMScorer
+
+    extract = context.extract or extract_answer
+    common: dict[str, Any] = {"params": context.params, "extract": extract, **context.extra}
+    name = spec.name
+    if name == "repeated-sample":
+        return strategies.RepeatedSample(
+            model,
+            spec.n,
+            verifier=context.verifier,
+            stop_on_success=spec.param("stop_on_success"),
+            selector=_selector(spec.param("selector")),
+            **common,
+        )
+    if name == "self-consistency":
+        return strategies.SelfConsistency(
+            model, spec.n, stop_when_settled=spec.param("stop_when_settled"), **common
+        )
+    if name == "best-of-n":
+        scorer_name = spec.param("scorer")
+        scorer: Any = None
+        if scorer_name == "verifier":
+            scorer = context.verifier  # none without a reference: then it votes
+        elif scorer_name == "prm":
+            assert spec.prm is not None
+            delimiter = context.step_format.delimiter if context.step_format else "\n\n"
+            scorer = PRMScorer(
+                build_prm(spec.prm, dict(spec.prm_options), model),
+                delimiter=delimiter,
+                aggregation=spec.param("aggregation"),
+            )
+        return strategies.BestOfN(
+            model,
+            spec.n,
+            scorer=scorer,
+            selector=_selector(spec.param("selector")),
+            stop_when_settled=spec.param("stop_when_settled"),
+            **common,
+        )
+    assert spec.prm is not None
+    prm = build_prm(spec.prm, dict(spec.prm_options), model)
+    search: dict[str, Any] = {
+        "max_rounds": spec.param("max_rounds"),
+        "aggregation": spec.param("aggregation"),
+        "step_format": context.step_format,
+        "final_selector": _selector(spec.param("final_selector")),
+        **common,
+    }
+    width = spec.param("width")
+    if name == "beam-prm":
+        return strategies.BeamPRM(
+            model, prm, spec.n, width, remove_duplicates=spec.param("remove_duplicates"), **search
+        )
+    if name == "lookahead":
+        return strategies.Lookahead(
+            model,
+            prm,
+            spec.n,
+            width,
+            k=spec.param("k"),
+            remove_duplicates=spec.param("remove_duplicates"),
+            **search,
+        )
+    return strategies.DVTS(model, prm, spec.n, width, **search)
