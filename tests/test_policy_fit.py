@@ -122,3 +122,10 @@ def test_fit_policy_command_writes_a_loadable_policy(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["fit-policy", str(tmp_path / "nothing"), "--budget", "5"])
     assert bad.exit_code == 2
     assert "no results" in bad.output
+
+
+def test_ttc_eval_offers_every_registered_strategy() -> None:
+    from ttc.eval.commands import EvalStrategy
+    from ttc.strategies.registry import STRATEGIES
+
+    assert {s.value for s in EvalStrategy} == set(STRATEGIES)

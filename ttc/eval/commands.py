@@ -46,6 +46,8 @@ class EvalStrategy(str, Enum):
     beam_prm = "beam-prm"
     lookahead = "lookahead"
     dvts = "dvts"
+    adaptive_consistency = "adaptive-consistency"
+    compute_optimal = "compute-optimal"
 
 
 class DatasetFormat(str, Enum):
