@@ -11,7 +11,16 @@ from ttc.adapters.function import FunctionModel
 from ttc.errors import ConfigError
 from ttc.eval.experiment import load_experiment, run_experiment
 from ttc.eval.store import ResultsStore
-from ttc.strategies import DVTS, BeamPRM, BestOfN, Lookahead, RepeatedSample, SelfConsistency
+from ttc.strategies import (
+    DVTS,
+    AdaptiveConsistency,
+    BeamPRM,
+    BestOfN,
+    ComputeOptimal,
+    Lookahead,
+    RepeatedSample,
+    SelfConsistency,
+)
 from ttc.strategies.registry import (
     STRATEGIES,
     BuildContext,
@@ -48,7 +57,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_every_strategy_builds_from_the_registry() -> None:
+def test_every_strategy_builds_from_the_registry(tmp_path: Path) -> None:
     model = FunctionModel(lambda request, i: "x")
     expected = {
         "repeated-sample": RepeatedSample,
@@ -57,10 +66,22 @@ def test_every_strategy_builds_from_the_registry() -> None:
         "beam-prm": BeamPRM,
         "lookahead": Lookahead,
         "dvts": DVTS,
+        "adaptive-consistency": AdaptiveConsistency,
+        "compute-optimal": ComputeOptimal,
     }
     assert set(STRATEGIES) == set(expected)
+    policy = tmp_path / "policy.json"
+    policy.write_text(
+        '{"bins": [{"name": "all", "low": 0, "high": 1, "action": "beam-prm",'
+        ' "params": {"n": 4, "width": 2}}]}',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match="compute-optimal needs policy=FILE"):
+        StrategySpec.of("compute-optimal")
     for name, cls in expected.items():
-        params = {"width": 2} if STRATEGIES[name].search else {}
+        params: dict[str, object] = {"width": 2} if STRATEGIES[name].search else {}
+        if name == "compute-optimal":
+            params = {"policy": str(policy)}
         spec = StrategySpec.of(name, n=4, params=params)
         built = build_strategy(spec, model, BuildContext())
         assert type(built) is cls

@@ -22,6 +22,10 @@ _EXPORTS: dict[str, str] = {
     "RepeatedSample": "ttc.strategies.repeated_sample",
     "BestOfN": "ttc.strategies.best_of_n",
     "SelfConsistency": "ttc.strategies.best_of_n",
+    "AdaptiveConsistency": "ttc.strategies.adaptive_consistency",
+    "AdaptiveAllocation": "ttc.strategies.allocation",
+    "ComputeOptimal": "ttc.strategies.compute_optimal",
+    "Policy": "ttc.strategies.compute_optimal",
     "BeamPRM": "ttc.strategies.beam_prm",
     "Lookahead": "ttc.strategies.lookahead",
     "DVTS": "ttc.strategies.dvts",
@@ -59,6 +63,8 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "DVTS",
+    "AdaptiveAllocation",
+    "AdaptiveConsistency",
     "BeamPRM",
     "BestOfN",
     "Budget",
@@ -66,6 +72,7 @@ __all__ = [
     "Candidate",
     "Capabilities",
     "Completion",
+    "ComputeOptimal",
     "ConfigError",
     "GenerateRequest",
     "GenerationError",
@@ -74,6 +81,7 @@ __all__ = [
     "Message",
     "MissingDependencyError",
     "Model",
+    "Policy",
     "Price",
     "Prompt",
     "PromptError",
@@ -125,9 +133,12 @@ if TYPE_CHECKING:
     from ttc.runtime.pricing import Price, register_price
     from ttc.runtime.retry import RetryPolicy
     from ttc.runtime.sync import run_sync
+    from ttc.strategies.adaptive_consistency import AdaptiveConsistency
+    from ttc.strategies.allocation import AdaptiveAllocation
     from ttc.strategies.base import Strategy
     from ttc.strategies.beam_prm import BeamPRM
     from ttc.strategies.best_of_n import BestOfN, SelfConsistency
+    from ttc.strategies.compute_optimal import ComputeOptimal, Policy
     from ttc.strategies.dvts import DVTS
     from ttc.strategies.lookahead import Lookahead
     from ttc.strategies.repeated_sample import RepeatedSample

@@ -245,6 +245,17 @@ class TraceEvent(_Frozen):
     error: str | None = None
 
 
+class Routing(_Frozen):
+    """Where ``ComputeOptimal`` sent a question: its difficulty estimate from the probe (in
+    [0, 1], higher is easier), how it was measured, the policy's bin and its action."""
+
+    difficulty: float
+    measure: str
+    bin: str
+    action: str
+    probe_n: int
+
+
 class Result(BaseModel):
     """What a strategy returns.
 
@@ -280,6 +291,14 @@ class Result(BaseModel):
     pass_at_k: dict[int, float] = Field(
         default_factory=dict,
         description="Unbiased pass@k for this question, where a verifier judged the candidates.",
+    )
+    confidence: float | None = Field(
+        None,
+        description="AdaptiveConsistency: the stopping rule's posterior probability that the "
+        "answer is the majority answer of the model's answer distribution.",
+    )
+    routing: Routing | None = Field(
+        None, description="ComputeOptimal: the probe's difficulty estimate, bin and action."
     )
     elapsed_s: float = Field(
         0.0,

@@ -49,6 +49,8 @@ class EvalStrategy(str, Enum):
     beam_prm = "beam-prm"
     lookahead = "lookahead"
     dvts = "dvts"
+    adaptive_consistency = "adaptive-consistency"
+    compute_optimal = "compute-optimal"
 
 
 class DatasetFormat(str, Enum):
@@ -826,8 +828,100 @@ def salvage_command(
         err.print(f"[yellow]could not read:[/] {escape(what)}", soft_wrap=True)
 
 
+def fit_policy_command(
+    folder: Annotated[
+        Path, typer.Argument(help="A results folder holding several strategies and budgets.")
+    ],
+    budget: Annotated[
+        float,
+        typer.Option("--budget", help="Mean generated tokens per question the policy may spend."),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the policy (.json or .toml).")
+    ] = Path("policy.json"),
+    probe_n: Annotated[int, typer.Option("--probe-n", help="Samples in the probe.")] = 4,
+    min_questions: Annotated[
+        int, typer.Option("--min-questions", help="Fewest questions in a difficulty bin.")
+    ] = 5,
+    run: Annotated[
+        list[str] | None, typer.Option("--run", help="Only these runs (repeat for several).")
+    ] = None,
+) -> None:
+    """Fit a compute-optimal policy (for the compute-optimal strategy) from stored runs.
+
+    Bins questions by the agreement of a probe's samples and picks, per bin, the action (stop
+    at the probe, vote to n, or a stored strategy) that answers most questions right within the
+    budget. Prints the expected accuracy (in-sample, with a 95% interval) beside the best
+    single strategy at the same budget.
+    """
+    from ttc.errors import ConfigError
+    from ttc.eval.policy_fit import fit_policy
+
+    err = Console(stderr=True)
+    try:
+        fit = fit_policy(
+            folder, budget=budget, probe_n=probe_n, min_questions=min_questions, runs=run
+        )
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    data = fit.policy.model_dump(mode="json")
+    if output.suffix == ".toml":
+        output.write_text(_policy_toml(data), encoding="utf-8")
+    else:
+        output.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    out = Console()
+    table = Table(title=f"policy for {budget:g} generated tokens a question")
+    for column in ("difficulty bin", "questions", "action", "accuracy", "tokens"):
+        table.add_column(column)
+    for row in fit.per_bin:
+        table.add_row(
+            row["bin"],
+            str(row["questions"]),
+            row["action"],
+            f"{100 * row['accuracy']:.1f}%",
+            f"{row['tokens']:.0f}",
+        )
+    out.print(table)
+    out.print(
+        f"policy: {fit.accuracy} % right at {fit.tokens:.0f} tokens a question "
+        f"({fit.questions} questions, in-sample)"
+    )
+    out.print(
+        f"best single strategy within the budget: {fit.best_fixed}: {fit.best_fixed_accuracy} % "
+        f"at {fit.best_fixed_tokens:.0f} tokens"
+    )
+    err.print(f"wrote {output}", soft_wrap=True)
+
+
+def _policy_toml(data: dict[str, Any]) -> str:
+    """A policy as TOML (its values are numbers, strings, lists and flat tables)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines = [f"probe_n = {data['probe_n']}", f"difficulty = {value(data['difficulty'])}"]
+    lines.append(f"fitted_on = {value(data['fitted_on'])}")
+    for b in data["bins"]:
+        lines += ["", "[[bins]]"]
+        lines += [f"{k} = {value(v)}" for k, v in b.items()]
+    return "\n".join(lines) + "\n"
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``eval``, ``report`` and ``salvage`` to a typer app (the ``ttc`` command's)."""
+    """Add ``eval``, ``report``, ``salvage`` and ``fit-policy`` to a typer app (the ``ttc``
+    command's)."""
     app.command("eval")(eval_command)
     app.command("report")(report_command)
     app.command("salvage")(salvage_command)
+    app.command("fit-policy")(fit_policy_command)

@@ -10,6 +10,9 @@ Strategies (names as on the command line):
 
 =================  ==========================================================================
 repeated-sample    ``RepeatedSample``: n samples, judged by the verifier (an oracle in eval)
+adaptive-          ``AdaptiveConsistency``: samples until the vote is settled (n: at most)
+consistency
+compute-optimal    ``ComputeOptimal``: a probe's difficulty picks a policy file's action
 best-of-n          ``BestOfN``: n samples, the best by a scorer: ``scorer = "verifier"``
                    (the reference: oracle), ``"prm"`` (PRM-weighted) or ``"none"`` (a vote)
 self-consistency   ``SelfConsistency``: n samples, majority vote
@@ -51,6 +54,7 @@ __all__ = [
     "build_prm",
     "build_strategy",
     "parse_value",
+    "policy_factory",
 ]
 
 Scalar = bool | int | float | str
@@ -159,6 +163,34 @@ STRATEGIES: dict[str, StrategyInfo] = {
         },
     ),
     "dvts": StrategyInfo("dvts", "DVTS", "n/M independent subtrees", True, dict(_SEARCH)),
+    "adaptive-consistency": StrategyInfo(
+        "adaptive-consistency",
+        "AdaptiveConsistency",
+        "samples until the vote is settled (n: the most samples)",
+        False,
+        {
+            "threshold": Param(float, 0.95, "stop once the leader is the majority this surely"),
+            "rule": Param(str, "beta", "the stopping rule", ("beta", "dirichlet")),
+            "batch": Param(int, 1, "samples requested at a time"),
+            "min_n": Param(int, 1, "samples to draw before the rule may stop"),
+        },
+    ),
+    "compute-optimal": StrategyInfo(
+        "compute-optimal",
+        "ComputeOptimal",
+        "a probe's difficulty picks the policy's action (n unused)",
+        False,
+        {
+            "policy": Param(str, None, "the policy file (TOML or JSON), e.g. from ttc fit-policy"),
+            "scorer": Param(
+                str,
+                "none",
+                "prm: the PRM scores the probe (difficulty 'score') and weights votes",
+                ("none", "prm"),
+            ),
+            "aggregation": _SEARCH["aggregation"],
+        },
+    ),
 }
 """Every strategy by its command-line name."""
 
@@ -270,6 +302,12 @@ class StrategySpec:
             width = int(checked["width"])
             if width < 1 or count % width:
                 raise ConfigError(f"n ({count}) must be a multiple of width ({width})")
+        if name == "compute-optimal":
+            from ttc.strategies.compute_optimal import Policy
+
+            if "policy" not in checked:
+                raise ConfigError("compute-optimal needs policy=FILE (a policy file)")
+            Policy.load(str(checked["policy"]))  # a bad file fails here, naming the problem
         needs_prm = info.search or checked.get("scorer") == "prm"
         if needs_prm and prm is None:
             prm = "arithmetic"
@@ -443,6 +481,32 @@ def build_strategy(spec: StrategySpec, model: Model, context: BuildContext) -> S
             stop_when_settled=spec.param("stop_when_settled"),
             **common,
         )
+    if name == "adaptive-consistency":
+        return strategies.AdaptiveConsistency(
+            model,
+            spec.n,
+            threshold=spec.param("threshold"),
+            rule=spec.param("rule"),
+            batch=spec.param("batch"),
+            min_n=spec.param("min_n"),
+            **common,
+        )
+    if name == "compute-optimal":
+        probe_scorer: Any = None
+        if spec.param("scorer") == "prm":
+            assert spec.prm is not None
+            probe_scorer = PRMScorer(
+                build_prm(spec.prm, dict(spec.prm_options), model),
+                delimiter=context.step_format.delimiter if context.step_format else "\n\n",
+                aggregation=spec.param("aggregation"),
+            )
+        return strategies.ComputeOptimal(
+            model,
+            spec.param("policy"),
+            scorer=probe_scorer,
+            factory=policy_factory(context),
+            **common,
+        )
     assert spec.prm is not None
     prm = build_prm(spec.prm, dict(spec.prm_options), model)
     search: dict[str, Any] = {
@@ -468,3 +532,22 @@ def build_strategy(spec: StrategySpec, model: Model, context: BuildContext) -> S
             **search,
         )
     return strategies.DVTS(model, prm, spec.n, width, **search)
+
+
+def policy_factory(context: BuildContext) -> Callable[[str, Mapping[str, Any], Any], Strategy]:
+    """Builds the strategy a ``ComputeOptimal`` policy bin names, from the bin's parameters as
+    a stored run's configuration writes them (``n``, the strategy's parameters, ``prm`` and
+    ``prm.<option>``): what ``ttc fit-policy`` puts in a policy."""
+    from ttc.runtime.model import Model
+
+    def make(name: str, params: Mapping[str, Any], source: Any) -> Strategy:
+        options = {k: v for k, v in params.items() if v is not None}
+        n = options.pop("n", 16)
+        prm = options.pop("prm", None)
+        prm_options = {k[4:]: options.pop(k) for k in list(options) if k.startswith("prm.")}
+        spec = StrategySpec.of(name, n=n, params=options, prm=prm, prm_options=prm_options)
+        if not isinstance(source, Model):
+            raise ConfigError(f"strategy {name!r} in a policy needs a model as its source")
+        return build_strategy(spec, source, context)
+
+    return make
