@@ -228,7 +228,7 @@ def test_ttc_eval_runs_a_search_with_its_parameters_and_checks_config_files(
     assert both.exit_code == 2 and "drop the dataset argument" in " ".join(both.output.split())
 
 
-def test_ttc_run_offers_every_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ttc_run_offers_every_strategy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import json
 
     from typer.testing import CliRunner
@@ -239,10 +239,17 @@ def test_ttc_run_offers_every_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
         return FunctionModel(lambda request, i: "2 + 3 = 5. The answer is 5.", model="fake")
 
     monkeypatch.setattr("ttc.adapters.registry.resolve_model", resolve)
+    policy = tmp_path / "policy.json"
+    policy.write_text(
+        '{"bins": [{"name": "all", "low": 0, "high": 1, "action": "vote", "params": {"n": 3}}]}',
+        encoding="utf-8",
+    )
     for strategy in STRATEGIES:
         args = ["run", "q", "-s", strategy, "-n", "2", "--verify", "5", "--json"]
         if STRATEGIES[strategy].search:
             args += ["--param", "width=2", "--prm", "arithmetic"]
+        if strategy == "compute-optimal":
+            args += ["--param", f"policy={policy}"]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, (strategy, result.output)
         data = json.loads(result.stdout)

@@ -124,8 +124,10 @@ def test_fit_policy_command_writes_a_loadable_policy(tmp_path: Path) -> None:
     assert "no results" in bad.output
 
 
-def test_ttc_eval_offers_every_registered_strategy() -> None:
+def test_ttc_eval_and_ttc_run_offer_every_registered_strategy() -> None:
+    from ttc.cli import StrategyName
     from ttc.eval.commands import EvalStrategy
     from ttc.strategies.registry import STRATEGIES
 
     assert {s.value for s in EvalStrategy} == set(STRATEGIES)
+    assert {s.value for s in StrategyName} == set(STRATEGIES)

@@ -63,6 +63,8 @@ class StrategyName(str, Enum):
     beam_prm = "beam-prm"
     lookahead = "lookahead"
     dvts = "dvts"
+    adaptive_consistency = "adaptive-consistency"
+    compute_optimal = "compute-optimal"
 
 
 def _version(value: bool) -> None:

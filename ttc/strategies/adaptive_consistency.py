@@ -45,6 +45,7 @@ from ttc.strategies.base import (
     draw_until,
 )
 from ttc.types import Candidate, Message, Result, SamplingParams
+from ttc.validation import check_float, check_int
 
 StoppingRule = Literal["beta", "dirichlet"]
 
@@ -205,16 +206,14 @@ class AdaptiveConsistency(Strategy):
 
 def positive_int(name: str, value: int) -> int:
     """``value`` if it is a positive integer, else a ``ConfigError`` naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    checked: int = check_int(name, value, ge=1)
+    return checked
 
 
 def check_threshold(value: float) -> float:
     """A stopping threshold: a probability in [0.5, 1) (below 1/2 a leader is not a majority)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.5 <= value < 1.0:
-        raise ConfigError(f"threshold must be a number in [0.5, 1), got {value!r}")
-    return float(value)
+    checked: float = check_float("threshold", value, ge=0.5, lt=1.0)
+    return checked
 
 
 def check_rule(value: str) -> StoppingRule:
