@@ -102,8 +102,15 @@ async def test_a_custom_strategy_factory_and_every_named_strategy(tmp_path: Path
 
     summary = await evaluate(data, Solver(model, make), tmp_path, run="custom")
     assert summary.stored == 2 and summary.accuracy == 1.0
+    policy = tmp_path / "policy.json"
+    policy.write_text(
+        '{"bins": [{"name": "all", "low": 0, "high": 1, "action": "vote", "params": {"n": 2}}]}',
+        encoding="utf-8",
+    )
     for name in STRATEGIES:
-        summary = await evaluate(data, solver(model, name, 2), tmp_path)
+        extra = {"policy": str(policy)} if name == "compute-optimal" else None
+        make = named_strategy(name, 2, strategy_params=extra)
+        summary = await evaluate(data, Solver(model, make, {"strategy": name, "n": 2}), tmp_path)
         assert summary.stored == 2 and summary.run == f"gsm8k-sample-{name}-n2"
     with pytest.raises(ConfigError, match="unknown strategy 'beam'; the strategies are"):
         named_strategy("beam", 4)

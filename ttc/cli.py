@@ -22,13 +22,22 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ttc.cli_options import ApiKeyEnvOption, ApiKeyOption, BaseUrlOption, endpoint_options
+from ttc.cli_options import (
+    ApiKeyEnvOption,
+    ApiKeyOption,
+    BaseUrlOption,
+    ParamOption,
+    PrmOption,
+    endpoint_options,
+    strategy_spec,
+)
 
 if TYPE_CHECKING:
     from ttc.runtime.budget import Budget
     from ttc.runtime.model import Model
     from ttc.scoring.base import Verifier
     from ttc.strategies.base import Strategy
+    from ttc.strategies.registry import StrategySpec
     from ttc.types import Candidate, Result, SamplingParams
 
 __all__ = [
@@ -149,27 +158,20 @@ def build_params(
 
 
 def build_strategy(
-    name: StrategyName,
+    spec: StrategySpec,
     model: Model,
-    n: int,
     *,
     params: SamplingParams | None = None,
     verifier: Verifier | None = None,
     budget: Budget | None = None,
-    strategy_params: dict[str, Any] | None = None,
-    prm: str | None = None,
-    prm_options: dict[str, Any] | None = None,
     step_format: Any = None,
 ) -> Strategy:
-    """The strategy ``name`` over ``model``, from ``ttc.strategies.registry``. A verifier
-    judges repeated samples, and is best-of-N's scorer; self-consistency only votes
-    (candidates are judged afterwards); the searches are guided by ``prm``."""
-    from ttc.strategies.registry import BuildContext, StrategySpec
+    """The strategy ``spec`` names over ``model``, from ``ttc.strategies.registry``. A
+    verifier judges repeated samples, and is best-of-N's scorer; self-consistency only votes
+    (candidates are judged afterwards); the searches are guided by the spec's PRM."""
+    from ttc.strategies.registry import BuildContext
     from ttc.strategies.registry import build_strategy as build
 
-    spec = StrategySpec.of(
-        name.value, n=n, params=strategy_params, prm=prm, prm_options=prm_options
-    )
     context = BuildContext(
         verifier=verifier, params=params, step_format=step_format, extra={"budget": budget}
     )
@@ -396,25 +398,8 @@ def run_command(
         int | None, typer.Option("--max-tokens", min=1, help="Tokens per sample at most.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the first sample.")] = None,
-    prm: Annotated[
-        str | None,
-        typer.Option(
-            "--prm",
-            help="The PRM of beam-prm, lookahead, dvts (and best-of-n with --param "
-            "scorer=prm): arithmetic (default), step-judge, math-shepherd, qwen, rlhflow, "
-            "vllm-pooling.",
-        ),
-    ] = None,
-    param: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--param",
-            "-p",
-            metavar="KEY=VALUE",
-            help="A strategy parameter (e.g. width=4, k=1, scorer=prm); prm.KEY=VALUE for the "
-            "PRM's options.",
-        ),
-    ] = None,
+    prm: PrmOption = None,
+    param: ParamOption = None,
     verify: Annotated[
         str | None,
         typer.Option(
@@ -439,11 +424,8 @@ def run_command(
 
     err = Console(stderr=True)
     try:
-        from ttc.eval.commands import _pairs
-        from ttc.strategies.registry import STRATEGIES
-
-        options = _pairs(param, "--param")
-        search = STRATEGIES[strategy.value].search
+        spec = strategy_spec(strategy.value, n, prm, param)
+        search = spec.info.search
         endpoint = endpoint_options(base_url, api_key, api_key_env)
         llm, step_format = (
             _search_model(model, endpoint) if search else (resolve_model(model, **endpoint), None)
@@ -452,16 +434,7 @@ def run_command(
         verifier = build_verifier(verify)
         budget = build_budget(budget_usd, budget_tokens, budget_requests, budget_seconds)
         chosen = build_strategy(
-            strategy,
-            llm,
-            n,
-            params=params,
-            verifier=verifier,
-            budget=budget,
-            strategy_params={k: v for k, v in options.items() if not k.startswith("prm.")},
-            prm=prm,
-            prm_options={k[4:]: v for k, v in options.items() if k.startswith("prm.")},
-            step_format=step_format,
+            spec, llm, params=params, verifier=verifier, budget=budget, step_format=step_format
         )
     except (ConfigError, ValueError) as exc:
         err.print(f"[red]error:[/] {exc}")

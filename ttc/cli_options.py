@@ -7,11 +7,22 @@ them without importing each other.
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-__all__ = ["ApiKeyEnvOption", "ApiKeyOption", "BaseUrlOption", "endpoint_options"]
+if TYPE_CHECKING:
+    from ttc.strategies.registry import StrategySpec
+
+__all__ = [
+    "ApiKeyEnvOption",
+    "ApiKeyOption",
+    "BaseUrlOption",
+    "ParamOption",
+    "PrmOption",
+    "endpoint_options",
+    "strategy_spec",
+]
 
 #: ``--base-url``: where an HTTP model's API lives; wins over the preset's
 #: ``<PROVIDER>_BASE_URL`` (a different ``@<url>`` in the model's name is an error).
@@ -65,3 +76,42 @@ def endpoint_options(
     if api_key is not None:
         out["api_key"] = api_key
     return out
+
+
+#: ``--prm``: the PRM of the step-wise searches (and of PRM-weighted best-of-N).
+PrmOption = Annotated[
+    str | None,
+    typer.Option(
+        "--prm",
+        help="The PRM of the searches and of best-of-n with scorer=prm: arithmetic "
+        "(default), step-judge, math-shepherd, qwen, rlhflow, vllm-pooling.",
+    ),
+]
+#: ``--param KEY=VALUE``: any strategy parameter; ``prm.KEY=VALUE`` a PRM option.
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        "-p",
+        metavar="KEY=VALUE",
+        help="A strategy parameter, e.g. --param width=4 --param k=1 --param scorer=prm; "
+        "prm.KEY=VALUE sets a PRM option (prm.model_dir=..., prm.model=...).",
+    ),
+]
+
+
+def strategy_spec(name: str, n: int, prm: str | None, params: list[str] | None) -> StrategySpec:
+    """``--strategy``, ``--n``, ``--prm`` and the ``--param`` pairs as a checked
+    ``StrategySpec`` (``ConfigError`` naming a malformed pair or an unknown name)."""
+    from ttc.errors import ConfigError
+    from ttc.strategies.registry import StrategySpec
+
+    options: dict[str, str] = {}
+    for pair in params or []:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--param takes KEY=VALUE (e.g. width=4), got {pair!r}")
+        options[key.strip()] = value.strip()
+    prm_options = {k[4:]: v for k, v in options.items() if k.startswith("prm.")}
+    strategy_options = {k: v for k, v in options.items() if not k.startswith("prm.")}
+    return StrategySpec.of(name, n=n, params=strategy_options, prm=prm, prm_options=prm_options)

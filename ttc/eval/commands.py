@@ -11,22 +11,33 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ttc.cli_options import ApiKeyEnvOption, ApiKeyOption, BaseUrlOption, endpoint_options
+from ttc.cli_options import (
+    ApiKeyEnvOption,
+    ApiKeyOption,
+    BaseUrlOption,
+    ParamOption,
+    PrmOption,
+    endpoint_options,
+    strategy_spec,
+)
 
 if TYPE_CHECKING:
     from ttc.eval.compare import Series
     from ttc.eval.report import LevelRow, RunReport
     from ttc.eval.runner import EvalSummary
     from ttc.eval.store import DamagedStoreError
+
+_T = TypeVar("_T")
 
 __all__ = [
     "EvalStrategy",
@@ -74,18 +85,6 @@ def _fields(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _pairs(pairs: list[str] | None, option: str) -> dict[str, str]:
-    from ttc.errors import ConfigError
-
-    out: dict[str, str] = {}
-    for pair in pairs or []:
-        key, eq, value = pair.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"{option} takes KEY=VALUE (e.g. width=4), got {pair!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def eval_command(
     dataset: Annotated[
         str | None,
@@ -108,24 +107,8 @@ def eval_command(
     n: Annotated[
         int, typer.Option("--n", "-n", min=1, help="Samples (or beams) per question.")
     ] = 16,
-    prm: Annotated[
-        str | None,
-        typer.Option(
-            "--prm",
-            help="The PRM of the searches and of best-of-n with scorer=prm: arithmetic "
-            "(default), step-judge, math-shepherd, qwen, rlhflow, vllm-pooling.",
-        ),
-    ] = None,
-    param: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--param",
-            "-p",
-            metavar="KEY=VALUE",
-            help="A strategy parameter, e.g. --param width=4 --param k=1 --param scorer=prm; "
-            "prm.KEY=VALUE sets a PRM option (prm.model_dir=..., prm.model=...).",
-        ),
-    ] = None,
+    prm: PrmOption = None,
+    param: ParamOption = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -238,12 +221,11 @@ def eval_command(
     import anyio
 
     from ttc.cli import build_budget
-    from ttc.errors import ConfigError, TTCError
+    from ttc.errors import ConfigError
     from ttc.eval.datasets import load_dataset
     from ttc.eval.experiment import prepare, sampling, select_questions
     from ttc.eval.runner import evaluate
     from ttc.eval.solver import Solver, spec_strategy
-    from ttc.strategies.registry import StrategySpec
 
     err = Console(stderr=True)
     if config is not None:
@@ -267,12 +249,7 @@ def eval_command(
         )
         endpoint = endpoint_options(base_url, api_key, api_key_env)
         data = select_questions(data, levels=levels, per_level=per_level)
-        options = _pairs(param, "--param")
-        prm_options = {k[4:]: v for k, v in options.items() if k.startswith("prm.")}
-        strategy_options = {k: v for k, v in options.items() if not k.startswith("prm.")}
-        spec = StrategySpec.of(
-            strategy.value, n=n, params=strategy_options, prm=prm, prm_options=prm_options
-        )
+        spec = strategy_spec(strategy.value, n, prm, param)
         data, llm = prepare(data, model, **endpoint)
         params, step_format = sampling(data, llm, temperature, max_tokens, seed)
         budget = build_budget(budget_usd, budget_tokens, budget_requests, budget_seconds)
@@ -289,9 +266,7 @@ def eval_command(
             run_config["per_level"] = per_level
         # Ray workers build their own model from the name; locally the one built here runs.
         use_ray: bool | str | None = ray_address or (True if ray else None)
-        source: Any = (
-            functools.partial(_fitted_model, model, data, endpoint) if use_ray else llm
-        )
+        source: Any = functools.partial(_fitted_model, model, data, endpoint) if use_ray else llm
         solver = Solver(model=source, strategy=make, config=run_config)
     except (ConfigError, ValueError) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
@@ -315,21 +290,7 @@ def eval_command(
             with anyio.CancelScope(shield=True):
                 await llm.aclose()
 
-    try:
-        summary = anyio.run(go)
-    except KeyboardInterrupt:
-        err.print(
-            f"[yellow]interrupted:[/] every finished question is stored in {out}; "
-            "rerun the same command to continue",
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
-    except ConfigError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    except TTCError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(1) from None
+    summary = _run_or_exit(go, out, err)
     _print_summary(summary, out, json_output, err)
     raise typer.Exit(eval_exit_code(summary))
 
@@ -358,9 +319,8 @@ def _fitted_model(model: str, data: Any, endpoint: dict[str, str]) -> Any:
 
 def _run_config(path: Path, json_output: bool, err: Console) -> None:
     """``ttc eval --config FILE``: every cell of the grid, then one summary line a cell."""
-    import anyio
 
-    from ttc.errors import ConfigError, TTCError
+    from ttc.errors import ConfigError
     from ttc.eval.experiment import load_experiment, run_experiment
 
     try:
@@ -368,23 +328,11 @@ def _run_config(path: Path, json_output: bool, err: Console) -> None:
     except ConfigError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
-    try:
-        summaries = anyio.run(
-            functools.partial(run_experiment, experiment, progress=None if json_output else err)
-        )
-    except KeyboardInterrupt:
-        err.print(
-            f"[yellow]interrupted:[/] every finished question is stored in {experiment.out}; "
-            "rerun the same command to continue",
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
-    except ConfigError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    except TTCError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(1) from None
+    summaries = _run_or_exit(
+        functools.partial(run_experiment, experiment, progress=None if json_output else err),
+        experiment.out,
+        err,
+    )
     if json_output:
         rows = [
             {
@@ -408,8 +356,33 @@ def _run_config(path: Path, json_output: bool, err: Console) -> None:
                 soft_wrap=True,
             )
         console.print(f"report: ttc report {experiment.out}", soft_wrap=True)
-    if any(s.failed for s in summaries):
-        raise typer.Exit(1)
+    codes = {eval_exit_code(s) for s in summaries}
+    raise typer.Exit(1 if 1 in codes else EXIT_BUDGET if EXIT_BUDGET in codes else 0)
+
+
+def _run_or_exit(main: Callable[[], Awaitable[_T]], out: Path, err: Console) -> _T:
+    """``anyio.run(main)`` with ``ttc eval``'s exit statuses for what stops it: an interrupt
+    130 (every finished question is stored in ``out``), a ``ConfigError`` 2, another ttc
+    error 1."""
+    import anyio
+
+    from ttc.errors import ConfigError, TTCError
+
+    try:
+        return anyio.run(main)
+    except KeyboardInterrupt:
+        err.print(
+            f"[yellow]interrupted:[/] every finished question is stored in {out}; "
+            "rerun the same command to continue",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except TTCError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _print_summary(summary: EvalSummary, out: Path, json_output: bool, err: Console) -> None:

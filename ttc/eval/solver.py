@@ -5,7 +5,7 @@ each question has its own reference answer, so an evaluation builds one strategy
 from a ``MakeStrategy`` function. The model is built once per process: with Ray every worker
 builds its own from ``Solver.model`` (a function), since a loaded engine cannot travel.
 ``named_strategy`` (and ``spec_strategy``, from a ``ttc.strategies.registry.StrategySpec``)
-give the functions behind ``ttc eval --strategy``, for all six strategies of the registry;
+give the functions behind ``ttc eval --strategy``, for every strategy of the registry;
 they pickle, so the same solver runs locally and on a Ray cluster.
 
 Step-wise search continues the prompt as raw text: for a dataset with a few-shot template the

@@ -335,7 +335,13 @@ class Model(ABC):
         return collected
 
     async def aclose(self) -> None:
-        """Release connections held for the current event loop."""
+        """Release connections held for the current event loop (an in-process engine also
+        shuts its engine down)."""
+        await self._release_this_loop()
+
+    async def _release_this_loop(self) -> None:
+        """Release what this model holds for the running loop only (its HTTP sessions): what
+        a loop's end does, which must not stop an in-process engine that serves every loop."""
         loop = asyncio.get_running_loop()
         state = self._loops.pop(loop, None)
         if self._last_loop is not None and self._last_loop[0] is loop:
@@ -1020,7 +1026,7 @@ async def close_models_on_this_loop() -> None:
     """Release every model's resources held for the running loop (before it is closed)."""
     models = _models_on_loop.pop(asyncio.get_running_loop(), None)
     for model in list(models or ()):
-        await model.aclose()
+        await model._release_this_loop()
 
 
 def user_message(prompt: str | tuple[Message, ...]) -> tuple[Message, ...]:
