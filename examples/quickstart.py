@@ -21,7 +21,7 @@ import anyio
 
 from ttc import SamplingParams, SelfConsistency, pass_at_k
 from ttc.adapters import resolve_model
-from ttc.eval.datasets import load_dataset
+from ttc.eval.datasets import Example, load_dataset
 from ttc.eval.graded import GRADED_FEW_SHOT
 from ttc.scoring import GSM8KAnswer
 
@@ -41,7 +41,8 @@ async def main(levels: list[int], per_level: int, n: int, model_name: str) -> No
     print(f"self-consistency, n={n}, {model.name}, {len(examples)} graded questions", flush=True)
     rows: dict[str, list[tuple[float, float, float, int]]] = defaultdict(list)
     start = time.perf_counter()
-    for example in examples:
+
+    async def answer(example: Example) -> None:
         verifier = GSM8KAnswer(example.reference)
         result = await strategy.run(example.question)
         verdicts = await verifier.verify(example.question, result.candidates)
@@ -56,6 +57,11 @@ async def main(levels: list[int], per_level: int, n: int, model_name: str) -> No
             f"right | {tokens} tokens | {result.elapsed_s:.0f} s",
             flush=True,
         )
+
+    # All questions at once: the engine decodes their samples together in one batch.
+    async with anyio.create_task_group() as tg:
+        for example in examples:
+            tg.start_soon(answer, example)
     print(f"\n{'level':>7} {'q':>3} {'1 sample':>9} {'majority':>9} {f'pass@{n}':>8} {'tokens':>7}")
     everything = [row for level in rows for row in rows[level]]
     for level, group in [*sorted(rows.items()), ("all", everything)]:
