@@ -152,14 +152,9 @@ def sampling(
 ) -> tuple[SamplingParams, StepFormat]:
     """Sampling parameters (the model's defaults, the options given, the dataset's stop
     strings) and the step format for step-wise search on ``data``."""
-    update: dict[str, Any] = {}
-    if temperature is not None:
-        update["temperature"] = temperature
-    if max_tokens is not None:
-        update["max_tokens"] = max_tokens
-    if seed is not None:
-        update["seed"] = seed
-    base = SamplingParams.model_validate({**llm.params.model_dump(), **update})
+    from ttc.cli import build_params
+
+    base = build_params(llm, temperature, max_tokens, seed)
     stop = base.stop + tuple(s for s in data.spec.stop if s not in base.stop)
     params = base.model_copy(update={"stop": stop})
     step_format = StepFormat(
