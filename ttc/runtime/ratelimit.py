@@ -7,6 +7,7 @@ the provider, so one rate-limited request does not turn into a stampede of them.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import NamedTuple
@@ -149,6 +150,19 @@ class RateLimiter:
             or self._tokens is not None
             or self._paused_until > time.monotonic()
         )
+
+    def headroom(self, tokens: int) -> float:
+        """How many requests of up to ``tokens`` tokens could go out now without waiting:
+        ``inf`` without limits, 0 while paused. A ``Router`` spreads samples by it."""
+        now = time.monotonic()
+        if self._paused_until > now:
+            return 0.0
+        room = math.inf
+        for bucket, each in ((self._requests, 1), (self._tokens, max(tokens, 1))):
+            if bucket is not None:
+                bucket.refill(now)
+                room = min(room, max(bucket.level, 0.0) / min(each, bucket.capacity))
+        return room
 
     def try_acquire(self, tokens: int) -> bool:
         """Take one request's share now if it is free; ``False`` means ``acquire`` must wait.
