@@ -40,6 +40,10 @@ _EXPORTS: dict[str, str] = {
     "SQLiteCache": "ttc.runtime.cache",
     "run_scope": "ttc.runtime.context",
     "run_sync": "ttc.runtime.sync",
+    "Fallback": "ttc.runtime.fallback",
+    "Router": "ttc.runtime.fallback",
+    "instrument": "ttc.runtime.tracing",
+    "uninstrument": "ttc.runtime.tracing",
     # types
     "Message": "ttc.types",
     "Prompt": "ttc.types",
@@ -74,6 +78,7 @@ __all__ = [
     "Completion",
     "ComputeOptimal",
     "ConfigError",
+    "Fallback",
     "GenerateRequest",
     "GenerationError",
     "Lookahead",
@@ -89,16 +94,19 @@ __all__ = [
     "RepeatedSample",
     "Result",
     "RetryPolicy",
+    "Router",
     "SQLiteCache",
     "SamplingParams",
     "SelfConsistency",
     "Strategy",
     "TTCError",
     "Usage",
+    "instrument",
     "pass_at_k",
     "register_price",
     "run_scope",
     "run_sync",
+    "uninstrument",
 ]
 
 
@@ -129,10 +137,12 @@ if TYPE_CHECKING:
     from ttc.runtime.budget import Budget
     from ttc.runtime.cache import MemoryCache, SQLiteCache
     from ttc.runtime.context import run_scope
+    from ttc.runtime.fallback import Fallback, Router
     from ttc.runtime.model import Capabilities, Model
     from ttc.runtime.pricing import Price, register_price
     from ttc.runtime.retry import RetryPolicy
     from ttc.runtime.sync import run_sync
+    from ttc.runtime.tracing import instrument, uninstrument
     from ttc.strategies.adaptive_consistency import AdaptiveConsistency
     from ttc.strategies.allocation import AdaptiveAllocation
     from ttc.strategies.base import Strategy

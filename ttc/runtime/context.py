@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 from ttc.errors import BudgetExceeded
+from ttc.runtime import tracing
 from ttc.runtime.budget import Budget, Ledger
 from ttc.types import TraceEvent, Usage
 
@@ -101,7 +102,7 @@ class RunContext:
         self.usage = UsageCounter()
         self.trace: list[TraceEvent] | None = [] if trace else None
         #: Whether this run or an enclosing one keeps a trace (else no event is built).
-        self.traced: bool = trace or (parent is not None and parent.traced)
+        self.traced: bool = trace or (parent is not None and parent.traced) or bool(tracing.active)
         #: The budget error that stopped this run early, if one did.
         self.budget_error: BudgetExceeded | None = None
         #: Models that answered out of spec in this run (more choices than asked, tokens past
@@ -120,7 +121,11 @@ class RunContext:
     ) -> None:
         """Add one request's usage to this run and every enclosing run, and its trace event
         to those that trace (callers build ``event`` only where ``traced`` says one will be
-        kept)."""
+        kept), and to OpenTelemetry when ``ttc.instrument()`` is on."""
+        if tracing.active is not None:
+            tracing.active.request(
+                model, prompt_tokens, completion_tokens, cost_usd, seconds, event, undelivered
+            )
         ctx: RunContext | None = self
         while ctx is not None:
             ctx.usage.add(

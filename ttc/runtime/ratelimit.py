@@ -15,6 +15,7 @@ from typing import NamedTuple
 import anyio
 
 from ttc.errors import ConfigError
+from ttc.runtime import tracing
 
 
 class RateLimitInfo(NamedTuple):
@@ -199,6 +200,7 @@ class RateLimiter:
         """
         if not self.active:
             return
+        began = None
         while True:
             now = time.monotonic()
             wait = self._paused_until - now
@@ -208,7 +210,10 @@ class RateLimiter:
                     wait = max(wait, bucket.wait_for(amount))
             if wait <= 0:
                 self._take(tokens)
+                if began is not None and tracing.active is not None:
+                    tracing.note_rate_limit_wait(now - began)
                 return
+            began = now if began is None else began
             await anyio.sleep(wait)
 
     def refund(self, tokens: int) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ttc.runtime import tracing
 from ttc.types import Candidate, Prompt
 
 
@@ -21,6 +22,12 @@ class Scorer(ABC):
 
     #: The key under which strategies store this scorer's score in ``Candidate.scores``.
     name: str = "score"
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # Every scorer's calls become spans under ttc.instrument(), without each strategy
+        # wrapping its calls (see ttc.runtime.tracing).
+        super().__init_subclass__(**kwargs)
+        tracing.trace_methods(cls, ("score", "verify"))
 
     @abstractmethod
     async def score(self, prompt: Prompt, candidates: Sequence[Candidate]) -> list[float]:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 from ttc.errors import ConfigError
+from ttc.runtime import tracing
 from ttc.scoring.base import Scorer
 from ttc.types import Candidate, Prompt
 from ttc.validation import check_float, check_int
@@ -84,6 +85,11 @@ class ProcessRewardModel(ABC):
 
     #: The key under which strategies store this PRM's score in ``Candidate.scores``.
     name: str = "prm"
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # PRM calls become spans under ttc.instrument() (see ttc.runtime.tracing).
+        super().__init_subclass__(**kwargs)
+        tracing.trace_methods(cls, ("score_steps",))
 
     def __init__(self, *, cache_size: int = 100_000) -> None:
         self.cache_size: int = check_int("cache_size", cache_size, ge=0)
@@ -206,6 +212,8 @@ class ProcessRewardModel(ABC):
 
 # --------------------------------------------------------------------------------------------
 # Safe arithmetic
+
+tracing.trace_methods(ProcessRewardModel, ("score_steps",))
 
 _BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
     ast.Add: operator.add,

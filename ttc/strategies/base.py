@@ -17,6 +17,7 @@ from typing import Literal
 import anyio
 
 from ttc.errors import BudgetExceeded, ConfigError, GenerationError, TTCError
+from ttc.runtime import tracing
 from ttc.runtime.budget import Budget
 from ttc.runtime.context import RunContext, current_run, run_scope
 from ttc.runtime.model import Model
@@ -61,6 +62,11 @@ class Strategy(ABC):
 
     async def run(self, prompt: Prompt, *, budget: Budget | None = None) -> Result:
         """Answer ``prompt`` (text or chat messages). ``budget`` overrides the strategy's."""
+        if tracing.active is not None:  # ttc.instrument(): the run is a span
+            return await tracing.active.run(self, prompt, budget, self._run_scoped)
+        return await self._run_scoped(prompt, budget)
+
+    async def _run_scoped(self, prompt: Prompt, budget: Budget | None) -> Result:
         start = time.perf_counter()
         with run_scope(budget if budget is not None else self.budget, trace=self.trace) as ctx:
             result = await self._run(_normalize(prompt), ctx)

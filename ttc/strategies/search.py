@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 
 from ttc.errors import BudgetExceeded, ConfigError, GenerationError, ProviderError
+from ttc.runtime import tracing
 from ttc.runtime.budget import Budget
 from ttc.runtime.context import RunContext
 from ttc.runtime.model import Model
@@ -304,7 +305,7 @@ def round_record(
 ) -> dict[str, Any]:
     """One round of the search tree, as JSON-ready data: each new beam's step, scores, value
     and what became of it (``kept``, ``pruned``, ``finished``, ``duplicate``...)."""
-    return {
+    record: dict[str, Any] = {
         "round": number,
         "to_end": to_end,
         **extra,
@@ -322,3 +323,6 @@ def round_record(
             for b in beams
         ],
     }
+    if tracing.active is not None:  # ttc.instrument(): the round is an event
+        tracing.active.round(record)
+    return record
