@@ -293,8 +293,12 @@ async def section_layers(repeats: int) -> list[Row]:
     return rows
 
 
-async def main(repeats: int, layers: bool) -> None:
-    if layers:
+async def main(repeats: int, layers: bool, tracing: bool = False) -> None:
+    if tracing:  # ttc.instrument() off and on (benchmarks/overhead_tracing.py)
+        from overhead_tracing import section_tracing
+
+        rows, layers = await section_tracing(repeats), True
+    elif layers:
         rows = await section_layers(repeats)
     else:
         rows = await section_best_of_16(repeats)
@@ -328,12 +332,13 @@ if __name__ == "__main__":
     parser.add_argument(
         "--layers", action="store_true", help="only where the CPU goes: adapter, runtime, strategy"
     )
+    parser.add_argument("--tracing", action="store_true", help="only OpenTelemetry off and on")
     args = parser.parse_args()
     repeats = 3 if args.quick else 7
     if args.uvloop:
         import uvloop
 
         print("client event loop: uvloop")
-        uvloop.run(main(repeats, args.layers))
+        uvloop.run(main(repeats, args.layers, args.tracing))
     else:
-        asyncio.run(main(repeats, args.layers))
+        asyncio.run(main(repeats, args.layers, args.tracing))
