@@ -52,6 +52,7 @@ budget is spent; a run's budget always stops the run), ``error`` (any provider e
 and unknown models included)."""
 
 FAILURE_KINDS: tuple[str, ...] = get_args(FailureKind)
+"""Every ``FailureKind``."""
 DEFAULT_ON: tuple[FailureKind, ...] = (
     "rate_limit",
     "server_error",
@@ -59,6 +60,8 @@ DEFAULT_ON: tuple[FailureKind, ...] = (
     "connection",
     "budget",
 )
+"""What a wrapper moves on from unless told otherwise: everything but ``"error"`` (a wrong key
+or model name is a mistake to fix, not an outage to route around)."""
 
 _KIND_ERRORS: dict[str, tuple[type[ProviderError], ...]] = {
     "rate_limit": (RateLimitError,),
@@ -157,6 +160,7 @@ class ModelGroup(Model):
 
     @property
     def name(self) -> str:
+        """``fallback(groq/..., cerebras/...)``: the kind of wrapper and its models."""
         return f"{type(self).__name__.lower()}({self.model})"
 
     @property
@@ -335,6 +339,8 @@ class Fallback(ModelGroup):
 
 
 RouteBy = Literal["weight", "rate_limit"]
+"""How a ``Router`` deals samples: by its weights alone, or by weight times the requests each
+model's rate limiter would let through now."""
 
 
 class Router(ModelGroup):
