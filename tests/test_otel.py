@@ -4,7 +4,9 @@ spans that add up to the run's usage, no text unless asked for, nothing while of
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -277,3 +279,31 @@ def test_instrument_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(MissingDependencyError, match=r"ttc-sdk\[otel\]"):
         tracing.instrument()
     assert tracing.active is None
+
+
+def test_ttc_otel_in_the_environment_instruments_at_import() -> None:
+    code = (
+        "import ttc.runtime.tracing as t; "
+        "print(t.active is not None, t.active.include_content if t.active else None)"
+    )
+    env = {"TTC_OTEL": "1", "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["True", "True"], out.stderr
+    # Without the extra: a warning that names it, and the import still works.
+    missing = "import sys; sys.modules['opentelemetry'] = None; " + code
+    out = subprocess.run(
+        [sys.executable, "-c", missing], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["False", "None"] and "ttc-sdk[otel]" in out.stderr
+
+
+def test_a_synchronous_scorer_override_is_left_alone() -> None:
+    from ttc.scoring.base import Scorer
+
+    class Sync(Scorer):
+        def score(self, prompt: Any, candidates: Any) -> list[float]:  # type: ignore[override]
+            return [1.0 for _ in candidates]
+
+    assert Sync().score("q", [1, 2]) == [1.0, 1.0]

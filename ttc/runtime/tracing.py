@@ -18,6 +18,7 @@ and end), ``Scorer``/``ProcessRewardModel`` methods (scorer spans), ``round_reco
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -334,11 +335,12 @@ def traced(method: _F, what: str) -> _F:
 
 def trace_methods(cls: type, names: tuple[str, ...]) -> None:
     """Wrap the coroutine methods ``names`` that ``cls`` itself defines with ``traced``
-    (called from ``__init_subclass__`` of the scorer base classes)."""
+    (called from ``__init_subclass__`` of the scorer base classes; a synchronous override is
+    left alone)."""
     for name in names:
         method = cls.__dict__.get(name)
         if (
-            method is None
+            not inspect.iscoroutinefunction(method)
             or getattr(method, "__isabstractmethod__", False)
             or getattr(method, "__ttc_traced__", False)
         ):
