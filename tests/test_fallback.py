@@ -247,3 +247,38 @@ async def test_a_429_on_every_provider_after_retries_keeps_what_arrived() -> Non
     assert any("RateLimit" in e or "429" in e for e in result.errors)
     assert_billed_once(models, fakes)
     assert RateLimitError  # the kind that moved the samples on
+
+
+async def test_a_step_search_runs_over_a_fallback_in_raw_text() -> None:
+    import random
+
+    from ttc import BeamPRM
+    from ttc.adapters import OpenAICompatible
+    from ttc.scoring import ArithmeticPRM
+
+    def steps(prompt: str, index: int, rng: random.Random) -> str:
+        depth = prompt.count("\n\n") - 1
+        if depth >= 2:
+            return "So the answer is 7."
+        return f"Step {depth}: {index} + 1 = {index + 1 + index % 2}\n\nmore"
+
+    async with AsyncExitStack() as stack:
+        down = await stack.enter_async_context(
+            FakeProvider("openai", api_key="k", faults=Faults(server_error=1.0))
+        )
+        up = await stack.enter_async_context(FakeProvider("openai", api_key="k", reply=steps))
+        models = [
+            OpenAICompatible(
+                "m", base_url=f.base_url, api_key="k", endpoint="completions", retry=ONCE
+            )
+            for f in (down, up)
+        ]
+        fallback = Fallback(*models)
+        assert fallback.endpoint is None  # raw text: every model takes it as is
+        search = BeamPRM(fallback, ArithmeticPRM(), n=4, width=2, params=PARAMS)
+        result = await search.run("Question: 3 + 4?\n\n")
+        await fallback.aclose()
+    assert result.answer == "7" and result.stopped_by is None
+    assert result.tree is not None and result.tree[0]["path"] == "completion"
+    assert down.stats.ok == 0 and up.stats.ok == result.usage.requests - down.stats.requests
+    assert_billed_once(models, [down, up])  # type: ignore[arg-type]
