@@ -155,7 +155,10 @@ class Instrumentation:
         end = time.time_ns()
         provider, _, name = model.partition("/")
         operation = "generate_content"
-        if event is not None and event.model != model and event.model.endswith(")"):
+        kind = getattr(event, "kind", None)  # a metered request's kind, where events carry it
+        if isinstance(kind, str) and kind and kind != "generate":
+            operation = kind
+        elif event is not None and event.model != model and event.model.endswith(")"):
             operation = event.model[len(model) + 2 : -1]  # "name (score)": a metered request
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
