@@ -7,6 +7,7 @@ which runs programs in ``UnitTests``' sandbox through ``SandboxedVerifier._run_s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections import OrderedDict
@@ -82,33 +83,40 @@ class Checker(SandboxedVerifier):
         """Check one script."""
         raise NotImplementedError
 
+    async def _check_batch(self, works: Sequence[str]) -> list[CheckReport]:
+        """Check distinct scripts: each in its own sandbox, ``concurrency`` at a time (a
+        checker whose work is data, not code, runs them all in one)."""
+        reports: list[CheckReport | None] = [None] * len(works)
+
+        async def one(i: int, work: str) -> None:
+            reports[i] = await self._check(work)
+
+        await run_all([functools.partial(one, i, w) for i, w in enumerate(works)])
+        return [r if r is not None else CheckReport(False, "not checked") for r in reports]
+
     async def check(self, text: str) -> CheckReport:
         """Check one candidate's text (as ``verify`` would) and report how it went."""
-        return await self._check_cached(self._work(Candidate(text=text)))
+        return (await self._check_all([self._work(Candidate(text=text))]))[0]
 
-    async def _check_cached(self, work: str) -> CheckReport:
-        known = self._cache.get(work)
-        if known is not None:
-            self._cache.move_to_end(work)
-            return CheckReport(
-                known.passed, known.reason, known.output, 0.0, known.timed_out,
-                known.isolation, cached=True,
-            )  # fmt: skip
-        report = await self._check(work)
-        self._cache[work] = report
-        while len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return report
+    async def _check_all(self, works: Sequence[str]) -> list[CheckReport]:
+        """One report per work, from the cache or from one batch of the new ones."""
+        known: dict[str, CheckReport] = {}
+        for work in dict.fromkeys(works):
+            report = self._cache.get(work)
+            if report is not None:
+                self._cache.move_to_end(work)
+                known[work] = dataclasses.replace(report, seconds=0.0, cached=True)
+        new = [w for w in dict.fromkeys(works) if w not in known]
+        if new:
+            for work, report in zip(new, await self._check_batch(new), strict=True):
+                known[work] = report
+                self._cache[work] = report
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return [known[w] for w in works]
 
     async def verify(self, prompt: Prompt, candidates: Sequence[Candidate]) -> list[bool]:
-        works = [self._work(c) for c in candidates]
-        reports: dict[str, CheckReport] = {}
-
-        async def one(work: str) -> None:
-            reports[work] = await self._check_cached(work)
-
-        await run_all([functools.partial(one, w) for w in dict.fromkeys(works)])
-        self.last_reports = [reports[w] for w in works]
+        self.last_reports = await self._check_all([self._work(c) for c in candidates])
         for candidate, report in zip(candidates, self.last_reports, strict=True):
             candidate.failure = report.reason or None
         return [r.passed for r in self.last_reports]

@@ -429,8 +429,11 @@ class SandboxedVerifier(Verifier):
             "no_new_privs": chosen.kind != "bwrap",
         }
 
-    async def _run_steps(self, steps: list[Step]) -> tuple[Commands, Outcome, Isolation]:
-        """Run ``steps`` in one fresh sandbox, each after the previous one succeeded."""
+    async def _run_steps(
+        self, steps: list[Step], *, seconds: float | None = None
+    ) -> tuple[Commands, Outcome, Isolation]:
+        """Run ``steps`` in one fresh sandbox, each after the previous one succeeded, all
+        within ``seconds`` (default: the verifier's ``timeout``)."""
         async with self._sandbox() as (chosen, folder, uid):
             talks: list[Commands] = []
 
@@ -439,7 +442,7 @@ class SandboxedVerifier(Verifier):
                 talks.append(Commands(sock, config, steps, self.max_output_bytes))
                 return talks[0]
 
-            outcome = await self._run(chosen, folder, uid, talk)
+            outcome = await self._run(chosen, folder, uid, talk, seconds=seconds)
             return talks[0], outcome, chosen
 
     async def _run(
@@ -448,6 +451,8 @@ class SandboxedVerifier(Verifier):
         folder: str,
         uid: int | None,
         make_talk: Callable[[socket.socket], Talk],
+        *,
+        seconds: float | None = None,
     ) -> Outcome:
         """Start the runner in the sandbox, let ``make_talk(socket)`` converse with it, and
         stop it at ``timeout`` (or when it fills ``disk_mb`` in the fallback)."""
@@ -497,7 +502,7 @@ class SandboxedVerifier(Verifier):
                 tg.start_soon(drain_all)
                 if not bwrap:
                     tg.start_soon(watch_disk)
-                with anyio.move_on_after(self.timeout) as scope:
+                with anyio.move_on_after(seconds or self.timeout) as scope:
                     await process.wait()
                 timed_out = scope.cancelled_caught
                 kill_group(process.pid)  # also what the candidate left running in its group

@@ -20,6 +20,7 @@ from typing import Literal
 
 from ttc.errors import ConfigError
 from ttc.scoring import _sandbox
+from ttc.scoring._checker import trim
 from ttc.scoring._sandbox import SandboxedVerifier
 from ttc.scoring._workers import run_all
 from ttc.types import Candidate, Prompt
@@ -329,6 +330,9 @@ class UnitTests(SandboxedVerifier):
         )
         done = [r for r in reports if r is not None]
         self.last_reports = done
+        for candidate, report in zip(candidates, reports, strict=True):
+            if report is not None:
+                candidate.failure = trim(report.reason) if report.reason else None
         if done:
             isolated = all(r.network_isolated for r in done)
             self._network_isolated = isolated and self._network_isolated is not False
