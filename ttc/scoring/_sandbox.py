@@ -174,11 +174,18 @@ def _bwrap_prefix(
         if os.path.exists(path):
             bind(path)
     wanted = [*_python_paths(python, env), *(os.path.abspath(p) for p in extra)]
+    late: list[str] = []  # under /tmp: bound over the sandbox's own /tmp, once it exists
     for path in sorted({p for p in wanted if os.path.exists(p)}):
-        if not any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound):
+        if path.startswith("/tmp/"):
+            late.append(path)
+        elif not any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound):
             bind(path)
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--size", str(disk_bytes), "--perms", "0700", "--tmpfs", "/tmp", "--chdir", "/tmp"]
+    made.add("/tmp")
+    for path in late:
+        if not any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound):
+            bind(path)
     # multiprocessing's semaphores live in /dev/shm: a second small tmpfs, open to the candidate.
     args += ["--size", str(disk_bytes), "--perms", "1777", "--tmpfs", "/dev/shm"]
     return args

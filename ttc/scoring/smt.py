@@ -39,8 +39,7 @@ _KEPT = {
 }  # fmt: skip
 _DROPPED = {"check-sat", "get-model", "get-value", "get-proof", "get-unsat-core", "exit"}
 _UNSAT_WORDS = re.compile(
-    r"^\s*(?:unsat|unsatisfiable|no solutions?|none|impossible|no such \w+|"
-    r"there is no (?:solution|such \w+))\s*\.?\s*$",
+    r"\b(?:unsat(?:isfiable)?|no solutions?|has no solution|no such \w+|there (?:is|are) no)\b",
     re.IGNORECASE,
 )
 _VALUE = (
@@ -75,11 +74,13 @@ def sexprs(text: str) -> list[str | list[object]]:
 
 
 def _claims_unsat(text: str) -> bool:
-    """Whether an answer says there is no solution (the whole answer, or its last line)."""
+    """Whether an answer says there is no solution: its last line says so and gives no number
+    after saying it."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return bool(lines) and (
-        _UNSAT_WORDS.match(text) is not None or _UNSAT_WORDS.match(lines[-1]) is not None
-    )
+    if not lines:
+        return False
+    found = _UNSAT_WORDS.search(lines[-1])
+    return found is not None and not re.search(r"\d", lines[-1][found.end() :])
 
 
 def _render(node: object) -> str:
