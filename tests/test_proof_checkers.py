@@ -566,3 +566,51 @@ def test_lean_sample_loads_with_its_checker() -> None:
     assert verifier.name == "linear_eq"
     proof = json.loads(data.path.read_text().splitlines()[0])["proof"]
     assert verifier.source(proof).startswith(f"\ntheorem linear_eq : {example.reference} := by")
+
+
+# --------------------------------------------------------------------------------------------
+# Repeated sampling judged by the checkers.
+
+
+@needs_coq
+@pytest.mark.anyio
+async def test_scripted_prover_coverage_rises_with_k() -> None:
+    """A model that writes the right proof one sample in three: RepeatedSample with CoqProof
+    finds it, and coverage@k rises with k."""
+    from ttc.adapters import FunctionModel
+    from ttc.eval.metrics import coverage
+    from ttc.strategies import RepeatedSample
+
+    data = load_dataset("coq-sample", limit=2)
+    rows = [json.loads(line) for line in data.path.read_text().splitlines()][:2]
+    proofs = {e.question: r["proof"] for e, r in zip(data, rows, strict=True)}
+
+    def reply(request: object, i: int) -> str:
+        proof = proofs[request.prompt] if i % 3 == 2 else "Proof. Admitted."  # type: ignore[attr-defined]
+        return f"```coq\n{proof}\n```"
+
+    model = FunctionModel(reply)
+    counts = []
+    for example in data:
+        strategy = RepeatedSample(
+            model, n=6, verifier=data.verifier(example), extract=data.spec.extractor()
+        )
+        result = await strategy.run(data.prompt(example))
+        assert [c.verified for c in result.candidates] == [False, False, True] * 2
+        assert result.best is not None and result.best.verified
+        assert result.candidates[0].failure is not None
+        assert "Admitted" in result.candidates[0].failure
+        counts.append((len(result.candidates), sum(bool(c.verified) for c in result.candidates)))
+    curve = [coverage(counts, k) for k in (1, 2, 4, 6)]
+    assert curve == sorted(curve) and curve[0] == pytest.approx(1 / 3) and curve[-1] == 1.0
+
+
+@pytest.mark.anyio
+async def test_unit_tests_put_the_failure_reason_on_the_candidate() -> None:
+    from ttc.scoring import UnitTests
+
+    candidates = cands("def add(a, b):\n    return a - b", "def add(a, b):\n    return a + b")
+    verdicts = await UnitTests("assert add(2, 3) == 5\n").verify("q", candidates)
+    assert verdicts == [False, True]
+    assert candidates[0].failure == "exited with status 1 after 0 of 1 test statements"
+    assert candidates[1].failure is None
