@@ -192,6 +192,21 @@ async def test_coq_the_sandbox_holds(tmp_path: Path) -> None:
 
 
 @needs_coq
+@pytest.mark.skipif(
+    os.geteuid() == 0 and not os.access("/usr/bin/python3", os.X_OK),
+    reason="as root the fallback needs an interpreter every uid can read",
+)
+@pytest.mark.anyio
+async def test_coq_runs_in_the_process_fallback_too() -> None:
+    # As root the candidate's uid cannot read a Python under /root: the system's can.
+    python = "/usr/bin/python3" if os.geteuid() == 0 else sys.executable
+    verifier = coq(isolation="process", python=python)
+    assert await verifier.verify("q", cands("intros n. lia. Qed.", "Admitted.")) == [True, False]
+    assert [r.isolation for r in verifier.last_reports] == ["process", "process"]
+    assert "Admitted" in verifier.last_reports[1].reason
+
+
+@needs_coq
 @pytest.mark.anyio
 async def test_coq_batches_identical_scripts_and_caches_verdicts() -> None:
     verifier = coq()

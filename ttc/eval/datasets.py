@@ -339,7 +339,7 @@ def _detect(
     raise DatasetError(
         path,
         f"cannot tell the dataset format from the fields ({keys}); name the format "
-        "(gsm8k, math500, humaneval) and map the fields that differ",
+        "(gsm8k, math500, humaneval, coq, lean, smt) and map the fields that differ",
         line=line,
     )
 

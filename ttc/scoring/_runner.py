@@ -94,7 +94,7 @@ def _main() -> None:
         if not os.access(library, os.R_OK | os.X_OK):
             raise PermissionError(
                 f"uid {uid} cannot read Python's library {library}: as root, candidates run "
-                "as a uid of their own; install bubblewrap, or pass UnitTests(python=...) an "
+                "as a uid of their own; install bubblewrap, or pass the verifier python= an "
                 "interpreter every user can read"
             )
         if config["no_new_privs"]:  # bubblewrap sets it itself

@@ -122,7 +122,9 @@ class SMTCheck(Checker):
             cvc5 checks that proof itself (``check-proofs``), z3 only produces it.
         timeout: seconds per solver query; the process gets that per query plus 10 s.
 
-    The rest are the sandbox's settings, as for ``UnitTests``. Why a candidate failed (the
+    The rest are the sandbox's settings, as for ``UnitTests``; the solver runs in ``python``,
+    which must have z3 or cvc5 installed (as root without bubblewrap it must also be readable
+    by every user, as for ``UnitTests``). Why a candidate failed (the
     constraint it breaks, another value that also fits, the solver's error) is in
     ``Candidate.failure`` and ``last_reports``.
     """
