@@ -396,7 +396,7 @@ def test_lean_files_and_commands() -> None:
     verifier = lean(header="import Mathlib\nopen Nat")
     body = verifier.source(verifier._work(Candidate(text="```lean\nintro x h\nomega\n```")))
     assert body == (
-        f"import Mathlib\nopen Nat\ntheorem linear_eq : {STATEMENT} := by\nintro x h\nomega\n"
+        f"import Mathlib\nopen Nat\ntheorem linear_eq : {STATEMENT} := by\n  intro x h\n  omega\n"
     )
     whole = "import Mathlib\ntheorem linear_eq : ∀ x : Int, 3 * x + 2 = 14 → x = 4 := by omega"
     assert verifier.source(whole).count("import Mathlib") == 1  # the header's import, once

@@ -26,6 +26,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -295,8 +296,8 @@ class LeanProof(Checker):
             body = script
         else:
             proof = script.strip()
-            if not proof.startswith((":=", "by")):
-                proof = "by\n" + proof
+            if not proof.startswith((":=", "by")):  # a bare tactic block: indent it under by
+                proof = "by\n" + textwrap.indent(proof, "  ")
             if not proof.startswith(":="):
                 proof = ":= " + proof
             body = f"theorem {self.name} : {self.statement} {proof}"
