@@ -114,6 +114,13 @@ async def test_coq_accepts_a_proof_and_a_whole_file() -> None:
             "assumed to be guarded",
         ),
         (
+            "Unset Positivity Checking.\nInductive bad : Type := mk : (bad -> False) -> bad.\n"
+            "Definition app (b : bad) : bad -> False := match b with mk f => f end.\n"
+            "Theorem theorem : forall n : nat, n + 0 = n.\n"
+            "Proof. destruct (let d := mk (fun b => app b b) in app d d). Qed.",
+            "assumed to be positive",
+        ),
+        (
             "Module M.\nTheorem theorem : forall n : nat, n + 0 = n.\nProof. lia. Qed.\nEnd M.",
             "does not define theorem",
         ),
@@ -129,6 +136,7 @@ async def test_coq_accepts_a_proof_and_a_whole_file() -> None:
         "convertible-statement",
         "qed-in-comment",
         "guard-checking-off",
+        "positivity-checking-off",
         "other-name",
     ],
 )

@@ -225,6 +225,7 @@ class CoqProof(Checker):
             if re.search(rf"The reference {_MODULE}\.{re.escape(self.name)}\b", final.output):
                 return report(f"the script does not define {self.name}")
             return report(_coqc_failure(final, "the check of the proof failed"))
+        # The whole output must be Print Assumptions' (a preamble that prints fails closed).
         assumptions = parse_assumptions(final.output)
         if assumptions is None:
             return report(f"unexpected output from Print Assumptions: {final.output[:200]}")
