@@ -18,6 +18,10 @@ The parent counts a pass only for exactly that sequence, every statement answere
 status 0. Candidate code runs in this interpreter, so code written to attack the runner from
 inside (reading its memory, writing its socket) could still forge the sequence; the sandbox
 keeps that from mattering anywhere else.
+
+With ``"mode": "commands"`` in the first message (the proof and SMT checkers), the runner
+imports nothing: after ``ready`` it runs the programs the parent sends one at a time and answers
+each with its exit status and output (``_commands``). The channel is not inherited by them.
 """
 
 import sys
