@@ -150,8 +150,9 @@ class LeanProof(Checker):
             toolchain are read once with ``lake env`` and bound read-only in the sandbox.
         timeout: seconds for both runs together (Mathlib's import alone takes seconds).
 
-    The rest are the sandbox's settings, as for ``UnitTests`` (Lean needs more memory than
-    Python: 8 GB by default). The candidate's script is its last ```lean block, else its last
+    The rest are the sandbox's settings, as for ``UnitTests``. ``memory_mb`` limits address
+    space, and Lean maps every imported ``.olean`` into it (Mathlib's take several GB): 32 GB
+    by default. The candidate's script is its last ```lean block, else its last
     ``` block, else its text. Why a candidate failed is in ``Candidate.failure`` and
     ``last_reports``.
     """
@@ -170,7 +171,7 @@ class LeanProof(Checker):
         lean: str = "lean",
         project: str | None = None,
         timeout: float = 120.0,
-        memory_mb: int = 8192,
+        memory_mb: int = 32768,
         max_processes: int = 64,
         max_output_bytes: int = 1_000_000,
         disk_mb: int = 200,
