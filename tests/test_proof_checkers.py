@@ -302,6 +302,9 @@ async def test_smt_assignment_formula_and_no_solution(solver: str) -> None:
     )
     assert verdicts == [True, False, False]
     assert assignment.last_reports[2].reason == "no value for b"
+    # What ttc eval's answer extraction leaves (the last number) does not hide the assignment.
+    extracted = Candidate(text="So a = 19 and b = 11, and a + b = 30.", answer="30")
+    assert await assignment.verify("q", [extracted]) == [True]
     formula = SMTCheck(
         "(declare-const x Int)(assert (> x 0))",
         answer="formula",

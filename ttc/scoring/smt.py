@@ -235,6 +235,9 @@ class SMTCheck(Checker):
         if self.answer == "number":
             found = candidate.answer if candidate.answer is not None else extract_answer(text)
             return (found or "").strip()
+        if candidate.answer is not None and not self._assignment(candidate.answer):
+            # An extracted answer is one number, not an assignment: read the whole text.
+            return "unsat" if _claims_unsat(candidate.text) else candidate.text
         return text
 
     def _literal(self, value: str, sort: str) -> str:
@@ -281,7 +284,12 @@ class SMTCheck(Checker):
                 rf"(?<![\w|.]){key}\s*:?=\s*({_VALUE})",
             )
             for pattern in patterns:
-                matches = re.findall(pattern, text)
+                # "a + b = 30" says nothing about b: skip a name inside an expression.
+                matches = [
+                    m.group(1)
+                    for m in re.finditer(pattern, text)
+                    if not text[: m.start()].rstrip().endswith(("+", "-", "*", "/", "^"))
+                ]
                 if matches:
                     found[name] = matches[-1]
                     break
