@@ -395,9 +395,15 @@ def check_run(verifier: LeanProof, found: list[str] | None, *, error_at: str = "
     file = f"Check_{NONCE}.lean"
     if error_at == "guard":
         return StepResult(1, lf.message(file, guard, 2, "error", lf.GUARD_FAILED) + "\n")
-    if error_at == "unknown":
+    if error_at == "unknown":  # both lines that name the theorem fail
         text = "unknown identifier '_root_.linear_eq'"
-        return StepResult(1, lf.message(file, guard - 2, 40, "error", text) + "\n")
+        return StepResult(
+            1,
+            lf.message(file, guard - 2, 40, "error", text)
+            + "\n"
+            + lf.message(file, guard, 25, "error", text)
+            + "\n",
+        )
     assert found is not None
     text = lf.axioms(f"ttc_check_{NONCE}", found)
     return StepResult(0, lf.message(file, printed, 0, "information", text) + "\n")

@@ -361,13 +361,12 @@ class LeanProof(Checker):
         messages, other = parse_messages(final.output)
         _, guard, printed = self.check_file(nonce)
         errors = [m for m in messages if m.severity == "error"]
+        if any("unknown" in m.text and self.name in m.text for m in errors):
+            return f"the script does not define {self.name}"
         if any(m.line == guard for m in errors):
             return f"the theorem {self.name} does not have the statement asked"
         if errors:
-            first = errors[0]
-            if "unknown" in first.text and self.name in first.text:
-                return f"the script does not define {self.name}"
-            return f"the check of the proof failed: {first}"
+            return f"the check of the proof failed: {errors[0]}"
         if final.status != 0:
             detail = "; ".join(other) or f"exit status {final.status}"
             return f"lean failed on the check: {detail}"
