@@ -605,6 +605,7 @@ def test_lean_sample_loads_with_its_checker() -> None:
 
 
 @needs_coq
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_scripted_prover_coverage_rises_with_k() -> None:
     """A model that writes the right proof one sample in three: RepeatedSample with CoqProof
