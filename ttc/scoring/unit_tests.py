@@ -203,7 +203,8 @@ class UnitTests(SandboxedVerifier):
     that already running (the PID namespace still kills them all at the end under bwrap).
 
     ``last_reports`` holds one ``UnitTestReport`` (exit code, stdout and stderr tails, why it
-    failed) per candidate of the latest call, in order.
+    failed) per candidate of the latest call, in order; why each one failed is also set on the
+    candidate, ``Candidate.failure``.
     """
 
     def __init__(
