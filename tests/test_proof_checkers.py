@@ -74,6 +74,7 @@ async def test_coq_accepts_a_proof_and_a_whole_file() -> None:
     assert await verifier.verify("q", candidates) == [True, True, True]
     assert [c.failure for c in candidates] == [None, None, None]
     assert all(r.isolation in ("bwrap", "process") for r in verifier.last_reports)
+    assert all(r.network_isolated for r in verifier.last_reports)
 
 
 @needs_coq
@@ -361,6 +362,7 @@ async def test_smt_sample_answers_are_right_and_run_in_one_solver_process() -> N
         verdicts = await verifier.verify(example.question, cands(right, "The answer is 8"))
         assert verdicts == [True, False], (example.id, verifier.last_reports[0].reason)
         assert verifier.last_reports[0].isolation in ("bwrap", "process")
+        assert verifier.last_reports[0].network_isolated
 
 
 def test_smt_bad_settings_are_config_errors() -> None:

@@ -51,8 +51,9 @@ class CheckReport:
 
     ``reason`` is why it failed (the checker's message, trimmed; empty when it passed), also
     set on the candidate as ``Candidate.failure``; ``output`` is the checker's own output (its
-    last ``max_output_bytes``); ``isolation`` is ``"bwrap"`` or ``"process"``; ``cached``:
-    the same script was checked before by this verifier.
+    last ``max_output_bytes``); ``isolation`` is ``"bwrap"`` or ``"process"``;
+    ``network_isolated``: the checker ran without network; ``cached``: the same script was
+    checked before by this verifier.
     """
 
     passed: bool
@@ -62,6 +63,7 @@ class CheckReport:
     timed_out: bool = False
     isolation: str = ""
     cached: bool = False
+    network_isolated: bool = False
 
 
 class Checker(SandboxedVerifier):

@@ -204,6 +204,7 @@ class CoqProof(Checker):
                 seconds=outcome.seconds,
                 timed_out=outcome.timed_out,
                 isolation=chosen.kind,
+                network_isolated=talk.network,
             )
 
         if outcome.timed_out:

@@ -411,6 +411,7 @@ class LeanProof(Checker):
             seconds=outcome.seconds,
             timed_out=outcome.timed_out,
             isolation=chosen.kind,
+            network_isolated=talk.network,
         )
 
 

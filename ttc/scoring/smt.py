@@ -420,6 +420,7 @@ class SMTCheck(Checker):
                     seconds=outcome.seconds,
                     timed_out=outcome.timed_out,
                     isolation=chosen.kind,
+                    network_isolated=talk.network,
                 )
             )
         return reports
