@@ -219,6 +219,11 @@ class Candidate(BaseModel):
     steps: list[str] | None = Field(
         None, description="The solution's steps, delimiters kept, from a step-wise search."
     )
+    failure: str | None = Field(
+        None,
+        description="Why a checking verifier (unit tests, a proof checker, an SMT solver) "
+        "rejected it: the checker's message, trimmed.",
+    )
 
     @classmethod
     def from_completion(cls, completion: Completion, answer: str | None = None) -> Candidate:

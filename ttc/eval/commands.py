@@ -71,6 +71,9 @@ class DatasetFormat(str, Enum):
     gsm8k = "gsm8k"
     math500 = "math500"
     humaneval = "humaneval"
+    coq = "coq"
+    lean = "lean"
+    smt = "smt"
 
 
 def _fields(pairs: list[str] | None) -> dict[str, str]:
@@ -90,7 +93,8 @@ def eval_command(
         str | None,
         typer.Argument(
             help="A JSONL file, or a sample shipped with ttc: gsm8k-sample, math500-sample, "
-            "code-sample, graded-dev, graded-test. Not with --config."
+            "code-sample, coq-sample, lean-sample, smt-sample, graded-dev, graded-test. "
+            "Not with --config."
         ),
     ] = None,
     strategy: Annotated[

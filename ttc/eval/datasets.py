@@ -2,10 +2,12 @@
 
 A ``DatasetSpec`` says which field of a line holds the question, the reference answer, the id,
 the difficulty level and so on, and what kind of reference it is: a GSM8K solution ending in
-``#### N`` (graded by ``GSM8KAnswer``), a LaTeX answer (``MathAnswer``), or unit tests for
-code (``UnitTests``). ``GSM8K``, ``MATH500`` and ``HUMANEVAL`` are the built-in specs; small
-samples ship with the package (``gsm8k-sample``, ``math500-sample``, ``code-sample``) so that
-examples run with no download.
+``#### N`` (graded by ``GSM8KAnswer``), a LaTeX answer (``MathAnswer``), unit tests for
+code (``UnitTests``), a theorem to prove (``CoqProof``, ``LeanProof``) or an SMT-LIB problem
+whose constraints judge the answer (``SMTCheck``). ``GSM8K``, ``MATH500``, ``HUMANEVAL``,
+``COQ``, ``LEAN`` and ``SMT`` are the built-in specs; small samples ship with the package
+(``gsm8k-sample``, ``math500-sample``, ``code-sample``, ``coq-sample``, ``smt-sample``...) so
+that examples run with no download.
 
 Files are read whole and checked before anything runs: a line that is not JSON, or that lacks a
 field, raises one ``DatasetError`` naming the file, the line and the field.
@@ -27,11 +29,14 @@ from ttc.scoring.base import Verifier
 from ttc.scoring.extract import extract_answer, gsm8k_reference
 
 __all__ = [
+    "COQ",
     "GRADED",
     "GSM8K",
     "HUMANEVAL",
+    "LEAN",
     "MATH500",
     "SAMPLES",
+    "SMT",
     "SPECS",
     "Dataset",
     "DatasetError",
@@ -41,8 +46,10 @@ __all__ = [
     "sample_path",
 ]
 
-Kind = Literal["gsm8k", "math", "code"]
-_KINDS: tuple[Kind, ...] = ("gsm8k", "math", "code")
+Kind = Literal["gsm8k", "math", "code", "coq", "lean", "smt"]
+_KINDS: tuple[Kind, ...] = ("gsm8k", "math", "code", "coq", "lean", "smt")
+#: Kinds whose sample is judged whole (code, a proof), not by an extracted answer.
+_WHOLE: tuple[Kind, ...] = ("code", "coq", "lean")
 
 _DATA = Path(__file__).resolve().parent / "data"
 
@@ -67,14 +74,21 @@ class DatasetSpec:
     Args:
         name: the spec's name (``gsm8k``, ``math500``, ``humaneval``...).
         kind: ``"gsm8k"`` (reference ``#### N`` or a bare number, ``GSM8KAnswer``), ``"math"``
-            (a LaTeX reference, ``MathAnswer``) or ``"code"`` (unit tests, ``UnitTests``).
+            (a LaTeX reference, ``MathAnswer``), ``"code"`` (unit tests, ``UnitTests``),
+            ``"coq"``/``"lean"`` (a statement to prove, ``CoqProof``/``LeanProof``) or
+            ``"smt"`` (an SMT-LIB problem, ``SMTCheck``).
         question: the field holding the prompt.
-        answer: the field holding the reference answer (``gsm8k`` and ``math``).
+        answer: the field holding the reference answer (``gsm8k`` and ``math``), the statement
+            (``coq``, ``lean``) or the SMT-LIB problem (``smt``).
         id: the field holding a unique id; without one, the line number is the id.
         level: an optional difficulty field (MATH-500's 1-5), for per-level breakdowns.
         subject: an optional subject field.
         tests: the field holding the unit tests (``code``).
-        entry_point: the field naming the function under test (``code``, HumanEval style).
+        entry_point: the field naming the function under test (``code``, HumanEval style),
+            the theorem (``coq``, ``lean``) or the constant asked for (``smt``; without one
+            the answer is an assignment of every constant).
+        header: the field holding what a proof's file starts with (``coq``: the preamble,
+            ``lean``: the imports).
         template: a prompt template with a ``{question}`` placeholder (``None``: the question
             as it is, so the model adapter's own template applies).
         stop: stop strings every sample of this dataset needs (a few-shot template's end of
@@ -92,6 +106,7 @@ class DatasetSpec:
     subject: str | None = None
     tests: str | None = None
     entry_point: str | None = None
+    header: str | None = None
     template: str | None = None
     stop: tuple[str, ...] = ()
     step_delimiter: str = "\n\n"
@@ -99,7 +114,7 @@ class DatasetSpec:
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ConfigError(f"kind must be one of {', '.join(_KINDS)}, got {self.kind!r}")
-        if self.kind in ("gsm8k", "math") and not self.answer:
+        if self.kind in ("gsm8k", "math", "coq", "lean", "smt") and not self.answer:
             raise ConfigError(f"spec {self.name!r}: a {self.kind} dataset needs an answer field")
         if self.kind == "code" and not self.tests:
             raise ConfigError(f"spec {self.name!r}: a code dataset needs a tests field")
@@ -108,7 +123,7 @@ class DatasetSpec:
 
     def with_fields(self, **fields: str | None) -> DatasetSpec:
         """This spec with some fields renamed, e.g. ``GSM8K.with_fields(question="problem")``."""
-        allowed = {"question", "answer", "id", "level", "subject", "tests", "entry_point"}
+        allowed = {"question", "answer", "id", "level", "subject", "tests", "entry_point", "header"}
         unknown = sorted(set(fields) - allowed)
         if unknown:
             raise ConfigError(
@@ -118,12 +133,27 @@ class DatasetSpec:
 
     def verifier(self, example: Example) -> Verifier:
         """The verifier that grades candidates of ``example`` against its reference."""
-        from ttc.scoring import GSM8KAnswer, MathAnswer, UnitTests
+        from ttc.scoring import (
+            CoqProof,
+            GSM8KAnswer,
+            LeanProof,
+            MathAnswer,
+            SMTCheck,
+            UnitTests,
+        )
 
         if self.kind == "gsm8k":
             return GSM8KAnswer(example.reference)
         if self.kind == "math":
             return MathAnswer(example.reference)
+        if self.kind == "coq":
+            name = example.entry_point or "theorem"
+            return CoqProof(example.reference, name=name, preamble=example.header or "")
+        if self.kind == "lean":
+            name = example.entry_point or "theorem"
+            return LeanProof(example.reference, name=name, header=example.header or "")
+        if self.kind == "smt":
+            return SMTCheck(example.reference, symbol=example.entry_point)
         return UnitTests(example.reference, entry_point=example.entry_point)
 
     def prompt(self, example: Example) -> str:
@@ -133,9 +163,10 @@ class DatasetSpec:
         return self.template.replace("{question}", example.question)
 
     def extractor(self) -> Callable[[str], str | None]:
-        """How strategies read the answer out of a sample: no answer for code (its unit tests
-        judge the whole text), the usual ``extract_answer`` otherwise."""
-        return _no_answer if self.kind == "code" else extract_answer
+        """How strategies read the answer out of a sample: no answer for code and proofs (the
+        unit tests or the checker judge the whole text), the usual ``extract_answer``
+        otherwise."""
+        return _no_answer if self.kind in _WHOLE else extract_answer
 
 
 def _no_answer(text: str) -> str | None:
@@ -175,6 +206,23 @@ GRADED = DatasetSpec(
 """The graded suite (``ttc.eval.graded``): GSM8K fields, ``id``, ``level`` 1-8, and the few-shot
 template made for it."""
 
+COQ = DatasetSpec(
+    "coq", "coq", question="question", answer="statement", id="id", entry_point="name",
+    header="preamble",
+)  # fmt: skip
+"""Coq theorems (``question``, ``statement``, ``name``, ``preamble``; ``CoqProof``)."""
+
+LEAN = DatasetSpec(
+    "lean", "lean", question="question", answer="statement", id="id", entry_point="name",
+    header="header",
+)  # fmt: skip
+"""Lean 4 theorems (``question``, ``statement``, ``name``, ``header``; ``LeanProof``)."""
+
+SMT = DatasetSpec(
+    "smt", "smt", question="question", answer="problem", id="id", entry_point="symbol"
+)
+"""Questions judged by an SMT-LIB ``problem`` (``symbol``: the constant asked for; ``SMTCheck``)."""
+
 SPECS: dict[str, DatasetSpec] = {
     "gsm8k": GSM8K,
     "graded": GRADED,
@@ -182,6 +230,9 @@ SPECS: dict[str, DatasetSpec] = {
     "math": MATH500,
     "humaneval": HUMANEVAL,
     "code": HUMANEVAL,
+    "coq": COQ,
+    "lean": LEAN,
+    "smt": SMT,
 }
 """Built-in specs by name (``math`` and ``code`` are aliases)."""
 
@@ -189,6 +240,9 @@ SAMPLES: dict[str, tuple[str, DatasetSpec]] = {
     "gsm8k-sample": ("gsm8k_sample.jsonl", GSM8K),
     "math500-sample": ("math500_sample.jsonl", MATH500),
     "code-sample": ("code_sample.jsonl", HUMANEVAL),
+    "coq-sample": ("coq_sample.jsonl", COQ),
+    "lean-sample": ("lean_sample.jsonl", LEAN),
+    "smt-sample": ("smt_sample.jsonl", SMT),
     "graded-dev": ("graded_dev.jsonl", GRADED),
     "graded-test": ("graded_test.jsonl", GRADED),
 }
@@ -217,6 +271,7 @@ class Example:
     level: str | None = None
     subject: str | None = None
     entry_point: str | None = None
+    header: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -284,7 +339,7 @@ def _detect(
     raise DatasetError(
         path,
         f"cannot tell the dataset format from the fields ({keys}); name the format "
-        "(gsm8k, math500, humaneval) and map the fields that differ",
+        "(gsm8k, math500, humaneval, coq, lean, smt) and map the fields that differ",
         line=line,
     )
 
@@ -452,6 +507,11 @@ def _example(
         )
     seen[qid] = line
     entry_point = _optional(path, record, line, spec.entry_point, "entry point")
+    header = record.get(spec.header) if spec.header is not None else None
+    if header is not None and not isinstance(header, str):
+        raise DatasetError(
+            path, f"field {spec.header!r} (header) must be text", line=line, field=spec.header
+        )
     return Example(
         id=qid,
         line=line,
@@ -460,4 +520,5 @@ def _example(
         level=_optional(path, record, line, spec.level, "level"),
         subject=_optional(path, record, line, spec.subject, "subject"),
         entry_point=entry_point,
+        header=header,
     )

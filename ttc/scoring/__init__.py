@@ -7,11 +7,15 @@ processes, and ``VLLMPoolingPRM`` (which brings the HTTP client) on first use.
 
 from typing import Any
 
+from ttc.scoring._checker import CheckReport
 from ttc.scoring.base import Scorer, Selection, Selector, Verifier
+from ttc.scoring.coq import CoqProof
 from ttc.scoring.extract import extract_answer, extract_boxed, gsm8k_reference, normalize_answer
+from ttc.scoring.lean import LeanProof
 from ttc.scoring.prm import ArithmeticPRM, ProcessRewardModel, aggregate
 from ttc.scoring.prm_hf import MathShepherdPRM, QwenPRM, RLHFlowPRM, TransformersPRM
 from ttc.scoring.selectors import Argmax, FirstVerified, MajorityVote, WeightedMajority
+from ttc.scoring.smt import SMTCheck
 from ttc.scoring.step_judge import StepJudge
 from ttc.scoring.unit_tests import UnitTestReport, UnitTests, extract_code
 from ttc.scoring.verifiers import (
@@ -27,10 +31,13 @@ from ttc.scoring.verifiers import (
 __all__ = [
     "Argmax",
     "ArithmeticPRM",
+    "CheckReport",
+    "CoqProof",
     "FirstVerified",
     "FunctionScorer",
     "FunctionVerifier",
     "GSM8KAnswer",
+    "LeanProof",
     "MajorityVote",
     "MathAnswer",
     "MathShepherdPRM",
@@ -38,6 +45,7 @@ __all__ = [
     "QwenPRM",
     "RLHFlowPRM",
     "Regex",
+    "SMTCheck",
     "Scorer",
     "Selection",
     "Selector",

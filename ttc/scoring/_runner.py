@@ -18,6 +18,10 @@ The parent counts a pass only for exactly that sequence, every statement answere
 status 0. Candidate code runs in this interpreter, so code written to attack the runner from
 inside (reading its memory, writing its socket) could still forge the sequence; the sandbox
 keeps that from mattering anywhere else.
+
+With ``"mode": "commands"`` in the first message (the proof and SMT checkers), the runner
+imports nothing: after ``ready`` it runs the programs the parent sends one at a time and answers
+each with its exit status and output (``_commands``). The channel is not inherited by them.
 """
 
 import sys
@@ -94,7 +98,7 @@ def _main() -> None:
         if not os.access(library, os.R_OK | os.X_OK):
             raise PermissionError(
                 f"uid {uid} cannot read Python's library {library}: as root, candidates run "
-                "as a uid of their own; install bubblewrap, or pass UnitTests(python=...) an "
+                "as a uid of their own; install bubblewrap, or pass the verifier python= an "
                 "interpreter every user can read"
             )
         if config["no_new_privs"]:  # bubblewrap sets it itself
@@ -115,15 +119,20 @@ def _main() -> None:
             if hard != resource.RLIM_INFINITY:
                 value = min(value, hard)
             resource.setrlimit(which, (value, value))
-        source = config["code"]
-        assert isinstance(source, str)
-        with open("solution.py", "w", encoding="utf-8", errors="surrogatepass") as f:
-            f.write(source)
+        files = config.get("files")
+        if files is None:
+            files = {"solution.py": config["code"]}
+        assert isinstance(files, dict)
+        for name, text in files.items():
+            with open(name, "w", encoding="utf-8", errors="surrogatepass") as f:
+                f.write(text)
     except Exception as exc:
         os.write(2, f"ttc sandbox: cannot set up the sandbox: {exc!r}\n".encode())
         os._exit(86)
     os.set_inheritable(channel, False)  # not passed on to what the candidate runs
     send(f"ready {int(net)}{int(pids)}")
+    if config.get("mode") == "commands":
+        _commands(receive, channel)
 
     import builtins
     import types
@@ -193,6 +202,47 @@ def _main() -> None:
         except Exception:
             pass
     os._exit(0)
+
+
+def _commands(receive: "object", channel: int) -> None:
+    """The checkers' mode (``CoqProof``, ``LeanProof``, ``SMTCheck``): run programs, not code.
+
+    Each request ``{"files", "argv", "cap"}`` writes its files (sent only now: a later step's
+    files, such as a checker's nonce-named check, exist nowhere while an earlier step runs),
+    runs ``argv`` with stdout and stderr in one pipe, and answers ``out <i> <status> <n>``
+    followed by the last ``n`` bytes of that output; an empty request ends the run.
+    """
+    import os
+    import subprocess
+
+    i = 0
+    while True:
+        request = receive()  # type: ignore[operator]
+        argv = request.get("argv")
+        if not argv:
+            os._exit(0)
+        for name, text in request["files"].items():
+            with open(name, "w", encoding="utf-8", errors="surrogatepass") as f:
+                f.write(text)
+        cap = request["cap"]
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        tail = bytearray()
+        while True:
+            chunk = os.read(process.stdout.fileno(), 1 << 16)  # type: ignore[union-attr]
+            if not chunk:
+                break
+            tail += chunk
+            if len(tail) > 2 * cap:
+                del tail[: len(tail) - cap]
+        status = process.wait()
+        data = bytes(tail[-cap:]) if cap else b""
+        os.write(channel, f"out {i} {status} {len(data)}\n".encode())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(channel, view) :]
+        i += 1
 
 
 if __name__ == "__main__":

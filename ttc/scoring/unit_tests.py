@@ -10,31 +10,20 @@ import functools
 import keyword
 import logging
 import marshal
-import math
-import os
 import re
 import secrets
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-import anyio
-import anyio.abc
-import anyio.to_thread
-from anyio.lowlevel import RunVar
-
-from ttc.errors import ConfigError, TTCError
+from ttc.errors import ConfigError
 from ttc.scoring import _sandbox
-from ttc.scoring._workers import kill_group, run_all
-from ttc.scoring.base import Verifier
+from ttc.scoring._checker import trim
+from ttc.scoring._sandbox import SandboxedVerifier
+from ttc.scoring._workers import run_all
 from ttc.types import Candidate, Prompt
-from ttc.validation import check_float, check_int
 
 logger = logging.getLogger("ttc.unit_tests")
 
@@ -42,20 +31,8 @@ __all__ = ["UnitTestReport", "UnitTests", "extract_code"]
 
 _FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)```", re.DOTALL)
 _PYTHON_TAGS = {"python", "py", "python3", "py3"}
-#: Open files per process (RLIMIT_NOFILE).
-_MAX_OPEN_FILES = 64
-#: Exit code of the runner when it cannot set up the sandbox.
-_SANDBOX_FAILED = 86
-#: How long to wait for output pipes after the process group is killed.
-_DRAIN_GRACE_S = 1.0
-#: The exit status asyncio reports for a child whose real status it could not collect,
-#: because something else in this process (a library's child reaper) collected it first.
-_STATUS_LOST = 255
-#: How often the fallback sandbox measures the candidate's directory against ``disk_mb``.
-_DISK_POLL_S = 0.05
 #: Most bytes the runner may send on its channel (a flood of it is a broken run).
 _MAX_CHANNEL_BYTES = 1 << 20
-_RUNNER_SOURCE = Path(__file__).with_name("_runner.py").read_text(encoding="utf-8")
 
 
 def extract_code(text: str) -> str:
@@ -91,33 +68,6 @@ class UnitTestReport:
     tests_total: int = 0
     isolation: str = "process"
     pid_namespace: bool = False
-
-
-class _Tail:
-    """The last ``cap`` bytes of a stream."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.data = bytearray()
-        self.dropped = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.data += chunk
-        excess = len(self.data) - self.cap
-        if excess > 0:
-            del self.data[:excess]
-            self.dropped += excess
-
-    def text(self) -> str:
-        body = self.data.decode("utf-8", errors="replace")
-        return f"[... {self.dropped} bytes dropped ...]\n{body}" if self.dropped else body
-
-
-async def _drain(stream: anyio.abc.ByteReceiveStream | None, tail: _Tail) -> None:
-    if stream is None:
-        return
-    async for chunk in stream:
-        tail.add(chunk)
 
 
 _LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
@@ -220,7 +170,7 @@ class _Conversation:
         self.broken = f"unexpected message from the runner: {line[:80]!r}"
 
 
-class UnitTests(Verifier):
+class UnitTests(SandboxedVerifier):
     """Correct iff the candidate's code passes ``tests``: every test statement ran, none failed.
 
     The code is the candidate's last ```python block (else its last ``` block, else its whole
@@ -253,7 +203,8 @@ class UnitTests(Verifier):
     that already running (the PID namespace still kills them all at the end under bwrap).
 
     ``last_reports`` holds one ``UnitTestReport`` (exit code, stdout and stderr tails, why it
-    failed) per candidate of the latest call, in order.
+    failed) per candidate of the latest call, in order; why each one failed is also set on the
+    candidate, ``Candidate.failure``.
     """
 
     def __init__(
@@ -270,8 +221,6 @@ class UnitTests(Verifier):
         python: str = sys.executable,
         concurrency: int = 2,
     ) -> None:
-        if os.name != "posix":
-            raise ConfigError("UnitTests needs a POSIX system (resource limits, process groups)")
         if not isinstance(tests, str):
             raise ConfigError(f"tests must be a string of Python code, got {type(tests).__name__}")
         try:
@@ -284,29 +233,20 @@ class UnitTests(Verifier):
             raise ConfigError(f"entry_point must be a Python identifier, got {entry_point!r}")
         if entry_point is not None:
             self._steps.append(("<check>", _CHECK))
-        check_float("timeout", timeout, gt=0)
-        check_int("memory_mb", memory_mb, ge=32)
-        check_int("max_processes", max_processes, ge=1)
-        check_int("max_output_bytes", max_output_bytes, ge=0)
-        check_int("disk_mb", disk_mb, ge=1)
-        if isolation not in ("auto", "bwrap", "process"):
-            raise ConfigError(f"isolation must be 'auto', 'bwrap' or 'process', got {isolation!r}")
-        check_int("concurrency", concurrency, ge=1)
-        if not python:
-            raise ConfigError("python must name a Python interpreter")
+        super().__init__(
+            timeout=timeout,
+            memory_mb=memory_mb,
+            max_processes=max_processes,
+            max_output_bytes=max_output_bytes,
+            disk_mb=disk_mb,
+            isolation=isolation,
+            python=python,
+            concurrency=concurrency,
+        )
         self.tests = tests
         self.entry_point = entry_point
-        self.timeout = float(timeout)
-        self.memory_mb = memory_mb
-        self.max_processes = max_processes
-        self.max_output_bytes = max_output_bytes
-        self.disk_mb = disk_mb
-        self.isolation = isolation
-        self.python = python
-        self.concurrency = concurrency
         self.last_reports: list[UnitTestReport] = []
         self._network_isolated: bool | None = None
-        self._limiter: RunVar[anyio.CapacityLimiter] = RunVar(f"ttc-unit-tests-{id(self)}")
 
     def __repr__(self) -> str:
         return f"UnitTests(entry_point={self.entry_point!r}, timeout={self.timeout:g})"
@@ -316,158 +256,44 @@ class UnitTests(Verifier):
         """Whether every candidate so far ran without network; ``None`` before the first run."""
         return self._network_isolated
 
-    def _limits(self) -> list[tuple[str, int]]:
-        return [
-            ("RLIMIT_CPU", math.ceil(self.timeout) + 1),
-            ("RLIMIT_AS", self.memory_mb * 1024 * 1024),
-            ("RLIMIT_NPROC", self.max_processes),
-            ("RLIMIT_FSIZE", self.disk_mb * 1024 * 1024),
-            ("RLIMIT_NOFILE", _MAX_OPEN_FILES),
-            ("RLIMIT_CORE", 0),
-        ]
-
-    def _env(self, home: str) -> dict[str, str]:
-        return {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": home,
-            "TMPDIR": home,  # tempfile's files count against disk_mb, and go with the run
-            "LANG": "C.UTF-8",
-            "PYTHONHASHSEED": "0",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        }
-
-    def _isolation(self) -> _sandbox.Isolation:
-        chosen = _sandbox.isolation(
-            self.isolation, self.python, self._env("/tmp"), self.disk_mb * 1024 * 1024
-        )
-        if self.isolation == "bwrap" and chosen.kind != "bwrap":
-            raise TTCError(
-                f"UnitTests(isolation='bwrap'): bubblewrap unusable: {chosen.why_not_bwrap}"
-            )
-        return chosen
-
-    def _limiter_here(self) -> anyio.CapacityLimiter:
-        """This instance's limiter for the running event loop (a limiter belongs to one loop)."""
-        try:
-            return self._limiter.get()
-        except LookupError:
-            limiter = anyio.CapacityLimiter(self.concurrency)
-            self._limiter.set(limiter)
-            return limiter
-
     async def run_one(self, code: str) -> UnitTestReport:
         """Run ``code`` against the tests and report how it went."""
-        async with self._limiter_here():
-            chosen = await anyio.to_thread.run_sync(self._isolation)
-            folder = tempfile.TemporaryDirectory(prefix="ttc-tests-", ignore_cleanup_errors=True)
-            uid = _sandbox.acquire_uid()
-            try:
-                return await self._execute(chosen, folder.name, uid, code)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    if uid is not None and chosen.kind == "process":
-                        await anyio.to_thread.run_sync(_sandbox.kill_uid, uid, self.python)
-                    await anyio.to_thread.run_sync(folder.cleanup)
-                    _sandbox.release_uid(uid)
+        async with self._sandbox() as (chosen, folder, uid):
+            return await self._execute(chosen, folder, uid, code)
 
     async def _execute(
         self, chosen: _sandbox.Isolation, folder: str, uid: int | None, code: str
     ) -> UnitTestReport:
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
         steps = len(self._steps)
-        conversation = _Conversation(
-            ours,
-            {
-                "uid": uid,
-                "limits": self._limits(),
-                "unshare_net": chosen.kind != "bwrap",
-                "no_new_privs": chosen.kind != "bwrap",
-                "code": code,
-            },
-            {
-                "tests": self.tests,
-                "steps": self._steps,
-                "flags": self._flags,
-                "entry_point": self.entry_point,
-            },
-            steps,
-        )
-        bwrap = chosen.kind == "bwrap"
-        # Not "-I": it would also ignore PYTHONHASHSEED; the environment is ours entirely, so
-        # "-s" (no user site-packages) and "-B" (no bytecode) give the same isolation.
-        runner = [self.python, "-s", "-B", "-c", _RUNNER_SOURCE, str(theirs.fileno())]
-        out, err = _Tail(self.max_output_bytes), _Tail(self.max_output_bytes)
-        start = time.monotonic()
-        try:
-            process = await anyio.open_process(
-                [*chosen.prefix, *runner],
-                stdin=subprocess.DEVNULL,
-                cwd=folder,
-                env=self._env("/tmp" if bwrap else folder),
-                start_new_session=True,
-                pass_fds=(theirs.fileno(),),
+        conversations: list[_Conversation] = []
+
+        def talk(sock: socket.socket) -> _Conversation:
+            conversation = _Conversation(
+                sock,
+                {**self._runner_config(chosen, uid), "code": code},
+                {
+                    "tests": self.tests,
+                    "steps": self._steps,
+                    "flags": self._flags,
+                    "entry_point": self.entry_point,
+                },
+                steps,
             )
-        finally:
-            theirs.close()
-        timed_out = disk_full = False
-        try:
-            async with anyio.create_task_group() as tg:
-                drained = anyio.Event()
+            conversations.append(conversation)
+            return conversation
 
-                async def drain_all() -> None:
-                    async with anyio.create_task_group() as inner:
-                        inner.start_soon(_drain, process.stdout, out)
-                        inner.start_soon(_drain, process.stderr, err)
-                        inner.start_soon(conversation.run)
-                    drained.set()
-
-                async def watch_disk() -> None:
-                    nonlocal disk_full
-                    limit = self.disk_mb * 1024 * 1024
-                    while True:
-                        await anyio.sleep(_DISK_POLL_S)
-                        used = await anyio.to_thread.run_sync(_sandbox.disk_usage, folder)
-                        if used > limit:
-                            disk_full = True
-                            kill_group(process.pid)
-                            return
-
-                tg.start_soon(drain_all)
-                if not bwrap:
-                    tg.start_soon(watch_disk)
-                with anyio.move_on_after(self.timeout) as scope:
-                    await process.wait()
-                timed_out = scope.cancelled_caught
-                kill_group(process.pid)  # also what the candidate left running in its group
-                if uid is not None and not bwrap:
-                    await anyio.to_thread.run_sync(_sandbox.kill_uid, uid, self.python)
-                with anyio.move_on_after(_DRAIN_GRACE_S):
-                    await drained.wait()
-                tg.cancel_scope.cancel()  # a process that left the group may hold a pipe
-        finally:
-            kill_group(process.pid)
-            ours.close()
-            with anyio.CancelScope(shield=True):
-                if process.returncode is None:
-                    process.kill()
-                await process.wait()
-                await process.aclose()
-        seconds = time.monotonic() - start
-        code_ = process.returncode
-        if not conversation.ready and code_ == _SANDBOX_FAILED:
-            raise TTCError(f"UnitTests could not set up its sandbox: {err.text().strip()}")
-        if not conversation.ready and bwrap and err.text().startswith("bwrap:"):
-            raise TTCError(f"UnitTests could not start bubblewrap: {err.text().strip()}")
-        if code_ == _STATUS_LOST and conversation.done and not timed_out:
+        outcome = await self._run(chosen, folder, uid, talk)
+        conversation = conversations[0]
+        code_ = outcome.returncode
+        if code_ == _sandbox.STATUS_LOST and conversation.done and not outcome.timed_out:
             # The runner's last act after its done message is os._exit(0): the status was lost
             # to another reaper, not set by the candidate.
             logger.debug("UnitTests: exit status of a finished run was lost; it exited with 0")
             code_ = 0
         reason = ""
-        if timed_out:
+        if outcome.timed_out:
             reason = f"timed out after {self.timeout:g} s"
-        elif disk_full:
+        elif outcome.disk_full:
             reason = f"wrote more than disk_mb={self.disk_mb} MB"
         elif conversation.broken:
             reason = conversation.broken
@@ -482,10 +308,10 @@ class UnitTests(Verifier):
         return UnitTestReport(
             passed=not reason,
             exit_code=code_,
-            timed_out=timed_out,
-            seconds=seconds,
-            stdout=out.text(),
-            stderr=err.text(),
+            timed_out=outcome.timed_out,
+            seconds=outcome.seconds,
+            stdout=outcome.stdout,
+            stderr=outcome.stderr,
             network_isolated=conversation.network,
             reason=reason,
             tests_run=conversation.ran,
@@ -505,6 +331,9 @@ class UnitTests(Verifier):
         )
         done = [r for r in reports if r is not None]
         self.last_reports = done
+        for candidate, report in zip(candidates, reports, strict=True):
+            if report is not None:
+                candidate.failure = trim(report.reason) if report.reason else None
         if done:
             isolated = all(r.network_isolated for r in done)
             self._network_isolated = isolated and self._network_isolated is not False
