@@ -73,6 +73,10 @@ class ServerState:
     models: dict[str, Model] = field(default_factory=dict)
     owned: set[str] = field(default_factory=set)
     draining: bool = False
+    #: Reservations in flight per key id, and a condition notified at each settlement: a
+    #: request refused only because of this process's reservations waits for them instead.
+    holding: dict[int, int] = field(default_factory=dict)
+    settled: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def model(self, name: str) -> Model:
         """The model ``name``, built once (configured models are built at startup)."""
@@ -318,18 +322,27 @@ async def _generation(request: web.Request, *, chat: bool) -> web.StreamResponse
     except ConfigError as exc:
         raise APIError(400, str(exc)) from None
     request[LOG].update(model=job.model, strategy=plan.label)
-    hold = await _reserve(state, key)
+    hold = await _reserve(state, key, _worst_case(job, plan, model, params))
     if job.stream:
         return await _stream(request, state, job, plan, model, params, hold)
     with run_scope(hold.budget() if hold is not None else None) as scope:
         try:
             choices = await _execute(state, job, plan, model, params, scope, hold)
+        except APIError as exc:
+            exc.spent = _spent(scope)
+            raise
         finally:
             await _settle(state, request, scope, hold, plan)
     usage = scope.usage.snapshot()
     extension = _extension(request, job, plan, choices, scope, usage)
     build = chat_body if chat else completion_body
     return web.json_response(build(request[RID], job.model, choices, usage, extension))
+
+
+def _spent(scope: RunContext) -> dict[str, Any]:
+    """What a failed request's calls cost, for its error body (the key is charged for it)."""
+    usage = scope.usage.snapshot()
+    return {"usage": usage_body(usage), "cost_usd": usage.cost_usd, "requests": usage.requests}
 
 
 def _params(state: ServerState, plan: Plan, model: Model, job: Job) -> SamplingParams:
@@ -340,17 +353,50 @@ def _params(state: ServerState, plan: Plan, model: Model, job: Job) -> SamplingP
         raise APIError(400, str(exc)) from None
 
 
-async def _reserve(state: ServerState, key: KeyInfo | None) -> Hold | None:
+def _worst_case(job: Job, plan: Plan, model: Model, params: SamplingParams) -> Charge | None:
+    """The most the request can cost, where it is known before it runs: a plain call or a
+    strategy that only samples (``n`` samples a choice, each at most the prompt, counted as
+    one token a UTF-8 byte, plus ``max_tokens``). ``None`` for searches and model-based
+    scorers, whose calls depend on what comes back."""
+    spec = plan.spec
+    if spec is not None and (
+        spec.info.search or spec.prm not in (None, "arithmetic") or spec.name == "compute-optimal"
+    ):
+        return None
+    samples = job.n * (spec.n if spec is not None else 1)
+    prompt = completion = 0
+    for p in job.prompts:
+        text = p if isinstance(p, str) else "".join(m.content for m in p)
+        extra = 0 if isinstance(p, str) else 8 * len(p)  # the chat template's own tokens
+        prompt += samples * (len(text.encode()) + extra)
+        completion += samples * params.max_tokens
+    usd = model.price.cost(prompt, completion) if model.price is not None else float("inf")
+    return Charge(tokens=prompt + completion, usd=usd, requests=1)
+
+
+async def _reserve(state: ServerState, key: KeyInfo | None, worst: Charge | None) -> Hold | None:
+    """Reserve from the key what the request may spend: its worst case where known, at most
+    ``server.request_tokens`` / ``request_usd`` (a search gets that much)."""
     if key is None:
         return None
     assert state.store is not None
-    caps = Charge(tokens=state.config.server.request_tokens, usd=state.config.server.request_usd)
-    try:
-        return await state.store.reserve(key, caps)
-    except KeyBudgetExceeded as exc:
-        raise APIError(
-            429, str(exc), type="insufficient_quota", code="insufficient_quota"
-        ) from None
+    server = state.config.server
+    caps = Charge(tokens=server.request_tokens, usd=server.request_usd)
+    if worst is not None:
+        caps = Charge(tokens=min(caps.tokens, worst.tokens), usd=min(caps.usd, worst.usd))
+    while True:
+        try:
+            hold = await state.store.reserve(key, caps)
+        except KeyBudgetExceeded as exc:
+            if not state.holding.get(key.id):
+                raise APIError(
+                    429, str(exc), type="insufficient_quota", code="insufficient_quota"
+                ) from None
+            async with state.settled:
+                await state.settled.wait()  # a settlement may give back what was reserved
+            continue
+        state.holding[key.id] = state.holding.get(key.id, 0) + 1
+        return hold
 
 
 async def _settle(
@@ -376,7 +422,14 @@ async def _settle(
         tokens=usage.total_tokens, usd=usage.cost_usd, requests=1 if usage.requests else 0
     )
     with anyio.CancelScope(shield=True):
-        await state.store.settle(hold, actual)
+        try:
+            await state.store.settle(hold, actual)
+        finally:
+            state.holding[hold.key.id] -= 1
+            if not state.holding[hold.key.id]:
+                del state.holding[hold.key.id]
+            async with state.settled:
+                state.settled.notify_all()
         spent = await state.store.spent(hold.key)
     for limit, left in state.store.remaining(hold.key, spent).items():
         metrics.remaining.labels(hold.key.name, limit).set(left)
@@ -451,23 +504,24 @@ async def _strategy_runs(
     choices = []
     for result in results:
         best = result.best or (result.candidates[0] if result.candidates else None)
-        if best is None:
-            if result.stopped_by == "budget":
-                raise APIError(
-                    429,
-                    "The budget ran out before any answer"
-                    + (
-                        f" ({result.budget_stop.scope} budget, {result.budget_stop.limit})"
-                        if result.budget_stop
-                        else ""
-                    ),
-                    type="insufficient_quota",
-                    code="insufficient_quota",
-                )
-            detail = "; ".join(result.errors) or "no candidate"
-            raise APIError(502, f"The strategy produced no answer: {detail}", type="upstream_error")
-        choices.append(Choice(best.text, finish_reason(best.finish_reason), result))
-    return choices
+        if best is not None:
+            choices.append(Choice(best.text, finish_reason(best.finish_reason), result))
+    if choices:
+        # Runs that the budget stopped before any answer are left out: the others' answers
+        # were paid for (``ttc.runs`` marks the runs a budget stopped).
+        return choices
+    result = results[0]
+    if result.stopped_by == "budget":
+        stop = result.budget_stop
+        raise APIError(
+            429,
+            "The budget ran out before any answer"
+            + (f" ({stop.scope} budget, {stop.limit})" if stop is not None else ""),
+            type="insufficient_quota",
+            code="insufficient_quota",
+        )
+    detail = "; ".join(result.errors) or "no candidate"
+    raise APIError(502, f"The strategy produced no answer: {detail}", type="upstream_error")
 
 
 def _search_question(prompt: str | tuple[Message, ...]) -> str:
@@ -554,6 +608,7 @@ async def _stream(
             try:
                 choices = task.result()
             except APIError as exc:
+                exc.spent = _spent(scope)
                 await response.write(_event(exc.body()))
                 await response.write(b"data: [DONE]\n\n")
                 request[LOG]["error"] = exc.message

@@ -101,7 +101,7 @@ class KeyBudgetExceeded(TTCError):
 
     def __init__(self, key: KeyInfo, limit: str, spent: float, bucket: str) -> None:
         value = getattr(key.limits, limit)
-        period = {"total": "in total"}.get(key.limits.period, f"this {key.limits.period}")
+        period = {"total": "in total", "day": "today", "month": "this month"}[key.limits.period]
         resets = (
             ""
             if bucket == "total"

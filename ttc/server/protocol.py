@@ -56,9 +56,14 @@ class APIError(Exception):
         self.type = type
         self.code = code
         self.param = param
+        #: What the request's calls cost before it failed (its ``ttc`` field), if any.
+        self.spent: dict[str, Any] | None = None
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.code, self.param)
+        body = error_body(self.message, self.type, self.code, self.param)
+        if self.spent is not None and self.spent["requests"]:
+            body["ttc"] = self.spent
+        return body
 
     def response(self, headers: Mapping[str, str] | None = None) -> web.Response:
         return web.json_response(self.body(), status=self.status, headers=headers)
