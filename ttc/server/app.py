@@ -356,7 +356,7 @@ def _params(state: ServerState, plan: Plan, model: Model, job: Job) -> SamplingP
 def _worst_case(job: Job, plan: Plan, model: Model, params: SamplingParams) -> Charge | None:
     """The most the request can cost, where it is known before it runs: a plain call or a
     strategy that only samples (``n`` samples a choice, each at most the prompt, counted as
-    one token a UTF-8 byte, plus ``max_tokens``). ``None`` for searches and model-based
+    one token a UTF-8 byte as the runtime's reservations count it, plus ``max_tokens``). ``None`` for searches and model-based
     scorers, whose calls depend on what comes back."""
     spec = plan.spec
     if spec is not None and (
@@ -367,7 +367,8 @@ def _worst_case(job: Job, plan: Plan, model: Model, params: SamplingParams) -> C
     prompt = completion = 0
     for p in job.prompts:
         text = p if isinstance(p, str) else "".join(m.content for m in p)
-        extra = 0 if isinstance(p, str) else 8 * len(p)  # the chat template's own tokens
+        # The runtime's own bound: the chat template's tokens per message, and a margin.
+        extra = 32 if isinstance(p, str) else 8 * len(p) + 32
         prompt += samples * (len(text.encode()) + extra)
         completion += samples * params.max_tokens
     usd = model.price.cost(prompt, completion) if model.price is not None else float("inf")
@@ -421,6 +422,11 @@ async def _settle(
     actual = Charge(
         tokens=usage.total_tokens, usd=usage.cost_usd, requests=1 if usage.requests else 0
     )
+    if usage.undelivered_requests:
+        # Calls whose outcome is unknown (cancelled in flight, timed out) may have been
+        # billed: like ttc's budgets, the key keeps their worst case, the reservation.
+        reserved = hold.reserved
+        actual = Charge(max(actual.tokens, reserved.tokens), max(actual.usd, reserved.usd), 1)
     with anyio.CancelScope(shield=True):
         try:
             await state.store.settle(hold, actual)
