@@ -356,8 +356,8 @@ def _params(state: ServerState, plan: Plan, model: Model, job: Job) -> SamplingP
 def _worst_case(job: Job, plan: Plan, model: Model, params: SamplingParams) -> Charge | None:
     """The most the request can cost, where it is known before it runs: a plain call or a
     strategy that only samples (``n`` samples a choice, each at most the prompt, counted as
-    one token a UTF-8 byte as the runtime's reservations count it, plus ``max_tokens``). ``None`` for searches and model-based
-    scorers, whose calls depend on what comes back."""
+    one token a UTF-8 byte as the runtime's reservations count it, plus ``max_tokens``).
+    ``None`` for searches and model-based scorers, whose calls depend on what comes back."""
     spec = plan.spec
     if spec is not None and (
         spec.info.search or spec.prm not in (None, "arithmetic") or spec.name == "compute-optimal"
