@@ -163,3 +163,45 @@ def test_locate_finds_dotted_keys_and_table_headers() -> None:
     assert locate(text, ("a", "b", "c", "d")) == 5
     assert locate(text, ("a", "b", "nothing")) == 3
     assert locate(text, ("q",)) is None
+
+
+def test_ttc_run_takes_a_profile_or_a_model_from_the_settings_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import json
+    import threading
+
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    monkeypatch.setenv("TTC_TEST_FAKE_KEY", "sk-secret")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    fake = FakeProvider("openai", api_key="sk-secret")
+    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(30)
+    try:
+        path = write(tmp_path, GOOD.format(url=fake.base_url))
+        runner = CliRunner()
+        ran = runner.invoke(
+            app, ["run", "What is 6 * 7?", "--settings", str(path), "--profile", "math", "--json"]
+        )
+        assert ran.exit_code == 0, ran.output
+        data = json.loads(ran.stdout)
+        assert data["strategy"] == "best-of-n" and data["n"] == 4
+        assert data["model"].endswith("/fake-model")
+        assert data["usage"]["cost_usd"] > 0  # the file's price
+        ran = runner.invoke(
+            app,
+            ["run", "What is 6 * 7?", "--settings", str(path), "-m", "fast", "-n", "2", "--json"],
+        )
+        assert ran.exit_code == 0, ran.output
+        assert json.loads(ran.stdout)["strategy"] == "self-consistency"
+        bad = runner.invoke(app, ["run", "x", "--profile", "math"])
+        assert bad.exit_code == 2 and "--profile needs --settings" in bad.output
+    finally:
+        asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

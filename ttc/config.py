@@ -65,6 +65,7 @@ __all__ = [
     "TTCConfig",
     "load_config",
     "parse_config",
+    "settings_and_profile",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
@@ -233,6 +234,15 @@ class TTCConfig:
         kwargs.update(overrides)
         return resolve_model(entry.model, **kwargs)
 
+    def resolve(self, name: str, **kwargs: Any) -> Model:
+        """The ``[models]`` entry ``name`` (``kwargs`` override its settings), else
+        ``resolve_model(name, **kwargs)``: how a command line names a model."""
+        if name in self.models:
+            return self.build_model(name, **kwargs)
+        from ttc.adapters.registry import resolve_model
+
+        return resolve_model(name, **kwargs)
+
     def spec(self, profile: str) -> StrategySpec:
         """The profile's strategy as a checked ``StrategySpec``."""
         from ttc.strategies.registry import StrategySpec
@@ -275,6 +285,24 @@ class TTCConfig:
             known = ", ".join(sorted(self.profiles)) or "none"
             raise ConfigError(f"unknown profile {name!r}; the profiles are {known}")
         return entry
+
+
+def settings_and_profile(
+    path: str | Path | None, profile: str | None, model: str
+) -> tuple[TTCConfig | None, StrategySpec | None, str, Budget | None]:
+    """What ``ttc run --settings FILE [--profile NAME]`` uses: the configuration (``None``
+    without a file), the profile's strategy (``None`` without one: the command line's), the
+    model to resolve (the profile's, else ``model``) and the profile's run budget."""
+    if path is None:
+        if profile is not None:
+            raise ConfigError("--profile needs --settings FILE (the file that defines it)")
+        return None, None, model, None
+    config = load_config(path)
+    if profile is None:
+        return config, None, model, None
+    spec = config.spec(profile)
+    entry = config.profiles[profile]
+    return config, spec, entry.model, entry.budget
 
 
 def load_config(path: str | Path) -> TTCConfig:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ttc.config import TTCConfig
     from ttc.server.keys import KeyStore
 
-__all__ = ["SettingsOption", "keys_app", "register", "serve_command"]
+__all__ = ["ProfileOption", "SettingsOption", "keys_app", "register", "serve_command"]
 
 SettingsOption = Annotated[
     Path | None,
@@ -29,6 +29,15 @@ SettingsOption = Annotated[
         envvar="TTC_SETTINGS",
         metavar="FILE",
         help="The deployment file (models, profiles, server, keys' database): see ttc.config.",
+    ),
+]
+ProfileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        metavar="NAME",
+        help="A [profiles] entry of --settings: its strategy, n, parameters, model and run "
+        "budget (instead of --strategy, --n, --prm, --param and --model).",
     ),
 ]
 DbOption = Annotated[
