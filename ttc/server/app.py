@@ -36,7 +36,7 @@ from ttc.errors import BudgetExceeded, ConfigError, GenerationError, ProviderErr
 from ttc.runtime.budget import Charge
 from ttc.runtime.context import RunContext, run_scope
 from ttc.runtime.model import Model
-from ttc.server.keys import Hold, KeyBudgetExceeded, KeyInfo, KeyStore
+from ttc.server.keys import Hold, KeyBudgetExceeded, KeyInfo, KeyStore, hash_key
 from ttc.server.metrics import Metrics
 from ttc.server.protocol import (
     APIError,
@@ -59,6 +59,8 @@ __all__ = ["STATE", "ServerState", "create_app"]
 log = logging.getLogger("ttc.server")
 
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Seconds a known key is served from memory before the ledger is asked again.
+KEY_CACHE_SECONDS = 5.0
 #: Seconds between progress comments of a streamed response.
 PROGRESS_EVERY = 0.25
 
@@ -77,6 +79,8 @@ class ServerState:
     #: request refused only because of this process's reservations waits for them instead.
     holding: dict[int, int] = field(default_factory=dict)
     settled: asyncio.Condition = field(default_factory=asyncio.Condition)
+    #: Known keys by their hash: (expiry on the monotonic clock, key).
+    keys: dict[str, tuple[float, KeyInfo]] = field(default_factory=dict)
 
     def model(self, name: str) -> Model:
         """The model ``name``, built once (configured models are built at startup)."""
@@ -264,6 +268,25 @@ async def _close(app: web.Application) -> None:
 # Generation
 
 
+async def _lookup(state: ServerState, secret: str) -> KeyInfo | None:
+    """The key, from a cache of known keys kept ``KEY_CACHE_SECONDS`` (a revocation takes
+    effect within that time); unknown keys are looked up every time (a new key works at once)."""
+    digest = hash_key(secret)
+    now = time.monotonic()
+    cached = state.keys.get(digest)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    assert state.store is not None
+    key = await state.store.lookup(secret)
+    if key is None:
+        state.keys.pop(digest, None)
+    else:
+        if len(state.keys) > 100_000:
+            state.keys.clear()
+        state.keys[digest] = (now + KEY_CACHE_SECONDS, key)
+    return key
+
+
 async def _authenticate(request: web.Request) -> KeyInfo | None:
     state = request.app[STATE]
     if not state.config.server.auth:
@@ -277,7 +300,7 @@ async def _authenticate(request: web.Request) -> KeyInfo | None:
             "You didn't provide an API key: send it as 'Authorization: Bearer <key>'",
             code="invalid_api_key",
         )
-    key = await state.store.lookup(secret.strip())
+    key = await _lookup(state, secret.strip())
     if key is None:
         raise APIError(401, "Incorrect API key provided", code="invalid_api_key")
     request[LOG]["key"] = key.name
@@ -429,14 +452,13 @@ async def _settle(
         actual = Charge(max(actual.tokens, reserved.tokens), max(actual.usd, reserved.usd), 1)
     with anyio.CancelScope(shield=True):
         try:
-            await state.store.settle(hold, actual)
+            spent = await state.store.settle(hold, actual)
         finally:
             state.holding[hold.key.id] -= 1
             if not state.holding[hold.key.id]:
                 del state.holding[hold.key.id]
             async with state.settled:
                 state.settled.notify_all()
-        spent = await state.store.spent(hold.key)
     for limit, left in state.store.remaining(hold.key, spent).items():
         metrics.remaining.labels(hold.key.name, limit).set(left)
 

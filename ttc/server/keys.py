@@ -165,8 +165,9 @@ class KeyStore(ABC):
         """Reserve what one request may spend (see ``grant``), atomically."""
 
     @abstractmethod
-    async def settle(self, hold: Hold, actual: Charge) -> None:
-        """Replace the reservation by what the request really cost."""
+    async def settle(self, hold: Hold, actual: Charge) -> Charge:
+        """Replace the reservation by what the request really cost; returns what the key's
+        period (the reservation's) has spent and reserved now."""
 
     @abstractmethod
     async def spent(self, key: KeyInfo) -> Charge:
@@ -334,15 +335,23 @@ class SQLiteKeyStore(KeyStore):
         hold: Hold = await self._run(self._transaction, take)
         return hold
 
-    async def settle(self, hold: Hold, actual: Charge) -> None:
+    async def settle(self, hold: Hold, actual: Charge) -> Charge:
         delta = _delta(hold, actual)
-        await self._run(
-            lambda: self._db.execute(
+
+        def update() -> Charge:
+            self._db.execute(
                 "UPDATE spend SET tokens = tokens + ?, usd = usd + ?, requests = requests + ? "
                 "WHERE key_id = ? AND bucket = ?",
                 (*delta, hold.key.id, hold.bucket),
             )
-        )
+            row = self._db.execute(
+                "SELECT tokens, usd, requests FROM spend WHERE key_id = ? AND bucket = ?",
+                (hold.key.id, hold.bucket),
+            ).fetchone()
+            return Charge(int(row[0]), float(row[1]), int(row[2]))
+
+        spent: Charge = await self._run(update)
+        return spent
 
     async def spent(self, key: KeyInfo) -> Charge:
         bucket = period_bucket(key.limits.period)

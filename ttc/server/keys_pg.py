@@ -158,18 +158,19 @@ class PostgresKeyStore(KeyStore):
             )
         return Hold(key, bucket, amount)
 
-    async def settle(self, hold: Hold, actual: Charge) -> None:
+    async def settle(self, hold: Hold, actual: Charge) -> Charge:
         tokens, usd, requests = _delta(hold, actual)
         pool = await self._get_pool()
-        await pool.execute(
+        row = await pool.fetchrow(
             "UPDATE ttc_spend SET tokens = tokens + $1, usd = usd + $2, requests = requests + $3 "
-            "WHERE key_id = $4 AND bucket = $5",
+            "WHERE key_id = $4 AND bucket = $5 RETURNING tokens, usd, requests",
             tokens,
             usd,
             requests,
             hold.key.id,
             hold.bucket,
         )
+        return Charge(int(row["tokens"]), float(row["usd"]), int(row["requests"]))
 
     async def spent(self, key: KeyInfo) -> Charge:
         pool = await self._get_pool()
