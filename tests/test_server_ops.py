@@ -182,3 +182,50 @@ def test_logs_are_json_with_the_request_id_and_never_the_key_or_prompt(
     assert line["status"] == 200 and line["key"] == "gina" and line["model"] == "slow"
     assert line["tokens"] > 0 and line["cost_usd"] > 0
     assert all(secret not in r and "secret prompt" not in r for r in records)
+
+
+def test_a_stream_sends_progress_comments_while_it_samples(
+    slow: FakeProvider, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    config, db, secret = setup(slow, tmp_path)
+    with ServerThread(config, store_path=db) as server:
+        request = urllib.request.Request(
+            server.url + "/chat/completions",
+            data=json.dumps(
+                {
+                    "model": "best-of-2/slow",
+                    "messages": [{"role": "user", "content": "What is 4 * 4?"}],
+                    "stream": True,
+                }
+            ).encode(),
+            headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.headers["Content-Type"] == "text/event-stream"
+            events = response.read().decode().split("\n\n")
+    comments = [e for e in events if e.startswith(": progress ")]
+    data = [e.removeprefix("data: ") for e in events if e.startswith("data: ")]
+    assert comments and json.loads(comments[0].removeprefix(": progress "))["requests"] == 0
+    assert data[-1] == "[DONE]"
+    last = json.loads(data[-2])
+    assert last["choices"] == [] and last["usage"]["total_tokens"] == spent(db).tokens
+    # Progress comes first, then the answer: no content chunk before the last comment.
+    assert events.index(comments[-1]) < min(
+        i for i, e in enumerate(events) if e.startswith("data: ")
+    )
+
+
+def test_metrics_report_what_each_key_has_left(slow: FakeProvider, tmp_path: Path) -> None:
+    import urllib.request
+
+    config, db, secret = setup(slow, tmp_path)
+    with ServerThread(config, store_path=db) as server:
+        c = openai.OpenAI(base_url=server.url, api_key=secret, max_retries=0)
+        reply = c.chat.completions.create(model="slow", messages=[{"role": "user", "content": "x"}])
+        text = urllib.request.urlopen(server.url.removesuffix("/v1") + "/metrics").read().decode()
+    assert reply.usage is not None
+    left = 10_000 - reply.usage.total_tokens
+    assert f'ttc_key_budget_remaining{{key="gina",limit="tokens"}} {left:.1f}' in text
+    assert 'ttc_strategy_runs_total{strategy="none"} 1.0' in text
