@@ -416,8 +416,15 @@ async def _reserve(state: ServerState, key: KeyInfo | None, worst: Charge | None
                 raise APIError(
                     429, str(exc), type="insufficient_quota", code="insufficient_quota"
                 ) from None
-            async with state.settled:
-                await state.settled.wait()  # a settlement may give back what was reserved
+            # A settlement may give back what was reserved: wait for one, as long as a
+            # request may take at most.
+            with anyio.move_on_after(server.request_timeout) as waited:
+                async with state.settled:
+                    await state.settled.wait()
+            if waited.cancelled_caught:
+                raise APIError(
+                    429, str(exc), type="insufficient_quota", code="insufficient_quota"
+                ) from None
             continue
         state.holding[key.id] = state.holding.get(key.id, 0) + 1
         return hold
