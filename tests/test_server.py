@@ -27,6 +27,10 @@ model = "openai-compatible/fake-model@{url}"
 price = {{ input_per_million = 1.0, output_per_million = 2.0 }}
 params = {{ max_tokens = 64 }}
 
+[models.dead]
+model = "openai-compatible/fake-model@http://127.0.0.1:9/v1"
+retry = {{ max_attempts = 1, max_connect_failures = 1 }}
+
 [profiles.math]
 strategy = "self-consistency"
 n = 5
@@ -153,7 +157,7 @@ def test_text_completions_take_a_list_of_prompts(server: Any) -> None:
 
 def test_models_lists_models_and_profiles(server: Any) -> None:
     ids = [m.id for m in client(server).models.list()]
-    assert ids == ["fake", "math"]
+    assert ids == ["fake", "dead", "math"]
 
 
 def test_the_async_client_runs_requests_concurrently(server: Any) -> None:
@@ -325,3 +329,19 @@ def test_request_ids_are_echoed(server: Any) -> None:
     )
     assert raw.headers["x-request-id"] == "abc-123"
     assert (raw.parse().model_extra or {})["ttc"]["request_id"] == "abc-123"
+
+
+def test_an_upstream_failure_is_502_and_in_a_stream_an_error_event(server: Any) -> None:
+    c = client(server)
+    messages = [{"role": "user", "content": "x"}]
+    with pytest.raises(openai.APIStatusError) as info:
+        c.chat.completions.create(model="dead", messages=messages)  # type: ignore[arg-type]
+    assert info.value.status_code == 502
+    assert "The model failed" in str(info.value)
+    stream = c.chat.completions.create(
+        model="best-of-2/dead",
+        messages=messages,  # type: ignore[arg-type]
+        stream=True,
+    )
+    with pytest.raises(openai.APIError, match="cannot connect"):
+        list(stream)

@@ -641,7 +641,17 @@ async def _stream(
                 if not task.done():
                     await response.write(_progress(scope))
             try:
-                choices = task.result()
+                try:
+                    choices = task.result()
+                except APIError:
+                    raise
+                except Exception as failure:  # the headers are sent: report it as an event
+                    log.exception("unhandled error", extra={"request_id": request[RID]})
+                    raise APIError(
+                        500,
+                        f"Internal server error ({type(failure).__name__})",
+                        type="server_error",
+                    ) from None
             except APIError as exc:
                 exc.spent = _spent(scope)
                 await response.write(_event(exc.body()))
