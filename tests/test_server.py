@@ -156,8 +156,14 @@ def test_text_completions_take_a_list_of_prompts(server: Any) -> None:
 
 
 def test_models_lists_models_and_profiles(server: Any) -> None:
-    ids = [m.id for m in client(server).models.list()]
+    c = client(server)
+    ids = [m.id for m in c.models.list()]
     assert ids == ["fake", "dead", "math"]
+    found = c.models.retrieve("best-of-8/fake")
+    assert found.id == "best-of-8/fake"
+    assert (found.model_extra or {})["ttc"] == {"strategy": "best-of-n", "n": 8}
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("nope")
 
 
 def test_the_async_client_runs_requests_concurrently(server: Any) -> None:
@@ -345,3 +351,31 @@ def test_an_upstream_failure_is_502_and_in_a_stream_an_error_event(server: Any) 
     )
     with pytest.raises(openai.APIError, match="cannot connect"):
         list(stream)
+
+
+def test_the_model_name_grammar_and_the_ttc_field(upstream: FakeProvider) -> None:
+    from ttc.errors import ConfigError
+    from ttc.server.routing import UnknownModel, plan_request
+
+    config = make_config(upstream)
+    assert plan_request(config, "fake", None).spec is None
+    plan = plan_request(config, "best-of-12/fake", None)
+    assert plan.spec is not None and (plan.spec.name, plan.spec.n) == ("best-of-n", 12)
+    plan = plan_request(config, "self-consistency-3/fake", {"n": 7})
+    assert plan.spec is not None and (plan.spec.name, plan.spec.n) == ("self-consistency", 7)
+    plan = plan_request(config, "dvts/fake", None)
+    assert plan.spec is not None and plan.spec.n == 16 and plan.spec.prm == "arithmetic"
+    plan = plan_request(config, "fake", {"profile": "math"})
+    assert plan.profile == "math" and plan.spec is not None and plan.spec.n == 5
+    for name in ("best-of-4/nope", "beam/fake", "fake/extra"):
+        with pytest.raises(UnknownModel):
+            plan_request(config, name, None)
+    for ttc, field in (
+        ({"colour": 1}, "ttc.colour"),
+        ({"strategy": "nope"}, "ttc.strategy"),
+        ({"n": 3}, "ttc.strategy"),
+        ({"strategy": "beam-prm", "n": 6, "params": {"width": 4}}, "ttc.strategy"),
+        ({"profile": "other"}, "ttc.profile"),
+    ):
+        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+            plan_request(config, "fake", ttc)

@@ -124,6 +124,7 @@ def create_app(
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/v1/completions", _completions)
     app.router.add_get("/v1/models", _list_models)
+    app.router.add_get("/v1/models/{model:.+}", _get_model)
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _ready)
     app.router.add_get("/metrics", _metrics)
@@ -231,24 +232,36 @@ async def _metrics(request: web.Request) -> web.Response:
     return response
 
 
+def _model_object(name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "ttc"}
+    if extra:
+        body["ttc"] = extra
+    return body
+
+
 async def _list_models(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    """The configured models and profiles (never a model's provider name or URL)."""
     await _authenticate(request)
-    config = state.config
-    data = [
-        {"id": name, "object": "model", "created": 0, "owned_by": "ttc", "ttc": {"model": e.model}}
-        for name, e in config.models.items()
-    ] + [
-        {
-            "id": name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "ttc",
-            "ttc": {"profile": True, "strategy": p.strategy, "model": p.model},
-        }
+    config = request.app[STATE].config
+    data = [_model_object(name) for name in config.models] + [
+        _model_object(name, {"profile": True, "strategy": p.strategy, "n": p.n})
         for name, p in config.profiles.items()
     ]
     return web.json_response({"object": "list", "data": data})
+
+
+async def _get_model(request: web.Request) -> web.Response:
+    """One model: a configured model, a profile, or any name of the grammar that resolves."""
+    await _authenticate(request)
+    name = request.match_info["model"]
+    try:
+        plan = plan_request(request.app[STATE].config, name, None)
+    except ConfigError:
+        raise APIError(
+            404, f"The model {name!r} does not exist", code="model_not_found", param="model"
+        ) from None
+    extra = {"strategy": plan.label, "n": plan.spec.n if plan.spec is not None else 1}
+    return web.json_response(_model_object(name, extra))
 
 
 async def _drain(app: web.Application) -> None:
