@@ -379,3 +379,26 @@ def test_the_model_name_grammar_and_the_ttc_field(upstream: FakeProvider) -> Non
     ):
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             plan_request(config, "fake", ttc)
+
+
+def test_usage_counts_the_scorers_calls_too(server: Any) -> None:
+    reply = client(server).chat.completions.create(
+        model="fake",
+        messages=[{"role": "user", "content": "What is 3 * 4?"}],
+        extra_body={
+            "ttc": {
+                "strategy": "best-of-n",
+                "n": 2,
+                "params": {"scorer": "prm"},
+                "prm": "step-judge",
+            }
+        },
+    )
+    ttc = (reply.model_extra or {})["ttc"]
+    calls = ttc["calls"]
+    assert len(calls) > 1  # the samples, then the judge's calls on their steps
+    assert reply.usage is not None
+    assert sum(c["prompt_tokens"] + c["completion_tokens"] for c in calls) == (
+        reply.usage.total_tokens
+    )
+    assert ttc["requests"] == len(calls)
