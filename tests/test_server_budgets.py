@@ -412,3 +412,27 @@ def test_two_server_processes_sharing_postgresql_never_pass_a_keys_limit(
         ]
         served = [x for x in lines if x.get("message") == "request"]
         assert served and all(x["request_id"] and "key" in x for x in served)
+
+
+def test_a_reservation_in_flight_makes_others_wait_not_fail(tmp_path: Path) -> None:
+    from ttc.runtime.budget import Charge
+    from ttc.server.keys import KeyBudgetExceeded
+
+    async def go() -> None:
+        store = SQLiteKeyStore(tmp_path / "keys.sqlite")
+        info, _ = await store.create("hal", KeyLimits(tokens=100, requests=10))
+        first = await store.reserve(info, Charge(tokens=1000, usd=1.0))
+        assert first.reserved.tokens == 100  # all that is left, at most the cap
+        with pytest.raises(KeyBudgetExceeded) as held:
+            await store.reserve(info, Charge(tokens=1000, usd=1.0))
+        assert held.value.pending  # in flight: worth waiting for
+        assert await store.settle(first, Charge(tokens=30, usd=0.0, requests=1)) == (30, 0.0, 1)
+        second = await store.reserve(info, Charge(tokens=1000, usd=1.0))
+        assert second.reserved.tokens == 70
+        await store.settle(second, Charge(tokens=70, usd=0.0, requests=1))
+        with pytest.raises(KeyBudgetExceeded) as spent:
+            await store.reserve(info, Charge(tokens=1000, usd=1.0))
+        assert not spent.value.pending  # spent for good: 429 at once
+        await store.close()
+
+    run(go())

@@ -61,6 +61,9 @@ log = logging.getLogger("ttc.server")
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: Seconds a known key is served from memory before the ledger is asked again.
 KEY_CACHE_SECONDS = 5.0
+#: Seconds between tries of a request waiting for its key's reservations in flight (those
+#: of other server processes sharing the ledger; this process's wake it at once).
+RESERVE_POLL = 0.05
 #: Seconds between progress comments of a streamed response.
 PROGRESS_EVERY = 0.25
 
@@ -75,9 +78,8 @@ class ServerState:
     models: dict[str, Model] = field(default_factory=dict)
     owned: set[str] = field(default_factory=set)
     draining: bool = False
-    #: Reservations in flight per key id, and a condition notified at each settlement: a
-    #: request refused only because of this process's reservations waits for them instead.
-    holding: dict[int, int] = field(default_factory=dict)
+    #: Notified at each settlement: a request refused only because of reservations in
+    #: flight waits for them instead.
     settled: asyncio.Condition = field(default_factory=asyncio.Condition)
     #: Known keys by their hash: (expiry on the monotonic clock, key).
     keys: dict[str, tuple[float, KeyInfo]] = field(default_factory=dict)
@@ -421,26 +423,21 @@ async def _reserve(state: ServerState, key: KeyInfo | None, worst: Charge | None
     caps = Charge(tokens=server.request_tokens, usd=server.request_usd)
     if worst is not None:
         caps = Charge(tokens=min(caps.tokens, worst.tokens), usd=min(caps.usd, worst.usd))
+    deadline = time.monotonic() + server.request_timeout
     while True:
         try:
-            hold = await state.store.reserve(key, caps)
+            return await state.store.reserve(key, caps)
         except KeyBudgetExceeded as exc:
-            if not state.holding.get(key.id):
+            left = deadline - time.monotonic()
+            if not exc.pending or left <= 0:
                 raise APIError(
                     429, str(exc), type="insufficient_quota", code="insufficient_quota"
                 ) from None
-            # A settlement may give back what was reserved: wait for one, as long as a
-            # request may take at most.
-            with anyio.move_on_after(server.request_timeout) as waited:
-                async with state.settled:
-                    await state.settled.wait()
-            if waited.cancelled_caught:
-                raise APIError(
-                    429, str(exc), type="insufficient_quota", code="insufficient_quota"
-                ) from None
-            continue
-        state.holding[key.id] = state.holding.get(key.id, 0) + 1
-        return hold
+        # Requests in flight hold part of the limit: wait for a settlement (this process
+        # wakes us at once; another process's is seen at the next poll) and try again.
+        with anyio.move_on_after(min(RESERVE_POLL, left)):
+            async with state.settled:
+                await state.settled.wait()
 
 
 async def _settle(
@@ -474,9 +471,6 @@ async def _settle(
         try:
             spent = await state.store.settle(hold, actual)
         finally:
-            state.holding[hold.key.id] -= 1
-            if not state.holding[hold.key.id]:
-                del state.holding[hold.key.id]
             async with state.settled:
                 state.settled.notify_all()
     for limit, left in state.store.remaining(hold.key, spent).items():

@@ -99,7 +99,9 @@ class Hold:
 class KeyBudgetExceeded(TTCError):
     """A key has no budget left for another request (the server answers 429)."""
 
-    def __init__(self, key: KeyInfo, limit: str, spent: float, bucket: str) -> None:
+    def __init__(
+        self, key: KeyInfo, limit: str, spent: float, bucket: str, pending: bool = False
+    ) -> None:
         value = getattr(key.limits, limit)
         period = {"total": "in total", "day": "today", "month": "this month"}[key.limits.period]
         resets = (
@@ -113,26 +115,35 @@ class KeyBudgetExceeded(TTCError):
         )
         self.key = key
         self.limit = limit
+        #: Whether requests in flight hold part of the limit: their settlements may give
+        #: back enough (the server then waits rather than refusing at once).
+        self.pending = pending
 
 
-def grant(key: KeyInfo, spent: Charge, caps: Charge, bucket: str) -> Charge:
-    """What a request may reserve given the key's limits and what its period has used:
-    one request, and up to ``caps`` of the tokens and USD left; ``KeyBudgetExceeded`` when
-    nothing is left of a limit."""
+def grant(key: KeyInfo, spent: Charge, reserved: Charge, caps: Charge, bucket: str) -> Charge:
+    """What a request may reserve given the key's limits and what its period has used
+    (``spent``, reservations included; ``reserved``, those alone): one request, and up to
+    ``caps`` of the tokens and USD left; ``KeyBudgetExceeded`` when nothing is left of a
+    limit."""
     limits = key.limits
+
+    def over(limit: str) -> KeyBudgetExceeded:
+        held = getattr(reserved, limit) > 0
+        return KeyBudgetExceeded(key, limit, getattr(spent, limit), bucket, pending=held)
+
     if limits.requests is not None and spent.requests + 1 > limits.requests:
-        raise KeyBudgetExceeded(key, "requests", spent.requests, bucket)
+        raise over("requests")
     tokens = 0
     if limits.tokens is not None:
         left = limits.tokens - spent.tokens
         if left <= 0:
-            raise KeyBudgetExceeded(key, "tokens", spent.tokens, bucket)
+            raise over("tokens")
         tokens = min(left, caps.tokens)
     usd = 0.0
     if limits.usd is not None:
         left_usd = limits.usd - spent.usd
         if left_usd <= 1e-12:
-            raise KeyBudgetExceeded(key, "usd", spent.usd, bucket)
+            raise over("usd")
         usd = min(left_usd, caps.usd)
     return Charge(tokens=tokens, usd=usd, requests=1)
 
@@ -212,6 +223,9 @@ CREATE TABLE IF NOT EXISTS spend (
     tokens INTEGER NOT NULL DEFAULT 0,
     usd REAL NOT NULL DEFAULT 0,
     requests INTEGER NOT NULL DEFAULT 0,
+    r_tokens INTEGER NOT NULL DEFAULT 0,
+    r_usd REAL NOT NULL DEFAULT 0,
+    r_requests INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, bucket)
 );
 """
@@ -321,14 +335,18 @@ class SQLiteKeyStore(KeyStore):
                 "INSERT OR IGNORE INTO spend (key_id, bucket) VALUES (?, ?)", (key.id, bucket)
             )
             row = self._db.execute(
-                "SELECT tokens, usd, requests FROM spend WHERE key_id = ? AND bucket = ?",
+                "SELECT tokens, usd, requests, r_tokens, r_usd, r_requests FROM spend "
+                "WHERE key_id = ? AND bucket = ?",
                 (key.id, bucket),
             ).fetchone()
-            amount = grant(key, Charge(int(row[0]), float(row[1]), int(row[2])), caps, bucket)
+            spent = Charge(int(row[0]), float(row[1]), int(row[2]))
+            reserved = Charge(int(row[3]), float(row[4]), int(row[5]))
+            amount = grant(key, spent, reserved, caps, bucket)
             self._db.execute(
-                "UPDATE spend SET tokens = tokens + ?, usd = usd + ?, requests = requests + ? "
+                "UPDATE spend SET tokens = tokens + ?, usd = usd + ?, requests = requests + ?, "
+                "r_tokens = r_tokens + ?, r_usd = r_usd + ?, r_requests = r_requests + ? "
                 "WHERE key_id = ? AND bucket = ?",
-                (amount.tokens, amount.usd, amount.requests, key.id, bucket),
+                (*amount, *amount, key.id, bucket),
             )
             return Hold(key, bucket, amount)
 
@@ -340,9 +358,10 @@ class SQLiteKeyStore(KeyStore):
 
         def update() -> Charge:
             self._db.execute(
-                "UPDATE spend SET tokens = tokens + ?, usd = usd + ?, requests = requests + ? "
+                "UPDATE spend SET tokens = tokens + ?, usd = usd + ?, requests = requests + ?, "
+                "r_tokens = r_tokens - ?, r_usd = r_usd - ?, r_requests = r_requests - ? "
                 "WHERE key_id = ? AND bucket = ?",
-                (*delta, hold.key.id, hold.bucket),
+                (*delta, *hold.reserved, hold.key.id, hold.bucket),
             )
             row = self._db.execute(
                 "SELECT tokens, usd, requests FROM spend WHERE key_id = ? AND bucket = ?",

@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS ttc_spend (
     tokens BIGINT NOT NULL DEFAULT 0,
     usd DOUBLE PRECISION NOT NULL DEFAULT 0,
     requests BIGINT NOT NULL DEFAULT 0,
+    r_tokens BIGINT NOT NULL DEFAULT 0,
+    r_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+    r_requests BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, bucket)
 );
 """
@@ -140,16 +143,18 @@ class PostgresKeyStore(KeyStore):
                 bucket,
             )
             row = await conn.fetchrow(
-                "SELECT tokens, usd, requests FROM ttc_spend "
+                "SELECT tokens, usd, requests, r_tokens, r_usd, r_requests FROM ttc_spend "
                 "WHERE key_id = $1 AND bucket = $2 FOR UPDATE",
                 key.id,
                 bucket,
             )
             spent = Charge(int(row["tokens"]), float(row["usd"]), int(row["requests"]))
-            amount = grant(key, spent, caps, bucket)
+            reserved = Charge(int(row["r_tokens"]), float(row["r_usd"]), int(row["r_requests"]))
+            amount = grant(key, spent, reserved, caps, bucket)
             await conn.execute(
                 "UPDATE ttc_spend SET tokens = tokens + $1, usd = usd + $2, "
-                "requests = requests + $3 WHERE key_id = $4 AND bucket = $5",
+                "requests = requests + $3, r_tokens = r_tokens + $1, r_usd = r_usd + $2, "
+                "r_requests = r_requests + $3 WHERE key_id = $4 AND bucket = $5",
                 amount.tokens,
                 amount.usd,
                 amount.requests,
@@ -162,13 +167,17 @@ class PostgresKeyStore(KeyStore):
         tokens, usd, requests = _delta(hold, actual)
         pool = await self._get_pool()
         row = await pool.fetchrow(
-            "UPDATE ttc_spend SET tokens = tokens + $1, usd = usd + $2, requests = requests + $3 "
+            "UPDATE ttc_spend SET tokens = tokens + $1, usd = usd + $2, requests = requests + $3, "
+            "r_tokens = r_tokens - $6, r_usd = r_usd - $7, r_requests = r_requests - $8 "
             "WHERE key_id = $4 AND bucket = $5 RETURNING tokens, usd, requests",
             tokens,
             usd,
             requests,
             hold.key.id,
             hold.bucket,
+            hold.reserved.tokens,
+            hold.reserved.usd,
+            hold.reserved.requests,
         )
         return Charge(int(row["tokens"]), float(row["usd"]), int(row["requests"]))
 
