@@ -229,3 +229,47 @@ def test_metrics_report_what_each_key_has_left(slow: FakeProvider, tmp_path: Pat
     left = 10_000 - reply.usage.total_tokens
     assert f'ttc_key_budget_remaining{{key="gina",limit="tokens"}} {left:.1f}' in text
     assert 'ttc_strategy_runs_total{strategy="none"} 1.0' in text
+
+
+def test_ttc_serve_runs_as_a_command_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    settings = tmp_path / "ttc.toml"
+    settings.write_text("[server]\nauth = false\nlog_json = true\n")
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ttc.cli", "serve", "--settings", str(settings), "--port", "0"],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        wait_for(lambda: "listening on " in log.read_text() or process.poll() is not None, 60)
+        url = next(
+            line.removeprefix("listening on ")
+            for line in log.read_text().splitlines()
+            if line.startswith("listening on ")
+        )
+        root = url.removesuffix("/v1")
+        assert json.loads(urllib.request.urlopen(root + "/ready").read())["status"] == "ready"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    messages = [json.loads(x)["message"] for x in log.read_text().splitlines() if x[:1] == "{"]
+    assert messages[0] == "listening" and messages[-1] == "stopped"
+
+    settings.write_text("[server]\nport = -1\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "ttc.cli", "serve", "--settings", str(settings)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode == 2
+    assert f"{settings}:2: server.port:" in bad.stderr

@@ -57,8 +57,11 @@ keys_app = typer.Typer(
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[red]error:[/] {message}", markup=True, highlight=False)
+    Console(stderr=True).print(
+        f"[red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True
+    )
     return typer.Exit(code)
 
 
