@@ -80,6 +80,7 @@ class ServerThread:
             await runner.cleanup()
 
     def start(self) -> ServerThread:
+        """Start serving; returns once ``url`` answers (or raises what stopped it)."""
         self._thread.start()
         self._ready.wait(30)
         if self._error is not None:
@@ -89,6 +90,7 @@ class ServerThread:
         return self
 
     def stop(self) -> None:
+        """Shut down gracefully: requests in flight get ``server.shutdown_timeout``."""
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(60)
