@@ -402,3 +402,36 @@ def test_usage_counts_the_scorers_calls_too(server: Any) -> None:
         reply.usage.total_tokens
     )
     assert ttc["requests"] == len(calls)
+
+
+def test_a_request_without_a_key_is_401(server: Any) -> None:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        server.url + "/chat/completions",
+        data=json.dumps({"model": "fake", "messages": [{"role": "user", "content": "x"}]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=30)
+    assert info.value.code == 401
+    error = json.loads(info.value.read())["error"]
+    assert error["code"] == "invalid_api_key" and "didn't provide an API key" in error["message"]
+
+
+def test_text_completions_stream_with_n_choices(server: Any) -> None:
+    stream = client(server).completions.create(
+        model="self-consistency-2/fake", prompt="What is 5 * 6?", n=2, stream=True
+    )
+    chunks = list(stream)
+    texts = {0: "", 1: ""}
+    finished = set()
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert finished == {0, 1}
+    assert all("5 * 6" in text for text in texts.values())
+    assert chunks[-1].usage is not None
