@@ -155,7 +155,7 @@ def main() -> None:
     try:
         wall, lat, added = asyncio.run(_load(fake_url, None, "fake-model", 4, args.requests))
         print(_row("direct (n=4)", wall, args.requests, lat, added, None))
-        for auth in (True, False):
+        for auth in (False, True):
             db = work / f"keys-{auth}.sqlite"
             settings = work / f"ttc-{auth}.toml"
             settings.write_text(SETTINGS.format(url=fake_url, auth=str(auth).lower(), db=db))

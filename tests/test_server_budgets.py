@@ -436,3 +436,32 @@ def test_a_reservation_in_flight_makes_others_wait_not_fail(tmp_path: Path) -> N
         await store.close()
 
     run(go())
+
+
+def test_a_sqlite_ledger_locked_by_another_process_is_waited_for(tmp_path: Path) -> None:
+    import sqlite3
+
+    from ttc.runtime.budget import Charge
+
+    db = tmp_path / "keys.sqlite"
+
+    async def go() -> None:
+        store = SQLiteKeyStore(db)
+        info, _ = await store.create("ivy", KeyLimits(tokens=100))
+        other = sqlite3.connect(db, isolation_level=None)  # another server's connection
+        other.execute("BEGIN IMMEDIATE")  # it holds the write lock
+        async with anyio.create_task_group() as tg:
+            done: list[Any] = []
+
+            async def reserve() -> None:
+                done.append(await store.reserve(info, Charge(tokens=40, usd=1.0)))
+
+            tg.start_soon(reserve)
+            await anyio.sleep(0.3)
+            assert not done  # waiting (off the event loop, which keeps running)
+            other.execute("COMMIT")
+        assert done[0].reserved.tokens == 40
+        other.close()
+        await store.close()
+
+    run(go())
