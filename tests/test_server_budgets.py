@@ -277,6 +277,15 @@ def test_keys_are_created_listed_and_revoked_from_the_command_line(tmp_path: Pat
     assert run(store.lookup(secret)) is None
     again = runner.invoke(app, ["keys", "create", "frank", "--db", db])
     assert again.exit_code == 2 and "exists already" in again.output
+    settings = tmp_path / "ttc.toml"
+    settings.write_text(
+        f'[server]\nkeys_db = "{db}"\ndefault_limits = {{ usd = 2.5, period = "month" }}\n'
+    )
+    made = runner.invoke(app, ["keys", "create", "gail", "--settings", str(settings)])
+    assert made.exit_code == 0, made.output
+    store = SQLiteKeyStore(db)
+    info = run(store.get("gail"))
+    assert info is not None and (info.limits.usd, info.limits.period) == (2.5, "month")
 
 
 # --------------------------------------------------------------------------------------------
