@@ -31,8 +31,11 @@ from ttc.cli_options import (
     endpoint_options,
     strategy_spec,
 )
+from ttc.server.cli import ProfileOption, SettingsOption
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ttc.runtime.budget import Budget
     from ttc.runtime.model import Model
     from ttc.scoring.base import Verifier
@@ -415,24 +418,43 @@ def run_command(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
+    settings: SettingsOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """Run one strategy on one question and report the answer, candidates, tokens and cost."""
     import anyio
 
     from ttc.adapters.registry import resolve_model
+    from ttc.config import settings_and_profile
     from ttc.errors import ConfigError, TTCError
 
     err = Console(stderr=True)
     try:
-        spec = strategy_spec(strategy.value, n, prm, param)
+        config, spec, model, run_budget = settings_and_profile(settings, profile, model)
+        spec = spec or strategy_spec(strategy.value, n, prm, param)
+        strategy, n = StrategyName(spec.name), spec.n
         search = spec.info.search
         endpoint = endpoint_options(base_url, api_key, api_key_env)
+        resolve = config.resolve if config is not None else resolve_model
         llm, step_format = (
-            _search_model(model, endpoint) if search else (resolve_model(model, **endpoint), None)
+            _search_model(model, endpoint, resolve)
+            if search
+            else (resolve(model, **endpoint), None)
         )
         params = build_params(llm, temperature, max_tokens, seed)
+        if profile is not None and config is not None:  # the profile's, unless given here
+            chosen_params = config.params(profile, llm)
+            params = params.model_copy(
+                update={
+                    "temperature": chosen_params.temperature
+                    if temperature is None
+                    else temperature,
+                    "max_tokens": chosen_params.max_tokens if max_tokens is None else max_tokens,
+                }
+            )
         verifier = build_verifier(verify)
         budget = build_budget(budget_usd, budget_tokens, budget_requests, budget_seconds)
+        budget = budget or run_budget
         chosen = build_strategy(
             spec, llm, params=params, verifier=verifier, budget=budget, step_format=step_format
         )
@@ -466,14 +488,16 @@ def run_command(
     print_report(out, data, result.candidates)
 
 
-def _search_model(name: str, endpoint: dict[str, Any]) -> tuple[Model, Any]:
+def _search_model(
+    name: str, endpoint: dict[str, Any], resolve: Callable[..., Model] | None = None
+) -> tuple[Model, Any]:
     """A model for step-wise search and its step format: a model with its own template
     (the embedded Gemma) is made raw, its template and stops moved to the step format (the
     search must continue partial solutions as they are)."""
     from ttc.adapters.registry import resolve_model
     from ttc.strategies.steps import StepFormat
 
-    llm = resolve_model(name, **endpoint)
+    llm: Model = (resolve or resolve_model)(name, **endpoint)
     template = getattr(llm, "template", None)
     if not isinstance(template, str):
         return llm, None
@@ -486,8 +510,10 @@ def _search_model(name: str, endpoint: dict[str, Any]) -> tuple[Model, Any]:
 def _register_commands() -> None:
     """Add the commands that live next to their subsystem (``ttc eval``, ``ttc report``)."""
     from ttc.eval.commands import register
+    from ttc.server.cli import register as register_server
 
     register(app)
+    register_server(app)
 
 
 _register_commands()
