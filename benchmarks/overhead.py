@@ -23,7 +23,9 @@ Rows:
 
 Every row prints client CPU per request and per sample, and ttc's rows their ratio to the bare
 floor measured in turns with them; ``gc`` is the collections a run triggered and the time they
-took (``gc.callbacks``), which ``--gc`` changes for every row alike.
+took in CPU (``gc.callbacks``), which ``--gc`` changes for every row alike. The fake
+provider's replies repeat (four distinct texts a prompt); ``native256d`` runs native n = 256
+against a server whose every choice is a distinct text.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
@@ -60,6 +63,43 @@ def fake_server(flavor: str) -> contextlib.AbstractContextManager[str]:
     return overhead_others.fake_server(sys.executable, flavor)
 
 
+_DISTINCT_SERVER = """
+import asyncio, sys
+from ttc.testing.fake_provider import FakeProvider, default_reply
+
+def reply(prompt, index, rng):  # every choice its own text: nothing for the client to share
+    return f"Sample {index}. " + default_reply(prompt, index, rng)
+
+async def main():
+    async with FakeProvider("vllm", reply=reply, latency=float(sys.argv[1])) as server:
+        print("listening on", server.base_url, flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@contextlib.contextmanager
+def distinct_server() -> Iterator[str]:
+    """A ``vllm``-flavored fake provider whose choices are all distinct texts, in its own
+    process; yields its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DISTINCT_SERVER, str(LATENCY)],
+        cwd=overhead_others.REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"fake provider did not start: {line!r}")
+        yield line.split("listening on", 1)[1].strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 _SESSIONS: list[Callable[[], aiohttp.ClientSession | None]] = []
 
 
@@ -72,7 +112,8 @@ async def close_sessions() -> None:
 
 
 class GcMeter:
-    """Collections the cyclic garbage collector ran, and the time they took (``gc.callbacks``)."""
+    """Collections the cyclic garbage collector ran, and the CPU time they took
+    (``gc.callbacks``; CPU rather than wall time, which a busy machine inflates)."""
 
     def __init__(self) -> None:
         self.collections = 0
@@ -81,10 +122,10 @@ class GcMeter:
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._start = time.perf_counter()
+            self._start = time.process_time()
         else:
             self.collections += 1
-            self.seconds += time.perf_counter() - self._start
+            self.seconds += time.process_time() - self._start
 
     def __enter__(self) -> GcMeter:
         gc.callbacks.append(self)
@@ -370,11 +411,12 @@ async def section_layers(repeats: int) -> list[Row]:
     return rows
 
 
-async def section_native(n: int, repeats: int) -> list[Row]:
+async def section_native(n: int, repeats: int, distinct: bool = False) -> list[Row]:
     """Best-of-n on 50 prompts with native n: one request of n samples a prompt. The ``vllm``
     flavor has no cap on n (OpenAI's is 128), and the model may ask for all n at once, as the
-    floor does."""
-    with fake_server("vllm") as url:
+    floor does. ``distinct``: every choice a different text."""
+    kind = ", distinct texts" if distinct else ""
+    with distinct_server() if distinct else fake_server("vllm") as url:
         model = OpenAICompatible(
             "m",
             base_url=url,
@@ -384,8 +426,8 @@ async def section_native(n: int, repeats: int) -> list[Row]:
         )
         rows = await measure_alternating(
             [
-                (f"bare aiohttp, native n={n}", bare_aiohttp(url, PROMPTS, n, False, 256)),
-                (f"ttc BestOfN, native n={n}", ttc_best_of_n(model, PROMPTS, n)),
+                (f"bare aiohttp, native n={n}{kind}", bare_aiohttp(url, PROMPTS, n, False, 256)),
+                (f"ttc BestOfN, native n={n}{kind}", ttc_best_of_n(model, PROMPTS, n)),
             ],
             len(PROMPTS),
             LATENCY,
@@ -443,12 +485,13 @@ SECTIONS: dict[str, Callable[[int], Awaitable[list[Row]]]] = {
     "2k": section_cpu_per_request,
     "native64": lambda r: section_native(64, r),
     "native256": lambda r: section_native(256, r),
+    "native256d": lambda r: section_native(256, r, distinct=True),
     "fanout64": lambda r: section_fan_out(64, r),
     "fanout256": lambda r: section_fan_out(256, r),
     "10k": section_10k,
     "layers": section_layers,
 }
-DEFAULT = ["bo16", "2k", "native64", "native256", "fanout64", "fanout256", "10k"]
+DEFAULT = ["bo16", "2k", "native64", "native256", "native256d", "fanout64", "fanout256", "10k"]
 GC_MODE = "default"
 
 
