@@ -179,3 +179,29 @@ async def test_choices_without_indices_keep_their_order() -> None:
         got = await model.generate("q", SamplingParams(max_tokens=8), n=3)
         await model.aclose()
     assert [c.text for c in got] == ["a", "b", "c"]
+
+
+async def test_an_adapter_that_reads_choices_its_own_way_is_still_asked() -> None:
+    """The one-loop parsing of plain choices must not bypass a subclass's ``_completion``."""
+
+    class Shouting(OpenAICompatible):
+        def _completion(
+            self, choice: dict[str, Any], request: Any, cut_stops: bool, tokens: int | None = None
+        ) -> Completion:
+            plain = super()._completion(choice, request, cut_stops, tokens)
+            return plain.model_copy(update={"text": plain.text.upper()})
+
+    def body(request: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "choices": [
+                {"index": i, "message": {"content": t}, "finish_reason": "stop"}
+                for i, t in enumerate("ab")
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+        }
+
+    async with _Server(body) as url:
+        model = Shouting("m", base_url=url)
+        got = await model.generate("q", SamplingParams(max_tokens=8), n=2)
+        await model.aclose()
+    assert [c.text for c in got] == ["A", "B"]

@@ -253,7 +253,12 @@ class OpenAICompatible(Model):
             single = completion_tokens if len(choices) == 1 else None
             params = request.params
             cut_stops = len(params.stop) > len(self._wire_stops(params.stop))
-            if cut_stops or params.logprobs or params.prompt_logprobs is not None:
+            if (
+                cut_stops
+                or params.logprobs
+                or params.prompt_logprobs is not None
+                or type(self)._completion is not OpenAICompatible._completion  # overridden
+            ):
                 completions = [
                     self._completion(choice, request, cut_stops, single) for choice in choices
                 ]
