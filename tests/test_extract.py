@@ -245,3 +245,13 @@ def test_extract_answer_with_its_fast_paths_finds_what_a_full_scan_finds(text: s
 @given(st.text(max_size=120))
 def test_extract_answer_on_any_text_finds_what_a_full_scan_finds(text: str) -> None:
     assert extract_answer(text) == _extract_by_full_scan(text)
+
+
+def test_a_long_answer_line_is_read_the_same_and_not_cached() -> None:
+    from ttc.scoring.extract import _cached_read_phrase, _clean_phrase
+
+    text = "So the answer is " + "a very long sentence, " * 40 + "and so 42 apples"
+    before = (_clean_phrase.cache_info().currsize, _cached_read_phrase.cache_info().currsize)
+    assert extract_answer(text) == _extract_by_full_scan(text) == "42"
+    after = (_clean_phrase.cache_info().currsize, _cached_read_phrase.cache_info().currsize)
+    assert after == before

@@ -229,7 +229,8 @@ def _answer_phrase(text: str) -> str | None:
     """What follows the last "the (final) answer is" / "Answer:" in ``text``."""
     matches = _answer_matches(text)
     for match in reversed(matches):
-        phrase = _clean_phrase(match.group(1))
+        line = match.group(1)
+        phrase = _clean_phrase(line) if len(line) <= _CACHED_LEN else _clean(line)
         if phrase:
             return phrase
     return None
@@ -237,18 +238,18 @@ def _answer_phrase(text: str) -> str | None:
 
 # The steps below depend on a short phrase alone, and samples state the same few answers
 # over and over: cached like ``normalize_answer``, they cost a dict lookup for most samples.
+# Only short phrases are cached, so the caches stay small whatever the samples hold.
+_CACHED_LEN = 256
 
 
-@lru_cache(maxsize=4096)
-def _clean_phrase(line: str) -> str:
+def _clean(line: str) -> str:
     """The answer phrase in what follows "the answer is" on its line: markup stripped, cut at
     the end of its sentence ("18. So Tom has ..."), not inside "3.5"."""
     phrase = _SENTENCE_END.split(_strip_markup(line), maxsplit=1)[0]
     return _strip_markup(phrase)
 
 
-@lru_cache(maxsize=4096)
-def _phrase_answer(phrase: str) -> str:
+def _read_phrase(phrase: str) -> str:
     """The normalized answer that an "the answer is" phrase states."""
     if "=" in phrase and "\\" not in phrase:
         phrase = phrase.rsplit("=", 1)[1].strip() or phrase  # "100 - 20 = 80" -> "80"
@@ -261,6 +262,14 @@ def _phrase_answer(phrase: str) -> str:
         if in_prose:
             return normalize_answer(in_prose[-1])
     return answer
+
+
+_clean_phrase = lru_cache(maxsize=4096)(_clean)
+_cached_read_phrase = lru_cache(maxsize=4096)(_read_phrase)
+
+
+def _phrase_answer(phrase: str) -> str:
+    return _cached_read_phrase(phrase) if len(phrase) <= _CACHED_LEN else _read_phrase(phrase)
 
 
 def extract_answer(text: str) -> str | None:
