@@ -5,15 +5,27 @@ answers every request in 50 ms, so about 0.05 s of wall time is ideal when every
 be in flight at once. The fake provider runs in its own process, so the client's CPU time
 (``time.process_time``) is the client's alone.
 
-    python benchmarks/overhead.py            # all rows
+    python benchmarks/overhead.py            # the default sections (all but ``layers``)
     python benchmarks/overhead.py --quick    # fewer repeats
     python benchmarks/overhead.py --layers   # where ttc's CPU goes: adapter, runtime, strategy
+    python benchmarks/overhead.py --rows native256 10k --repeats 3   # only these sections
+    python benchmarks/overhead.py --rows 10k --gc freeze   # the collector tuned (both rows)
 
 Rows:
 - best-of-16 x 50 prompts, native n (one request a prompt): bare aiohttp, ttc ``OpenAI`` preset;
 - the same with fan-out (16 requests a prompt, 800 in all): bare aiohttp, ttc ``Groq`` preset;
 - client CPU per request with 256 requests in flight (2,000 requests, n = 1): bare aiohttp,
-  ttc, and ttc's ``LiteLLM`` adapter (litellm's own client) where litellm is installed.
+  ttc, and ttc's ``LiteLLM`` adapter (litellm's own client) where litellm is installed;
+- large n (issue 20), 50 prompts each: native n = 64 and n = 256 (one request a prompt, the
+  ``vllm`` flavor, which has no cap on n) and fan-out at n = 64 and 256 (3,200 and 12,800
+  single-sample requests, 256 in flight);
+- 10,000 single-sample requests with 512 in flight.
+
+Every row prints client CPU per request and per sample, and ttc's rows their ratio to the bare
+floor measured in turns with them; ``gc`` is the collections a run triggered and the time they
+took in CPU (``gc.callbacks``), which ``--gc`` changes for every row alike. The fake
+provider's replies repeat (four distinct texts a prompt); ``native256d`` runs native n = 256
+against a server whose every choice is a distinct text.
 """
 
 from __future__ import annotations
@@ -25,9 +37,10 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
@@ -36,8 +49,8 @@ import aiohttp
 import overhead_others  # ttc-free, so it also runs beside its-hub
 
 from ttc import BestOfN, SamplingParams
-from ttc.adapters import Groq, LiteLLM, OpenAI
-from ttc.runtime.model import Model
+from ttc.adapters import Groq, LiteLLM, OpenAI, OpenAICompatible
+from ttc.runtime.model import Capabilities, Model
 from ttc.types import GenerateRequest
 
 LATENCY = overhead_others.LATENCY  # the fake provider answers after this
@@ -48,6 +61,43 @@ PARAMS = SamplingParams(max_tokens=32, temperature=0.8)
 def fake_server(flavor: str) -> contextlib.AbstractContextManager[str]:
     """The fake provider in its own process, run by this interpreter; yields its base URL."""
     return overhead_others.fake_server(sys.executable, flavor)
+
+
+_DISTINCT_SERVER = """
+import asyncio, sys
+from ttc.testing.fake_provider import FakeProvider, default_reply
+
+def reply(prompt, index, rng):  # every choice its own text: nothing for the client to share
+    return f"Sample {index}. " + default_reply(prompt, index, rng)
+
+async def main():
+    async with FakeProvider("vllm", reply=reply, latency=float(sys.argv[1])) as server:
+        print("listening on", server.base_url, flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@contextlib.contextmanager
+def distinct_server() -> Iterator[str]:
+    """A ``vllm``-flavored fake provider whose choices are all distinct texts, in its own
+    process; yields its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DISTINCT_SERVER, str(LATENCY)],
+        cwd=overhead_others.REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"fake provider did not start: {line!r}")
+        yield line.split("listening on", 1)[1].strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 _SESSIONS: list[Callable[[], aiohttp.ClientSession | None]] = []
@@ -61,6 +111,30 @@ async def close_sessions() -> None:
     _SESSIONS.clear()
 
 
+class GcMeter:
+    """Collections the cyclic garbage collector ran, and the CPU time they took
+    (``gc.callbacks``; CPU rather than wall time, which a busy machine inflates)."""
+
+    def __init__(self) -> None:
+        self.collections = 0
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.process_time()
+        else:
+            self.collections += 1
+            self.seconds += time.process_time() - self._start
+
+    def __enter__(self) -> GcMeter:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
 @dataclass
 class Row:
     name: str
@@ -68,28 +142,58 @@ class Row:
     wall_s: float
     cpu_us_per_request: float
     ideal_s: float
+    samples: int = 0
+    gc_collections: float = 0.0
+    gc_ms: float = 0.0
+    floor: Row | None = None  # the bare aiohttp row measured in turns with this one
 
     def show(self) -> str:
+        samples = self.samples or self.requests
+        per_sample = self.cpu_us_per_request * self.requests / samples
+        vs = ""
+        if self.floor is not None:
+            vs = (
+                f"{self.cpu_us_per_request / self.floor.cpu_us_per_request:.2f}x / "
+                f"{self.wall_s / self.floor.wall_s:.2f}x"
+            )
         return (
-            f"| {self.name:<44} | {self.requests:>8} | {self.wall_s:>7.3f} | "
-            f"{self.ideal_s:>6.3f} | {self.wall_s / self.ideal_s:>5.2f}x | "
-            f"{self.cpu_us_per_request:>8.0f} |"
+            f"| {self.name:<50} | {self.requests:>6} | {samples:>6} | {self.wall_s:>7.3f} | "
+            f"{self.ideal_s:>6.3f} | {self.cpu_us_per_request:>8.0f} | {per_sample:>7.1f} | "
+            f"{self.gc_collections:>5.0f} | {self.gc_ms:>6.1f} | {vs:>13} |"
         )
+
+
+HEADER = (
+    f"| {'workload':<50} | reqs   | samples| wall s  | ideal  | µs/req   | µs/smpl | gc n  "
+    f"| gc ms  | CPU/wall vs floor |\n"
+    f"|{'-' * 52}|-------:|-------:|--------:|-------:|---------:|--------:|------:|-------:"
+    f"|--------------:|"
+)
+
+
+async def timed(work: Callable[[], Awaitable[None]]) -> tuple[float, float, int, float]:
+    """One run of ``work``: wall s, client CPU s, collections, collector s."""
+    gc.collect()
+    with GcMeter() as meter:
+        c0, t0 = time.process_time(), time.perf_counter()
+        await work()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return wall, cpu, meter.collections, meter.seconds
 
 
 async def measure(
     name: str, requests: int, ideal: float, work: Callable[[], Awaitable[None]], repeats: int
 ) -> Row:
     await work()  # warm up: connections, imports, caches
-    walls, cpus = [], []
-    for _ in range(repeats):
-        gc.collect()
-        c0, t0 = time.process_time(), time.perf_counter()
-        await work()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
+    runs = [await timed(work) for _ in range(repeats)]
     return Row(
-        name, requests, statistics.median(walls), statistics.median(cpus) / requests * 1e6, ideal
+        name,
+        requests,
+        statistics.median(r[0] for r in runs),
+        statistics.median(r[1] for r in runs) / requests * 1e6,
+        ideal,
+        gc_collections=statistics.median(r[2] for r in runs),
+        gc_ms=statistics.median(r[3] for r in runs) * 1e3,
     )
 
 
@@ -98,24 +202,38 @@ async def measure_alternating(
     requests: int,
     ideal: float,
     repeats: int,
+    samples: int = 0,
 ) -> list[Row]:
     """Like ``measure`` for several workloads, run in turns (A B A B ...), so that a slow
-    stretch of a shared machine falls on all of them rather than on whichever ran then."""
+    stretch of a shared machine falls on all of them rather than on whichever ran then. The
+    first workload is the floor the others are compared with."""
     for _, work in works:
         await work()
-    walls: list[list[float]] = [[] for _ in works]
-    cpus: list[list[float]] = [[] for _ in works]
+    if GC_MODE == "freeze":  # after setup and warm-up: what stays is long-lived
+        gc.collect()
+        gc.freeze()
+    runs: list[list[tuple[float, float, int, float]]] = [[] for _ in works]
     for _ in range(repeats):
         for i, (_, work) in enumerate(works):
-            gc.collect()
-            c0, t0 = time.process_time(), time.perf_counter()
-            await work()
-            walls[i].append(time.perf_counter() - t0)
-            cpus[i].append(time.process_time() - c0)
-    return [
-        Row(name, requests, statistics.median(w), statistics.median(c) / requests * 1e6, ideal)
-        for (name, _), w, c in zip(works, walls, cpus)
+            runs[i].append(await timed(work))
+    if GC_MODE == "freeze":
+        gc.unfreeze()
+    rows = [
+        Row(
+            name,
+            requests,
+            statistics.median(r[0] for r in rs),
+            statistics.median(r[1] for r in rs) / requests * 1e6,
+            ideal,
+            samples,
+            statistics.median(r[2] for r in rs),
+            statistics.median(r[3] for r in rs) * 1e3,
+        )
+        for (name, _), rs in zip(works, runs)
     ]
+    for row in rows[1:]:
+        row.floor = rows[0]
+    return rows
 
 
 def bare_aiohttp(
@@ -293,52 +411,159 @@ async def section_layers(repeats: int) -> list[Row]:
     return rows
 
 
-async def main(repeats: int, layers: bool, tracing: bool = False) -> None:
-    if tracing:  # ttc.instrument() off and on (benchmarks/overhead_tracing.py)
-        from overhead_tracing import section_tracing
+async def section_native(n: int, repeats: int, distinct: bool = False) -> list[Row]:
+    """Best-of-n on 50 prompts with native n: one request of n samples a prompt. The ``vllm``
+    flavor has no cap on n (OpenAI's is 128), and the model may ask for all n at once, as the
+    floor does. ``distinct``: every choice a different text."""
+    kind = ", distinct texts" if distinct else ""
+    with distinct_server() if distinct else fake_server("vllm") as url:
+        model = OpenAICompatible(
+            "m",
+            base_url=url,
+            api_key="k",
+            max_concurrency=256,
+            capabilities=Capabilities(native_n=True, max_n=n),
+        )
+        rows = await measure_alternating(
+            [
+                (f"bare aiohttp, native n={n}{kind}", bare_aiohttp(url, PROMPTS, n, False, 256)),
+                (f"ttc BestOfN, native n={n}{kind}", ttc_best_of_n(model, PROMPTS, n)),
+            ],
+            len(PROMPTS),
+            LATENCY,
+            repeats,
+            samples=len(PROMPTS) * n,
+        )
+        await model.aclose()
+    return rows
 
-        rows, layers = await section_tracing(repeats), True
-    elif layers:
-        rows = await section_layers(repeats)
-    else:
-        rows = await section_best_of_16(repeats)
-        rows += await section_cpu_per_request(repeats)
+
+async def section_fan_out(n: int, repeats: int) -> list[Row]:
+    """Best-of-n on 50 prompts by fan-out: n single-sample requests a prompt, 256 in flight."""
+    requests = len(PROMPTS) * n
+    with fake_server("groq") as url:
+        model = Groq("llama-3.1-8b-instant", base_url=url, api_key="k", max_concurrency=256)
+        rows = await measure_alternating(
+            [
+                (
+                    f"bare aiohttp, fan-out {n} (256 in flight)",
+                    bare_aiohttp(url, PROMPTS, n, True, 256),
+                ),
+                (f"ttc BestOfN, Groq preset, fan-out {n}", ttc_best_of_n(model, PROMPTS, n)),
+            ],
+            requests,
+            LATENCY * -(-requests // 256),
+            repeats,
+        )
+        await model.aclose()
+    return rows
+
+
+async def section_10k(repeats: int) -> list[Row]:
+    """10,000 single-sample requests (625 prompts, best-of-16 by fan-out) with 512 in flight."""
+    prompts = [f"Question {i}: what is {i} + {i}?" for i in range(625)]
+    with fake_server("groq") as url:
+        model = Groq("llama-3.1-8b-instant", base_url=url, api_key="k", max_concurrency=512)
+        rows = await measure_alternating(
+            [
+                (
+                    "bare aiohttp, 10,000 requests, 512 in flight",
+                    bare_aiohttp(url, prompts, 16, True, 512),
+                ),
+                ("ttc, 10,000 requests, 512 in flight", ttc_best_of_n(model, prompts, 16)),
+            ],
+            10_000,
+            LATENCY * -(-10_000 // 512),
+            repeats,
+        )
+        await model.aclose()
+    return rows
+
+
+SECTIONS: dict[str, Callable[[int], Awaitable[list[Row]]]] = {
+    "bo16": section_best_of_16,
+    "2k": section_cpu_per_request,
+    "native64": lambda r: section_native(64, r),
+    "native256": lambda r: section_native(256, r),
+    "native256d": lambda r: section_native(256, r, distinct=True),
+    "fanout64": lambda r: section_fan_out(64, r),
+    "fanout256": lambda r: section_fan_out(256, r),
+    "10k": section_10k,
+    "layers": section_layers,
+    "tracing": lambda r: _section_tracing(r),
+}
+DEFAULT = ["bo16", "2k", "native64", "native256", "native256d", "fanout64", "fanout256", "10k"]
+GC_MODE = "default"
+
+
+async def _section_tracing(repeats: int) -> list[Row]:
+    """ttc.instrument() off and on (benchmarks/overhead_tracing.py)."""
+    from overhead_tracing import section_tracing
+
+    return await section_tracing(repeats)
+
+
+async def main(repeats: int, sections: list[str]) -> None:
+    rows: list[Row] = []
+    for name in sections:
+        rows += await SECTIONS[name](repeats)
     await close_sessions()
     print(
         f"server latency {LATENCY * 1000:.0f} ms; fake provider in its own process; "
-        f"median of {repeats} runs, the rows of a section in turns; "
+        f"median of {repeats} runs, the rows of a section in turns; collector: {GC_MODE}; "
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
     )
-    print(f"| {'workload':<44} | requests | wall s  | ideal  | ratio | CPU µs/req |")
-    print(f"|{'-' * 46}|---------:|--------:|-------:|------:|-----------:|")
+    print(HEADER)
     for row in rows:
         print(row.show())
-    if not layers:
-        bare, ttc = rows[4], rows[5]  # 2,000 requests, 256 in flight, measured in turns
-        print(
-            f"ttc over bare aiohttp, 2,000 requests, 256 in flight: "
-            f"{ttc.cpu_us_per_request - bare.cpu_us_per_request:+.0f} µs a request "
-            f"({ttc.cpu_us_per_request / bare.cpu_us_per_request:.2f}x). The target: 150 µs "
-            "where bare aiohttp costs about 100 µs, i.e. at most +50 µs (1.5x)."
-        )
     for note in others():
         print(note)
+
+
+def tune_gc(mode: str) -> None:
+    """``--gc``: ``default``; ``freeze`` (``gc.freeze()`` after each section's setup and warm-up);
+    ``threshold`` (the youngest generation collected every 50,000 allocations instead of
+    2,000, or 700 before Python 3.13); ``off`` (``gc.disable()``, for comparison only)."""
+    global GC_MODE
+    GC_MODE = mode
+    if mode == "threshold":
+        _, g1, g2 = gc.get_threshold()
+        gc.set_threshold(50_000, g1, g2)
+    elif mode == "off":
+        gc.disable()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
+    parser.add_argument("--repeats", type=int, help="repeats a row (default 7; 3 with --quick)")
     parser.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
     parser.add_argument(
         "--layers", action="store_true", help="only where the CPU goes: adapter, runtime, strategy"
     )
     parser.add_argument("--tracing", action="store_true", help="only OpenTelemetry off and on")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=list(SECTIONS),
+        metavar="SECTION",
+        help=f"only these sections, in this order ({', '.join(SECTIONS)}); default: "
+        f"{' '.join(DEFAULT)}",
+    )
+    parser.add_argument(
+        "--gc",
+        choices=["default", "freeze", "threshold", "off"],
+        default="default",
+        help="how the garbage collector runs during the rows (see tune_gc)",
+    )
     args = parser.parse_args()
-    repeats = 3 if args.quick else 7
+    repeats = args.repeats or (3 if args.quick else 7)
+    chosen = args.rows or (["tracing"] if args.tracing else ["layers"] if args.layers else DEFAULT)
+    tune_gc(args.gc)
     if args.uvloop:
         import uvloop
 
         print("client event loop: uvloop")
-        uvloop.run(main(repeats, args.layers, args.tracing))
+        uvloop.run(main(repeats, chosen))
     else:
-        asyncio.run(main(repeats, args.layers, args.tracing))
+        asyncio.run(main(repeats, chosen))

@@ -182,3 +182,76 @@ def test_the_answer_scan_starting_at_the_first_answer_finds_what_a_full_scan_fin
 
     full = [(m.start(), m.group(1)) for m in _ANSWER_IS.finditer(text)]
     assert [(m.start(), m.group(1)) for m in _answer_matches(text)] == full
+
+
+def _extract_by_full_scan(text: str) -> str | None:
+    """``extract_answer`` as it was before its fast paths: every regex scans the whole text,
+    nothing is cached. The property tests below hold the fast one to it."""
+    import re
+
+    from ttc.scoring import extract as ex
+
+    boxed: str | None = None
+    pos = 0
+    while (match := ex._BOX_OPEN.search(text, pos)) is not None:
+        end = ex._match_braces(text, match.end() - 1)
+        if end is None:
+            return None
+        boxed, pos = text[match.end() : end - 1].strip(), end
+    if boxed is not None:
+        return normalize_answer(boxed) if boxed else None
+    gsm = ex._GSM8K.findall(text)
+    if gsm and gsm[-1].strip():
+        return normalize_answer(ex._strip_markup(gsm[-1]))
+    phrase = None
+    for match in reversed(list(ex._ANSWER_IS.finditer(text))):
+        candidate = ex._strip_markup(match.group(1))
+        candidate = ex._strip_markup(re.split(r"\.(?:\s|$)", candidate, maxsplit=1)[0])
+        if candidate:
+            phrase = candidate
+            break
+    if phrase is not None:
+        if "=" in phrase and "\\" not in phrase:
+            phrase = phrase.rsplit("=", 1)[1].strip() or phrase
+        leading = ex._LEADING_NUMBER.match(phrase)
+        if leading is not None and ex._canonical_number(leading.group(1)) is not None:
+            return normalize_answer(leading.group(1))
+        answer = normalize_answer(phrase)
+        if ex._canonical_number(answer) is None and ex._PROSE.search(
+            ex._LATEX_COMMAND.sub("", answer)
+        ):
+            in_prose = ex._NUMBER.findall(phrase)
+            if in_prose:
+                return normalize_answer(in_prose[-1])
+        return answer
+    numbers = ex._NUMBER.findall(text)
+    return normalize_answer(numbers[-1]) if numbers else None
+
+
+_SAMPLE_PARTS = [*_PHRASE_PARTS, "\\boxed{", "\\fbox{", "}", "{", "box", "####", "#### 7"]
+_SAMPLE_PARTS += ["=", "3.5", "-3", "1,234", "1/2", "$", "apples", ". So", "18.", "\\frac{1}{2}"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(_SAMPLE_PARTS), max_size=24).map("".join))
+def test_extract_answer_with_its_fast_paths_finds_what_a_full_scan_finds(text: str) -> None:
+    """The substring checks that skip the box and GSM8K scans, and the cached phrase steps,
+    never change an answer (samples built from the pieces the rules look for)."""
+    assert extract_answer(text) == _extract_by_full_scan(text)
+    assert extract_answer(text) == _extract_by_full_scan(text)  # again: from the caches
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=120))
+def test_extract_answer_on_any_text_finds_what_a_full_scan_finds(text: str) -> None:
+    assert extract_answer(text) == _extract_by_full_scan(text)
+
+
+def test_a_long_answer_line_is_read_the_same_and_not_cached() -> None:
+    from ttc.scoring.extract import _cached_read_phrase, _clean_phrase
+
+    text = "So the answer is " + "a very long sentence, " * 40 + "and so 42 apples"
+    before = (_clean_phrase.cache_info().currsize, _cached_read_phrase.cache_info().currsize)
+    assert extract_answer(text) == _extract_by_full_scan(text) == "42"
+    after = (_clean_phrase.cache_info().currsize, _cached_read_phrase.cache_info().currsize)
+    assert after == before

@@ -33,6 +33,15 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# Trusted construction (``Completion.parsed``, ``Candidate.from_completion``): what
+# ``model_construct`` does, minus its generality. An instance gets its field dict (every field,
+# in declaration order) and pydantic's three other slots directly, with no validation: only for
+# values ttc has already checked, once per sample on the hot path. What users construct keeps
+# going through validation.
+_new = object.__new__
+_set_slot = object.__setattr__
+
+
 class _FrozenSettings(Settings):
     """What users write: a bad value raises ``ttc.ConfigError`` naming the field."""
 
@@ -139,6 +148,43 @@ class Completion(_Frozen):
     )
     model: str = ""
 
+    @classmethod
+    def parsed(
+        cls,
+        text: str,
+        finish_reason: FinishReason,
+        completion_tokens: int | None,
+        model: str,
+        logprobs: tuple[TokenLogprob, ...] | None = None,
+        prompt_logprobs: tuple[TokenLogprob, ...] | None = None,
+    ) -> Completion:
+        """A completion from values an adapter has already checked (types, ``finish_reason``
+        one of ``FinishReason``, ``completion_tokens`` >= 0), built without validating them
+        again: at hundreds of samples a response, validation cost more than all the rest of a
+        sample's handling. Everything else constructs ``Completion(...)``."""
+        obj = _new(cls)  # trusted construction (see _new)
+        _set_slot(
+            obj,
+            "__dict__",
+            {
+                "text": text,
+                "finish_reason": finish_reason,
+                "completion_tokens": completion_tokens,
+                "logprobs": logprobs,
+                "prompt_logprobs": prompt_logprobs,
+                "model": model,
+            },
+        )
+        # Every field counts as set. One set for all: a frozen model never adds to it (copies
+        # get their own), and a set per sample is one more object for the collector.
+        _set_slot(obj, "__pydantic_fields_set__", _COMPLETION_FIELDS)
+        _set_slot(obj, "__pydantic_extra__", None)
+        _set_slot(obj, "__pydantic_private__", None)
+        return obj
+
+
+_COMPLETION_FIELDS = set(Completion.model_fields)
+
 
 class Usage(_Frozen):
     """What some work cost. Usages add up with ``+``.
@@ -227,14 +273,44 @@ class Candidate(BaseModel):
 
     @classmethod
     def from_completion(cls, completion: Completion, answer: str | None = None) -> Candidate:
-        """A candidate for ``completion``'s text, with ``answer`` as its extracted answer."""
-        return cls(
-            text=completion.text,
-            answer=answer,
-            finish_reason=completion.finish_reason,
-            completion_tokens=completion.completion_tokens,
-            model=completion.model,
+        """A candidate for ``completion``'s text, with ``answer`` as its extracted answer.
+
+        The completion's fields were validated when it was made, so they are taken as they
+        are (one dict, no second validation); ``answer`` must be a str or ``None``."""
+        if cls is not Candidate or (answer is not None and type(answer) is not str):
+            return cls(  # a subclass may validate more; a str subclass is coerced
+                text=completion.text,
+                answer=answer,
+                finish_reason=completion.finish_reason,
+                completion_tokens=completion.completion_tokens,
+                model=completion.model,
+            )
+        got = completion.__dict__
+        obj = _new(cls)  # trusted construction (see _new)
+        _set_slot(
+            obj,
+            "__dict__",
+            {
+                "text": got["text"],
+                "answer": answer,
+                "score": None,
+                "verified": None,
+                "scores": {},
+                "finish_reason": got["finish_reason"],
+                "completion_tokens": got["completion_tokens"],
+                "model": got["model"],
+                "steps": None,
+            },
         )
+        # As after Candidate(text=..., answer=..., ...); its own set, since a candidate is
+        # mutable and setting a field adds it there.
+        _set_slot(obj, "__pydantic_fields_set__", set(_CANDIDATE_GIVEN))
+        _set_slot(obj, "__pydantic_extra__", None)
+        _set_slot(obj, "__pydantic_private__", None)
+        return obj
+
+
+_CANDIDATE_GIVEN = frozenset({"text", "answer", "finish_reason", "completion_tokens", "model"})
 
 
 class TraceEvent(_Frozen):

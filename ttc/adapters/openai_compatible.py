@@ -241,20 +241,29 @@ class OpenAICompatible(Model):
         failure: ProviderError | None = None
         try:
             choices = data["choices"]
-            if len(choices) > 1:
+            if len(choices) > 1 and not _in_index_order(choices):
                 choices = sorted(choices, key=lambda c: c.get("index", 0))
             usage = data.get("usage")
             if not isinstance(usage, dict):
                 usage = {}  # absent or not the documented object: counted from the bounds
             completion_tokens = usage.get("completion_tokens")
-            if not isinstance(completion_tokens, int):
-                completion_tokens = None
+            if not isinstance(completion_tokens, int) or completion_tokens < 0:
+                completion_tokens = None  # not a count: the runtime counts the choices
             # One choice: the usage is its own count. Several: only their logprobs say.
             single = completion_tokens if len(choices) == 1 else None
-            cut_stops = len(request.params.stop) > len(self._wire_stops(request.params.stop))
-            completions = [
-                self._completion(choice, request, cut_stops, single) for choice in choices
-            ]
+            params = request.params
+            cut_stops = len(params.stop) > len(self._wire_stops(params.stop))
+            if (
+                cut_stops
+                or params.logprobs
+                or params.prompt_logprobs is not None
+                or type(self)._completion is not OpenAICompatible._completion  # overridden
+            ):
+                completions = [
+                    self._completion(choice, request, cut_stops, single) for choice in choices
+                ]
+            else:  # the common case, in one tight loop: hundreds of choices with native n
+                completions = self._plain_completions(choices, single)
         except (KeyError, TypeError, AttributeError) as exc:
             error = data.get("error") if isinstance(data, dict) else None
             if error:  # a 200 that carries an error object (some gateways send these)
@@ -275,6 +284,23 @@ class OpenAICompatible(Model):
             rate_limits=rate_limits,
         )
 
+    def _plain_completions(self, choices: list[Any], tokens: int | None) -> list[Completion]:
+        """``_completion`` for choices with no stop strings to cut and no logprobs: the text
+        and finish reason of each, checked here and not validated again."""
+        model = self.model
+        chat = self.endpoint == "chat"
+        finish = _FINISH.get
+        parsed = Completion.parsed
+        out = []
+        for choice in choices:
+            text = (choice["message"].get("content") or "") if chat else choice["text"]
+            if type(text) is not str:
+                raise TypeError("completion text is not a string")
+            out.append(
+                parsed(text, finish(choice.get("finish_reason") or "", "unknown"), tokens, model)
+            )
+        return out
+
     def _completion(
         self,
         choice: dict[str, Any],
@@ -291,7 +317,7 @@ class OpenAICompatible(Model):
         text = (
             (choice["message"].get("content") or "") if self.endpoint == "chat" else choice["text"]
         )
-        if not isinstance(text, str):
+        if type(text) is not str:
             raise TypeError("completion text is not a string")
         finish: FinishReason = _FINISH.get(choice.get("finish_reason") or "", "unknown")
         if cut_stops:
@@ -306,14 +332,7 @@ class OpenAICompatible(Model):
         )
         if tokens is None and logprobs is not None:  # one entry per generated token
             tokens = len(logprobs)
-        return Completion(
-            text=text,
-            finish_reason=finish,
-            completion_tokens=tokens,
-            logprobs=logprobs,
-            prompt_logprobs=prompt_logprobs,
-            model=self.model,
-        )
+        return Completion.parsed(text, finish, tokens, self.model, logprobs, prompt_logprobs)
 
     def _secrets(self) -> list[str | SecretStr | None]:
         """What must never appear in an error: the key and credential headers' values."""
@@ -425,6 +444,15 @@ def html_page(text: str, content_type: str | None) -> str | None:
     words = " ".join(_TAG.sub(" ", title or text).split())
     words = words if len(words) <= 120 else words[:117] + "..."
     return f"{len(text)} characters" + (f": {words!r}" if words else "")
+
+
+def _in_index_order(choices: list[Any]) -> bool:
+    """Whether the choices already come in ``index`` order (they do from every server seen),
+    so that sorting them can be skipped."""
+    try:
+        return [c["index"] for c in choices] == list(range(len(choices)))
+    except (KeyError, TypeError, IndexError):
+        return False
 
 
 def _cut_at_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:

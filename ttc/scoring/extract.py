@@ -74,6 +74,8 @@ def extract_boxed(text: str) -> str | None:
 
 def _last_box(text: str) -> tuple[str | None, bool]:
     """The last top-level box's content, and whether a box was left open (a truncated sample)."""
+    if "box" not in text:  # every box command has it: most samples skip the regex scan
+        return None, False
     found: str | None = None
     pos = 0
     while True:
@@ -227,13 +229,47 @@ def _answer_phrase(text: str) -> str | None:
     """What follows the last "the (final) answer is" / "Answer:" in ``text``."""
     matches = _answer_matches(text)
     for match in reversed(matches):
-        phrase = _strip_markup(match.group(1))
-        # End the answer at the end of its sentence ("18. So Tom has ..."), not inside "3.5".
-        phrase = _SENTENCE_END.split(phrase, maxsplit=1)[0]
-        phrase = _strip_markup(phrase)
+        line = match.group(1)
+        phrase = _clean_phrase(line) if len(line) <= _CACHED_LEN else _clean(line)
         if phrase:
             return phrase
     return None
+
+
+# The steps below depend on a short phrase alone, and samples state the same few answers
+# over and over: cached like ``normalize_answer``, they cost a dict lookup for most samples.
+# Only short phrases are cached, so the caches stay small whatever the samples hold.
+_CACHED_LEN = 256
+
+
+def _clean(line: str) -> str:
+    """The answer phrase in what follows "the answer is" on its line: markup stripped, cut at
+    the end of its sentence ("18. So Tom has ..."), not inside "3.5"."""
+    phrase = _SENTENCE_END.split(_strip_markup(line), maxsplit=1)[0]
+    return _strip_markup(phrase)
+
+
+def _read_phrase(phrase: str) -> str:
+    """The normalized answer that an "the answer is" phrase states."""
+    if "=" in phrase and "\\" not in phrase:
+        phrase = phrase.rsplit("=", 1)[1].strip() or phrase  # "100 - 20 = 80" -> "80"
+    leading = _LEADING_NUMBER.match(phrase)  # "18 apples" -> "18"
+    if leading is not None and _canonical_number(leading.group(1)) is not None:
+        return normalize_answer(leading.group(1))
+    answer = normalize_answer(phrase)
+    if _canonical_number(answer) is None and _PROSE.search(_LATEX_COMMAND.sub("", answer)):
+        in_prose: list[str] = _NUMBER.findall(phrase)  # "50% of 15 cups, so 7.5" -> "7.5"
+        if in_prose:
+            return normalize_answer(in_prose[-1])
+    return answer
+
+
+_clean_phrase = lru_cache(maxsize=4096)(_clean)
+_cached_read_phrase = lru_cache(maxsize=4096)(_read_phrase)
+
+
+def _phrase_answer(phrase: str) -> str:
+    return _cached_read_phrase(phrase) if len(phrase) <= _CACHED_LEN else _read_phrase(phrase)
 
 
 def extract_answer(text: str) -> str | None:
@@ -248,22 +284,12 @@ def extract_answer(text: str) -> str | None:
         return None  # the sample was cut off inside its answer: any number found would be a guess
     if boxed is not None:
         return normalize_answer(boxed) if boxed else None
-    gsm: list[str] = _GSM8K.findall(text)
+    gsm: list[str] = _GSM8K.findall(text) if "####" in text else []
     if gsm and gsm[-1].strip():
         return normalize_answer(_strip_markup(gsm[-1]))
     phrase = _answer_phrase(text)
     if phrase is not None:
-        if "=" in phrase and "\\" not in phrase:
-            phrase = phrase.rsplit("=", 1)[1].strip() or phrase  # "100 - 20 = 80" -> "80"
-        leading = _LEADING_NUMBER.match(phrase)  # "18 apples" -> "18"
-        if leading is not None and _canonical_number(leading.group(1)) is not None:
-            return normalize_answer(leading.group(1))
-        answer = normalize_answer(phrase)
-        if _canonical_number(answer) is None and _PROSE.search(_LATEX_COMMAND.sub("", answer)):
-            in_prose: list[str] = _NUMBER.findall(phrase)  # "50% of 15 cups, so 7.5" -> "7.5"
-            if in_prose:
-                return normalize_answer(in_prose[-1])
-        return answer
+        return _phrase_answer(phrase)
     numbers: list[str] = _NUMBER.findall(text)
     if numbers:
         return normalize_answer(numbers[-1])

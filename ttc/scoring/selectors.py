@@ -38,10 +38,13 @@ def _tally(
 ) -> tuple[dict[str, float], list[str]]:
     """Total weight per answer, and the answers in order of first appearance."""
     votes: dict[str, float] = {}
-    for candidate, w in zip(candidates, weight):
-        key = _answer_key(candidate)
-        if key is not None:
-            votes[key] = votes.get(key, 0.0) + w
+    count = votes.get
+    for candidate, w in zip(candidates, weight):  # _answer_key inlined: once per candidate
+        answer = candidate.answer
+        if answer is not None:
+            key = normalize_answer(answer)
+            if key:
+                votes[key] = count(key, 0.0) + w
     return votes, list(votes)
 
 

@@ -12,7 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 
@@ -135,6 +135,29 @@ def _note_budget_error(exc: BudgetExceeded) -> None:
         run.budget_error = exc
 
 
+def candidates_of(completions: list[Completion], extract: Extractor) -> list[Candidate]:
+    """The candidates of one response, in one pass: each distinct text's answer is extracted
+    once (an extractor is a function of the text), so a response of many samples that repeat
+    one another (short answers, low temperatures) pays for the distinct ones only."""
+    make = Candidate.from_completion
+    if len(completions) == 1:
+        c = completions[0]
+        return [make(c, extract(c.text))]
+    answers: dict[str, str | None] = {}
+    seen = answers.get
+    out = []
+    for c in completions:
+        text = c.text
+        answer = seen(text, _UNSEEN)
+        if answer is _UNSEEN:
+            answer = answers[text] = extract(text)
+        out.append(make(c, answer))
+    return out
+
+
+_UNSEEN: Any = object()
+
+
 @dataclass
 class Draw:
     """The candidates a source produced, and why it stopped short if it did."""
@@ -170,7 +193,7 @@ async def draw(
     if isinstance(source, Model):
 
         def on_completions(completions: list[Completion]) -> Awaitable[None] | None:
-            return take([Candidate.from_completion(c, extract(c.text)) for c in completions])
+            return take(candidates_of(completions, extract))
 
         try:
             await source.generate(prompt, params, n, on_completions=on_completions)

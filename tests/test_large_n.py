@@ -1,0 +1,207 @@
+"""Large native-n responses: completions and candidates built without a second validation,
+one answer extraction per distinct text, and the same results as the validated path."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from ttc import BestOfN, SamplingParams
+from ttc.adapters import OpenAICompatible
+from ttc.runtime.model import Capabilities
+from ttc.runtime.retry import RetryPolicy
+from ttc.scoring.extract import extract_answer
+from ttc.types import Candidate, Completion, TokenLogprob
+
+pytestmark = pytest.mark.anyio
+
+
+def test_a_parsed_completion_is_the_validated_one() -> None:
+    logprobs = (TokenLogprob(token="4", logprob=-0.1),)
+    validated = Completion(
+        text="4",
+        finish_reason="length",
+        completion_tokens=1,
+        logprobs=logprobs,
+        prompt_logprobs=None,
+        model="m",
+    )
+    parsed = Completion.parsed("4", "length", 1, "m", logprobs)
+    assert parsed == validated
+    assert parsed.model_dump() == validated.model_dump()
+    assert parsed.model_dump_json() == validated.model_dump_json()
+    assert parsed.model_fields_set == validated.model_fields_set
+    assert repr(parsed) == repr(validated)
+    assert hash(parsed) == hash(validated)
+    assert pickle.loads(pickle.dumps(parsed)) == validated
+    assert Completion.model_validate(parsed.model_dump()) == parsed
+    with pytest.raises(ValidationError):  # still frozen
+        parsed.text = "5"  # type: ignore[misc]
+    # The field set is shared by parsed completions; copies get their own.
+    changed = parsed.model_copy(update={"text": "5"})
+    assert changed.text == "5" and parsed.text == "4"
+    assert copy.copy(parsed) == parsed
+    other = Completion.parsed("6", "stop", None, "m")
+    assert other.model_fields_set == set(Completion.model_fields)
+
+
+def test_a_candidate_from_a_completion_is_the_validated_one_and_its_own() -> None:
+    completion = Completion.parsed("so 4", "stop", 3, "m")
+    validated = Candidate(
+        text="so 4", answer="4", finish_reason="stop", completion_tokens=3, model="m"
+    )
+    a = Candidate.from_completion(completion, "4")
+    b = Candidate.from_completion(completion, "4")
+    assert a == validated
+    assert a.model_dump() == validated.model_dump()
+    assert a.model_fields_set == validated.model_fields_set
+    assert a.model_dump(exclude_unset=True) == validated.model_dump(exclude_unset=True)
+    # Scorers fill candidates in one by one: nothing is shared between two of them.
+    a.score = 0.5
+    a.scores["judge"] = 0.5
+    assert b.score is None and b.scores == {} and "score" not in b.model_fields_set
+    assert "score" in a.model_fields_set
+    assert Candidate.from_completion(completion).answer is None
+
+
+def test_a_candidate_answer_that_is_not_a_str_is_still_refused() -> None:
+    completion = Completion.parsed("so 4", "stop", None, "m")
+    with pytest.raises(ValidationError, match="answer"):
+        Candidate.from_completion(completion, 4)  # type: ignore[arg-type]
+
+    class Tagged(Candidate):
+        tag: str = "t"
+
+    tagged = Tagged.from_completion(completion, "4")
+    assert isinstance(tagged, Tagged) and tagged.tag == "t" and tagged.answer == "4"
+
+
+class _Server:
+    """A loopback chat-completions server answering every request with ``body(request)``."""
+
+    def __init__(self, body: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.body = body
+
+    async def __aenter__(self) -> str:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return web.json_response(self.body(await request.json()))
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}/v1"
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+def _texts(n: int) -> list[str]:
+    """Samples that repeat each other, as short answers do: 5 distinct texts."""
+    return [f"{i % 5} + 1 is {i % 5 + 1}. The answer is {i % 5 + 1}." for i in range(n)]
+
+
+async def test_a_native_n_response_gives_candidates_in_index_order_one_extraction_a_text() -> None:
+    n = 40
+    texts = _texts(n)
+
+    def body(request: dict[str, Any]) -> dict[str, Any]:
+        assert request["n"] == n
+        choices = [
+            {"index": i, "message": {"content": t}, "finish_reason": "stop"}
+            for i, t in enumerate(texts)
+        ]
+        choices[3], choices[7] = choices[7], choices[3]  # out of order on the wire
+        return {"choices": choices, "usage": {"prompt_tokens": 5, "completion_tokens": 9 * n}}
+
+    calls: list[str] = []
+
+    def counting(text: str) -> str | None:
+        calls.append(text)
+        return extract_answer(text)
+
+    async with _Server(body) as url:
+        model = OpenAICompatible(
+            "m", base_url=url, capabilities=Capabilities(native_n=True, max_n=n)
+        )
+        result = await BestOfN(model, n=n, extract=counting).run("q")
+        await model.aclose()
+    assert [c.text for c in result.candidates] == texts
+    assert [c.answer for c in result.candidates] == [extract_answer(t) for t in texts]
+    assert sorted(calls) == sorted(set(texts))  # each distinct text once
+    assert result.votes == {"1": 8.0, "2": 8.0, "3": 8.0, "4": 8.0, "5": 8.0}
+    assert result.answer == "1" and result.tied == ["1", "2", "3", "4", "5"]
+    expected = [
+        Candidate(text=t, answer=extract_answer(t), finish_reason="stop", model="m") for t in texts
+    ]
+    assert result.candidates == expected
+    assert result.usage.completion_tokens == 9 * n
+
+
+@pytest.mark.parametrize("reported", [-5, "12", None, 1.5])
+async def test_a_usage_count_that_is_not_a_count_is_left_to_the_runtime(reported: object) -> None:
+    """A negative count used to escape as a raw pydantic ``ValidationError`` out of
+    ``generate``; any figure that is not a count now means "not reported"."""
+
+    def body(request: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "choices": [{"index": 0, "message": {"content": "four"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": reported},
+        }
+
+    async with _Server(body) as url:
+        model = OpenAICompatible("m", base_url=url, retry=RetryPolicy(max_attempts=1))
+        got = await model.generate("q", SamplingParams(max_tokens=8))
+        await model.aclose()
+    assert [(c.text, c.completion_tokens) for c in got] == [("four", None)]
+    assert model.usage.completion_tokens == 8  # not reported: the bound is charged
+
+
+async def test_choices_without_indices_keep_their_order() -> None:
+    def body(request: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "choices": [{"message": {"content": t}, "finish_reason": "stop"} for t in "abc"],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 3},
+        }
+
+    async with _Server(body) as url:
+        model = OpenAICompatible("m", base_url=url)
+        got = await model.generate("q", SamplingParams(max_tokens=8), n=3)
+        await model.aclose()
+    assert [c.text for c in got] == ["a", "b", "c"]
+
+
+async def test_an_adapter_that_reads_choices_its_own_way_is_still_asked() -> None:
+    """The one-loop parsing of plain choices must not bypass a subclass's ``_completion``."""
+
+    class Shouting(OpenAICompatible):
+        def _completion(
+            self, choice: dict[str, Any], request: Any, cut_stops: bool, tokens: int | None = None
+        ) -> Completion:
+            plain = super()._completion(choice, request, cut_stops, tokens)
+            return plain.model_copy(update={"text": plain.text.upper()})
+
+    def body(request: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "choices": [
+                {"index": i, "message": {"content": t}, "finish_reason": "stop"}
+                for i, t in enumerate("ab")
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+        }
+
+    async with _Server(body) as url:
+        model = Shouting("m", base_url=url)
+        got = await model.generate("q", SamplingParams(max_tokens=8), n=2)
+        await model.aclose()
+    assert [c.text for c in got] == ["A", "B"]
