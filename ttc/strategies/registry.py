@@ -51,6 +51,7 @@ __all__ = [
     "Param",
     "StrategyInfo",
     "StrategySpec",
+    "build_params",
     "build_prm",
     "build_strategy",
     "parse_value",
@@ -532,6 +533,26 @@ def build_strategy(spec: StrategySpec, model: Model, context: BuildContext) -> S
     if name == "lookahead":
         return strategies.Lookahead(model, prm, k=spec.param("k"), options=options, **context.extra)
     return strategies.DVTS(model, prm, options=options, **context.extra)
+
+
+def build_params(
+    model: Model,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+) -> SamplingParams:
+    """The model's default sampling parameters with the options a front end was given (the
+    command line's ``--temperature``, ``--max-tokens``, ``--seed``; an experiment file's)."""
+    from ttc.types import SamplingParams
+
+    update: dict[str, Any] = {}
+    if temperature is not None:
+        update["temperature"] = temperature
+    if max_tokens is not None:
+        update["max_tokens"] = max_tokens
+    if seed is not None:
+        update["seed"] = seed
+    return SamplingParams.model_validate({**model.params.model_dump(), **update})
 
 
 def policy_factory(context: BuildContext) -> Callable[[str, Mapping[str, Any], Any], Strategy]:
