@@ -18,7 +18,8 @@ pytest.importorskip("llama_cpp")
 
 from ttc import Budget, Completion, Message, RepeatedSample, SamplingParams
 from ttc.adapters import LlamaCpp
-from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS, available_cores, gemma_path
+from ttc.adapters.gemma import GSM8K_FEW_SHOT, TEMPLATE_STOPS, gemma_path
+from ttc.adapters.llamacpp import available_cores
 from ttc.errors import ConfigError, ContextLengthError
 from ttc.scoring import FunctionVerifier, GSM8KAnswer
 
@@ -431,7 +432,7 @@ def test_clear_errors_for_wrong_paths_and_settings(tmp_path: Path) -> None:
 def test_gemma_path_is_cached_and_honours_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import ttc.adapters.llamacpp as module
+    import ttc.adapters.gemma as module
 
     path = gemma_path()
     assert path.is_file() and path.suffix == ".gguf"

@@ -53,7 +53,7 @@ def gemma_dir() -> Path:
 
 
 def few_shot(question: str) -> str:
-    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT
 
     return GSM8K_FEW_SHOT.replace("{question}", question)
 
@@ -62,7 +62,7 @@ def search_strategy(kind: str, model: object) -> Any:
     """A small search of ``kind`` on ``model``: N = 4, M = 2, three rounds, sentence steps on
     the few-shot GSM8K template, guided by the arithmetic PRM."""
     from ttc import DVTS, BeamPRM, Lookahead
-    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT, TEMPLATE_STOPS
     from ttc.scoring import ArithmeticPRM
     from ttc.strategies import StepFormat
 

@@ -297,7 +297,7 @@ def _search_model(name: str, endpoint: dict[str, Any]) -> tuple[Model, Any]:
     template = getattr(llm, "template", None)
     if not isinstance(template, str):
         return llm, None
-    from ttc.adapters.llamacpp import TEMPLATE_STOPS
+    from ttc.adapters.gemma import TEMPLATE_STOPS
 
     llm.template = None  # type: ignore[attr-defined]
     return llm, StepFormat(template=template, end_markers=TEMPLATE_STOPS)

@@ -132,7 +132,7 @@ def untemplate(data: Dataset, llm: Model) -> tuple[Dataset, str | None]:
     template = getattr(llm, "template", None)
     if not isinstance(template, str):
         return data, None
-    from ttc.adapters.llamacpp import TEMPLATE_STOPS
+    from ttc.adapters.gemma import TEMPLATE_STOPS
 
     llm.template = None  # type: ignore[attr-defined]
     if data.spec.template is None and data.spec.kind != "code":
