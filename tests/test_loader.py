@@ -24,11 +24,11 @@ async def test_concurrent_first_uses_load_once_and_close_releases() -> None:
         loads.append(len(loads))
         return len(loads)
 
-    loader = EngineLoader(load, name="test engine", release=released.append)
+    loader = EngineLoader[int](name="test engine", release=released.append)
     got: list[int] = []
 
     async def use() -> None:
-        got.append(await loader.aget())
+        got.append(await loader.aget(load))
 
     async with anyio.create_task_group() as tg:
         for _ in range(8):
@@ -37,12 +37,12 @@ async def test_concurrent_first_uses_load_once_and_close_releases() -> None:
     assert loader.seconds is not None and loader.seconds >= 0.05
     loader.close()
     assert released == [1] and loader.value is None
-    assert loader.get() == 2  # loaded again on the next use
+    assert loader.get(load) == 2  # loaded again on the next use
 
 
 def test_close_waits_for_the_request_in_progress() -> None:
-    loader = EngineLoader(lambda: "engine", name="test engine")
-    loader.get()
+    loader = EngineLoader[str](name="test engine")
+    loader.get(lambda: "engine")
     events: list[str] = []
     holding = threading.Event()
 

@@ -172,7 +172,7 @@ class Transformers(Model):
         self.assistant_model = assistant
         self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
         self.num_threads = num_threads
-        self._engine = EngineLoader(self._load_now, name=str(self.model_dir))
+        self._engine = EngineLoader[_Loaded](name=str(self.model_dir))
 
     def __repr__(self) -> str:
         return f"Transformers({str(self.model_dir)!r})"
@@ -202,11 +202,11 @@ class Transformers(Model):
 
     async def start(self) -> None:
         """Load the model now rather than on the first request."""
-        await self._engine.aget()
+        await self._engine.aget(self._load_now)
 
     def load(self) -> Transformers:
         """``start`` for synchronous code (scripts, test fixtures); returns the model."""
-        self._engine.get()
+        self._engine.get(self._load_now)
         return self
 
     @property
@@ -289,7 +289,7 @@ class Transformers(Model):
         return lock
 
     async def _send(self, request: GenerateRequest) -> RawResponse:
-        await self._engine.aget()
+        await self._engine.aget(self._load_now)
         cancel = threading.Event()
         done = threading.Event()
 
@@ -336,7 +336,7 @@ class Transformers(Model):
         """One request, in a worker thread, holding the run lock."""
         import torch
 
-        loaded = self._engine.get()
+        loaded = self._engine.get(self._load_now)
         p = request.params
         prompt_ids = self._prompt_ids(loaded, request.prompt)
         limit = getattr(loaded.model.config, "max_position_embeddings", None)

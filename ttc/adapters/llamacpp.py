@@ -60,6 +60,7 @@ from ttc.errors import (
     MissingDependencyError,
     ProviderError,
 )
+from ttc.runtime.loader import EngineLoader
 from ttc.runtime.model import Capabilities, Model, RawResponse
 from ttc.runtime.pricing import Price
 from ttc.types import (
@@ -80,6 +81,19 @@ _PLACEHOLDER = "{question}"
 _INSTALL_HINT = "The LlamaCpp adapter"
 # --------------------------------------------------------------------------------------------
 # The adapter
+
+
+@dataclass
+class _Engines:
+    """What a loaded ``LlamaCpp`` holds: the model, and its batching engine when batched."""
+
+    llama: Any
+    batch: BatchEngine | None
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self.batch.close()
+        self.llama.close()
 
 
 @dataclass
@@ -248,9 +262,10 @@ class LlamaCpp(Model):
             ),
         )
         super().__init__(name or (path.stem if path is not None else DEFAULT_MODEL_NAME), **runtime)
-        self._llama: Any = None
-        self._batch_engine: BatchEngine | None = None
-        self._engine_lock = threading.Lock()  # one generation at a time, across event loops
+        self._loader = EngineLoader[_Engines](
+            name=f"llama.cpp {self.model}", release=_Engines.close
+        )
+        self._engine_lock = self._loader.run_lock  # one generation at a time, across loops
         self._seed_lock = threading.Lock()
         self._seed_counts: dict[int, int] = {}
         self._rng = random.Random(seed)
@@ -309,23 +324,28 @@ class LlamaCpp(Model):
     def load(self) -> LlamaCpp:
         """Load the model now (it otherwise loads on the first request). Blocks: call it from
         synchronous code, or through ``anyio.to_thread.run_sync``."""
-        if self.batched:
-            self._batcher()
-        else:
-            with self._engine_lock:
-                self._engine()
+        self._loader.get(self._load_engines)
         return self
+
+    @property
+    def load_seconds(self) -> float | None:
+        """How long loading took (``None`` until loaded)."""
+        return self._loader.seconds
 
     def close(self) -> None:
         """Free the model's memory; a later request loads it again. Requests still running
         on the batching engine fail with a ``ProviderError``."""
-        with self._engine_lock:
-            llama, self._llama = self._llama, None
-            engine, self._batch_engine = self._batch_engine, None
-        if engine is not None:
-            engine.close()
-        if llama is not None:
-            llama.close()
+        self._loader.close()
+
+    @property
+    def _llama(self) -> Any:
+        engines = self._loader.value
+        return engines.llama if engines is not None else None
+
+    @property
+    def _batch_engine(self) -> BatchEngine | None:
+        engines = self._loader.value
+        return engines.batch if engines is not None else None
 
     def reset(self) -> None:
         """Restart the seed streams and clear the prompt cache, so that the same requests
@@ -441,27 +461,9 @@ class LlamaCpp(Model):
 
     def _batcher(self) -> BatchEngine:
         """The batching engine, started (and the model loaded) on first use."""
-        with self._engine_lock:
-            if self._batch_engine is None:
-                llm = self._engine()
-                log = io.StringIO()
-                with contextlib.redirect_stderr(sys.stderr if self.verbose else log):
-                    self._batch_engine = BatchEngine(
-                        llm,
-                        n_ctx=self.n_ctx,
-                        kv_size=self.kv_size,
-                        n_seq_max=self.n_seq_max,
-                        n_batch=self.n_batch,
-                        n_threads=self.n_threads,
-                        prefix_cache=self.prefix_cache,
-                        top_k=self.top_k,
-                        min_p=self.min_p,
-                        repeat_penalty=self.repeat_penalty,
-                        describe=(self.provider, self.model),
-                    )
-                # A model dropped without close() must not leave its thread and context behind.
-                weakref.finalize(self, self._batch_engine.close)
-            return self._batch_engine
+        batch = self._loader.get(self._load_engines).batch
+        assert batch is not None, "the batching engine runs only with batched=True"
+        return batch
 
     async def _in_worker(self, fn: Callable[[_Job], T]) -> T:
         """Run ``fn`` in a worker thread, one job at a time on the engine. On cancellation the
@@ -492,8 +494,34 @@ class LlamaCpp(Model):
 
     def _engine(self) -> Any:
         """The ``Llama`` object, loaded on first use. Call with ``_engine_lock`` held."""
-        if self._llama is not None:
-            return self._llama
+        return self._loader.get(self._load_engines).llama
+
+    def _load_engines(self) -> _Engines:
+        """Load the model, and start the batching engine on it when batched."""
+        llama = self._load_llama()
+        if not self.batched:
+            return _Engines(llama, None)
+        log = io.StringIO()
+        with contextlib.redirect_stderr(sys.stderr if self.verbose else log):
+            batch = BatchEngine(
+                llama,
+                n_ctx=self.n_ctx,
+                kv_size=self.kv_size,
+                n_seq_max=self.n_seq_max,
+                n_batch=self.n_batch,
+                n_threads=self.n_threads,
+                prefix_cache=self.prefix_cache,
+                top_k=self.top_k,
+                min_p=self.min_p,
+                repeat_penalty=self.repeat_penalty,
+                describe=(self.provider, self.model),
+            )
+        # A model dropped without close() must not leave its thread and context behind.
+        weakref.finalize(self, batch.close)
+        return _Engines(llama, batch)
+
+    def _load_llama(self) -> Any:
+        """The ``Llama`` object for this adapter's settings."""
         try:
             from llama_cpp import Llama
             from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
@@ -518,7 +546,7 @@ class LlamaCpp(Model):
         log = io.StringIO()
         try:
             with contextlib.redirect_stderr(sys.stderr if self.verbose else log):
-                self._llama = Llama(**kwargs)
+                llama = Llama(**kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
             tail = " | ".join(log.getvalue().strip().splitlines()[-3:])
             raise ConfigError(
@@ -527,8 +555,8 @@ class LlamaCpp(Model):
             ) from exc
         if self._auto_threads and self.n_threads > 1:
             width = min(self.n_seq_max, 8) if self.batched else 1
-            self.n_threads = fastest_threads(self._llama, (self.n_threads, 1), width)
-        return self._llama
+            self.n_threads = fastest_threads(llama, (self.n_threads, 1), width)
+        return llama
 
     @staticmethod
     def _tokenize(llm: Any, text: str) -> list[int]:

@@ -25,21 +25,23 @@ logger = logging.getLogger("ttc.runtime.loader")
 
 
 class EngineLoader(Generic[T]):
-    """An engine loaded on first use by ``load``, and released on ``close`` by ``release``.
+    """An engine loaded on first use, and released on ``close``.
 
     Args:
-        load: builds the engine (blocking: runs in a worker thread when called from async code).
         name: what the log line says was loaded.
-        release: frees what ``load`` built (default: drop it for the garbage collector).
+        release: frees what was loaded (default: drop it for the garbage collector).
+
+    ``get(load)`` and ``aget(load)`` take the function that builds the engine (blocking: it
+    runs in a worker thread when called from async code) at each call, so the loader holds no
+    reference to its owner: a model dropped without ``close()`` is freed at once, and its
+    engine with it.
 
     ``run_lock`` is held by whoever uses the engine (one request at a time); ``close`` takes it
-    too, so it waits for the request in progress. ``seconds`` is how long the last load took.
+    too, so it waits for the request in progress. ``get`` may be called with ``run_lock`` held
+    (both lock in that order). ``seconds`` is how long the last load took.
     """
 
-    def __init__(
-        self, load: Callable[[], T], *, name: str, release: Callable[[T], None] | None = None
-    ) -> None:
-        self._load = load
+    def __init__(self, *, name: str, release: Callable[[T], None] | None = None) -> None:
         self._release = release
         self.name = name
         self.load_lock = threading.Lock()
@@ -47,7 +49,7 @@ class EngineLoader(Generic[T]):
         self.value: T | None = None
         self.seconds: float | None = None
 
-    def get(self) -> T:
+    def get(self, load: Callable[[], T]) -> T:
         """The engine, loaded first if need be (blocks; concurrent callers load it once)."""
         value = self.value
         if value is not None:
@@ -55,22 +57,22 @@ class EngineLoader(Generic[T]):
         with self.load_lock:
             if self.value is None:
                 start = time.perf_counter()
-                self.value = self._load()
+                self.value = load()
                 self.seconds = time.perf_counter() - start
                 logger.info("loaded %s in %.1f s", self.name, self.seconds)
             return self.value
 
-    async def aget(self) -> T:
+    async def aget(self, load: Callable[[], T]) -> T:
         """``get`` from async code: a load runs in a worker thread, so the loop never blocks."""
         value = self.value
         if value is not None:
             return value
-        return await anyio.to_thread.run_sync(self.get)
+        return await anyio.to_thread.run_sync(self.get, load)
 
     def close(self) -> None:
         """Drop the engine (a later ``get`` loads it again), after a load or a request in
         progress finishes."""
-        with self.load_lock, self.run_lock:
+        with self.run_lock, self.load_lock:
             value, self.value = self.value, None
         if value is not None and self._release is not None:
             self._release(value)

@@ -149,7 +149,7 @@ class TransformersPRM(ProcessRewardModel):
             self.name = name
         #: Forward passes run so far (one per batch): shows that solutions were batched.
         self.forward_passes = 0
-        self._engine = EngineLoader(self._load_now, name=f"PRM {self.model_dir}")
+        self._engine = EngineLoader[_Loaded](name=f"PRM {self.model_dir}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.model_dir)!r})"
@@ -158,11 +158,11 @@ class TransformersPRM(ProcessRewardModel):
 
     async def start(self) -> None:
         """Load the model now rather than on the first scoring call."""
-        await self._engine.aget()
+        await self._engine.aget(self._load_now)
 
     def load(self: _P) -> _P:
         """``start`` for synchronous code (scripts, fixtures); returns the PRM."""
-        self._engine.get()
+        self._engine.get(self._load_now)
         return self
 
     def close(self) -> None:
@@ -245,7 +245,7 @@ class TransformersPRM(ProcessRewardModel):
     def encode(self, question: str, steps: Sequence[str]) -> Encoded:
         """What the model sees for one solution (loads the model if needed): for inspection and
         tests."""
-        loaded = self._engine.get()
+        loaded = self._engine.get(self._load_now)
         with self._engine.run_lock:
             return self._checked(loaded, question, steps)
 
@@ -269,13 +269,13 @@ class TransformersPRM(ProcessRewardModel):
         self, question: str, solutions: Sequence[Sequence[str]]
     ) -> list[list[float]]:
         batch = [list(steps) for steps in solutions]
-        await self._engine.aget()
+        await self._engine.aget(self._load_now)
         return await anyio.to_thread.run_sync(self._score_sync, question, batch)
 
     def _score_sync(self, question: str, solutions: list[list[str]]) -> list[list[float]]:
         """Every solution's step scores, ``batch_size`` solutions per forward pass (in a worker
         thread, holding the run lock)."""
-        loaded = self._engine.get()
+        loaded = self._engine.get(self._load_now)
         # the tokenizer under the lock too: a fast tokenizer used from two threads at once can
         # fail ("Already borrowed")
         with self._engine.run_lock:
