@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ttc.adapters import FunctionModel
 from ttc.cli.progress import EvalProgress
+from ttc.errors import ConfigError
 from ttc.eval.datasets import load_dataset
 from ttc.eval.runner import evaluate
 from ttc.eval.solver import Solver, named_strategy
@@ -41,3 +42,12 @@ async def test_a_line_per_question_off_a_terminal_and_a_resume_says_what_is_stor
     again = io.StringIO()
     await evaluate(data, solver, tmp_path, run="r", progress=EvalProgress(Console(file=again)))
     assert again.getvalue().splitlines() == ["r: 3 questions, 3 already stored, 0 to do"]
+
+
+async def test_a_progress_that_is_not_a_display_is_refused(tmp_path: Path) -> None:
+    data = load_dataset("gsm8k-sample", limit=1)
+    solver = Solver(
+        FunctionModel(lambda r, i: "The answer is 1."), named_strategy("self-consistency", 1)
+    )
+    with pytest.raises(ConfigError, match="progress: pass a display"):
+        await evaluate(data, solver, tmp_path, progress=True)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio
 
@@ -88,6 +88,7 @@ def default_run_name(dataset: Dataset, config: Mapping[str, Any]) -> str:
     return slug or "run"
 
 
+@runtime_checkable
 class Progress(Protocol):
     """What ``evaluate`` tells a progress display as the run goes (``ttc eval`` draws one:
     ``ttc.cli.progress.EvalProgress``)."""
@@ -180,6 +181,11 @@ async def evaluate(
     """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ConfigError(f"concurrency must be a positive integer, got {concurrency!r}")
+    if progress is not None and not isinstance(progress, Progress):
+        raise ConfigError(
+            "progress: pass a display such as ttc.cli.progress.EvalProgress() (a live bar on a "
+            f"terminal, a line per question otherwise), or None; got {progress!r}"
+        )
     config = {"dataset": dataset.name, "format": dataset.spec.name, **dict(solver.config)}
     name = run or default_run_name(dataset, config)
     started = time.perf_counter()
