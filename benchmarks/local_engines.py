@@ -100,7 +100,8 @@ async def generated_tokens(
 
 async def bench_llamacpp(repeats: int, threads: int) -> list[Row]:
     """The embedded default through ``LlamaCpp``: load, prefill, decode, n=8, prompt lookup."""
-    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, LlamaCpp, gemma_path
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT, gemma_path
+    from ttc.adapters.llamacpp import LlamaCpp
 
     engine = f"llama.cpp ({threads} thread{'s' if threads > 1 else ''})"
     rows: list[Row] = []
@@ -212,7 +213,8 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
     import json
 
     from ttc import BeamPRM
-    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS, LlamaCpp
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT, TEMPLATE_STOPS
+    from ttc.adapters.llamacpp import LlamaCpp
     from ttc.scoring import ArithmeticPRM
     from ttc.strategies import StepFormat
 
@@ -324,7 +326,7 @@ STORY = "Once upon a time, in a small village by the sea, there lived"
 
 def _spec_cases() -> list[tuple[str, str, tuple[str, ...], int]]:
     """The two speculative-decoding prompts, as raw text for engines without a template."""
-    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT, TEMPLATE_STOPS
 
     gsm8k = GSM8K_FEW_SHOT.replace("{question}", GSM8K_QUESTION)
     return [

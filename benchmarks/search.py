@@ -35,7 +35,7 @@ import anyio
 
 from ttc import BeamPRM, BestOfN, Lookahead, SamplingParams
 from ttc.adapters import LlamaCpp
-from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS
+from ttc.adapters.gemma import GSM8K_FEW_SHOT, TEMPLATE_STOPS
 from ttc.scoring import (
     ArithmeticPRM,
     GSM8KAnswer,

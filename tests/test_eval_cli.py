@@ -13,7 +13,8 @@ import typer
 from typer.testing import CliRunner
 
 from ttc.adapters import FunctionModel
-from ttc.eval.commands import EXIT_BUDGET, EvalStrategy, register
+from ttc.cli import register
+from ttc.cli.eval import EXIT_BUDGET, EvalStrategy
 from ttc.eval.datasets import load_dataset
 from ttc.eval.solver import STRATEGIES
 from ttc.runtime.model import Model

@@ -26,8 +26,8 @@ from ttc.errors import (
     ServerError,
 )
 from ttc.eval.datasets import load_dataset
-from ttc.eval.runner import evaluate, fails_every_question
-from ttc.eval.solver import Solver, named_strategy
+from ttc.eval.runner import evaluate
+from ttc.eval.solver import Solver, fails_every_question, named_strategy
 from ttc.runtime.model import Model
 from ttc.runtime.retry import RetryPolicy
 from ttc.types import GenerateRequest

@@ -11,7 +11,7 @@ import pytest
 from ttc import Budget, RepeatedSample
 from ttc.adapters import FunctionModel
 from ttc.errors import BudgetExceeded
-from ttc.eval.runner import EvalLedger
+from ttc.eval.solver import EvalLedger
 from ttc.runtime.budget import Charge, Ledger, Reservation, reserve, reserve_when_affordable
 from ttc.runtime.context import run_scope
 from ttc.types import GenerateRequest, Usage

@@ -77,7 +77,7 @@ def test_nothing_heavy_loads_until_a_plot_or_a_ray_run() -> None:
     heavy = ["matplotlib", "ray", "llama_cpp", "litellm", "sympy", "math_verify", "torch"]
     code = (
         "import json, sys\n"
-        "import ttc.eval, ttc.eval.runner, ttc.eval.report, ttc.eval.plots, ttc.eval.commands\n"
+        "import ttc.eval, ttc.eval.runner, ttc.eval.report, ttc.eval.plots, ttc.cli\n"
         "import ttc.eval.ray_runner, ttc.eval.datasets, ttc.eval.store\n"
         "from ttc.eval import evaluate, load_dataset, Solver, write_plots\n"
         f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"

@@ -126,7 +126,7 @@ def test_fit_policy_command_writes_a_loadable_policy(tmp_path: Path) -> None:
 
 def test_ttc_eval_and_ttc_run_offer_every_registered_strategy() -> None:
     from ttc.cli import StrategyName
-    from ttc.eval.commands import EvalStrategy
+    from ttc.cli.eval import EvalStrategy
     from ttc.strategies.registry import STRATEGIES
 
     assert {s.value for s in EvalStrategy} == set(STRATEGIES)

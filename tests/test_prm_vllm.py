@@ -28,7 +28,7 @@ from test_prm_hf import CORPUS, QUESTION, STEPS
 
 from ttc import BeamPRM, Budget, SamplingParams
 from ttc.adapters import FunctionModel
-from ttc.adapters.vllm_engine import VLLMServerProcess
+from ttc.adapters.vllm_launch import VLLMServerProcess
 from ttc.errors import BudgetExceeded, ConfigError
 from ttc.scoring import QwenPRM, VLLMPoolingPRM
 from ttc.types import GenerateRequest

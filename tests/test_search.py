@@ -621,7 +621,7 @@ async def test_search_on_the_embedded_gemma_with_the_arithmetic_prm(
     gemma: object, strategy: type[BeamPRM] | type[DVTS], index: int
 ) -> None:
     from ttc.adapters import LlamaCpp
-    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT
 
     assert isinstance(gemma, LlamaCpp)
     question = json.loads(GSM8K_DEV.read_text().splitlines()[index])["question"]
@@ -658,7 +658,7 @@ async def test_beam_search_on_the_embedded_gemma_with_other_prm_kinds(
     own steps through the runtime) and by a transformers PRM (a tiny Qwen2.5-Math-PRM-format
     checkpoint, random weights: the plumbing, not the quality)."""
     from ttc.adapters import LlamaCpp
-    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT
     from ttc.scoring import QwenPRM, StepJudge
 
     assert isinstance(gemma, LlamaCpp)

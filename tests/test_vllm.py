@@ -53,7 +53,7 @@ def gemma_dir() -> Path:
 
 
 def few_shot(question: str) -> str:
-    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT
 
     return GSM8K_FEW_SHOT.replace("{question}", question)
 
@@ -62,7 +62,7 @@ def search_strategy(kind: str, model: object) -> Any:
     """A small search of ``kind`` on ``model``: N = 4, M = 2, three rounds, sentence steps on
     the few-shot GSM8K template, guided by the arithmetic PRM."""
     from ttc import DVTS, BeamPRM, Lookahead
-    from ttc.adapters.llamacpp import GSM8K_FEW_SHOT, TEMPLATE_STOPS
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT, TEMPLATE_STOPS
     from ttc.scoring import ArithmeticPRM
     from ttc.strategies import StepFormat
 
@@ -94,7 +94,7 @@ def check_search(result: Result, strategy: Any, *, path: str) -> None:
 @needs_vllm
 def test_options_are_checked_before_anything_loads(tmp_path: Path, gemma_dir: Path) -> None:
     from ttc.adapters import VLLM
-    from ttc.adapters.vllm_engine import Speculative
+    from ttc.adapters.vllm_speculative import Speculative
 
     with pytest.raises(ConfigError, match=r"config\.json"):
         VLLM(tmp_path / "missing")
@@ -106,6 +106,11 @@ def test_options_are_checked_before_anything_loads(tmp_path: Path, gemma_dir: Pa
         VLLM(gemma_dir, gpu_memory_utilization=1.5)
     with pytest.raises(ConfigError, match="engine_kwargs: set seed"):
         VLLM(gemma_dir, engine_kwargs={"seed": 1})
+    # Checked against vLLM's own AsyncEngineArgs, not a list pinned to one vLLM version.
+    with pytest.raises(ConfigError, match="no_such_option: not an argument of vLLM's"):
+        VLLM(gemma_dir, engine_kwargs={"no_such_option": 1})
+    with pytest.raises(ConfigError, match="kv_cache_dtype"):
+        VLLM(gemma_dir, engine_kwargs={"max_num_batched_tokens": 8}, kv_cache_dtype="fp9")
     with pytest.raises(ConfigError, match="needs model="):
         Speculative.checked(method="draft_model")
     with pytest.raises(ConfigError, match="not a local model folder"):
@@ -150,11 +155,11 @@ def test_options_are_checked_before_anything_loads(tmp_path: Path, gemma_dir: Pa
 
 
 def test_missing_vllm_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from ttc.adapters import vllm_engine
+    from ttc.adapters import vllm_common, vllm_engine
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        vllm_engine.importlib.util,
+        vllm_common.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "vllm" else real(name, *a),
     )
@@ -171,7 +176,7 @@ def test_missing_vllm_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path:
 def model(gemma_dir: Path) -> Iterator[object]:
     """The in-process engine, with n-gram speculation on; shut down after its class."""
     from ttc.adapters import VLLM
-    from ttc.adapters.vllm_engine import Speculative
+    from ttc.adapters.vllm_speculative import Speculative
 
     model = VLLM(
         gemma_dir,
@@ -368,7 +373,7 @@ def server(gemma_dir: Path) -> Iterator[object]:
 @needs_vllm
 class TestServer:
     async def test_server_generates_n_with_logprobs_and_echo(self, server: object) -> None:
-        from ttc.adapters.vllm_engine import VLLMServerProcess
+        from ttc.adapters.vllm_launch import VLLMServerProcess
 
         assert isinstance(server, VLLMServerProcess)
         assert server.running and server.base_url.startswith("http://127.0.0.1:")
@@ -394,7 +399,7 @@ class TestServer:
         await echo.aclose()
 
     async def test_server_returns_prompt_logprobs(self, server: object) -> None:
-        from ttc.adapters.vllm_engine import VLLMServerProcess
+        from ttc.adapters.vllm_launch import VLLMServerProcess
 
         assert isinstance(server, VLLMServerProcess)
         body = {
@@ -422,7 +427,7 @@ class TestServer:
     async def test_step_searches_through_the_server(self, server: object, endpoint: str) -> None:
         """The three searches through the OpenAI-compatible server: raw text on the
         completions endpoint, the final assistant message continued on the chat endpoint."""
-        from ttc.adapters.vllm_engine import VLLMServerProcess
+        from ttc.adapters.vllm_launch import VLLMServerProcess
 
         assert isinstance(server, VLLMServerProcess)
         path = "completion" if endpoint == "completions" else "continue_final_message"

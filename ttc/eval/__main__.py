@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from ttc.eval.commands import register
+from ttc.cli import register
 
 app = typer.Typer(
     name="ttc-eval",

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttc.eval.metrics import pass_at_k
 from ttc.eval.report import _level_key, _Question, _reduce
 from ttc.eval.store import QuestionRecord, ResultsStore
+from ttc.scoring.coverage import pass_at_k
 
 __all__ = [
     "ALL",

@@ -47,14 +47,12 @@ from ttc.errors import ConfigError
 from ttc.eval.datasets import Dataset, load_dataset
 from ttc.eval.solver import Solver, spec_strategy
 from ttc.runtime.model import Model
-from ttc.strategies.registry import StrategySpec
+from ttc.strategies.registry import StrategySpec, build_params
 from ttc.strategies.steps import StepFormat
 from ttc.types import SamplingParams
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
-    from ttc.eval.runner import EvalSummary
+    from ttc.eval.runner import EvalSummary, Progress
 
 __all__ = [
     "Cell",
@@ -134,7 +132,7 @@ def untemplate(data: Dataset, llm: Model) -> tuple[Dataset, str | None]:
     template = getattr(llm, "template", None)
     if not isinstance(template, str):
         return data, None
-    from ttc.adapters.llamacpp import TEMPLATE_STOPS
+    from ttc.adapters.gemma import TEMPLATE_STOPS
 
     llm.template = None  # type: ignore[attr-defined]
     if data.spec.template is None and data.spec.kind != "code":
@@ -152,7 +150,6 @@ def sampling(
 ) -> tuple[SamplingParams, StepFormat]:
     """Sampling parameters (the model's defaults, the options given, the dataset's stop
     strings) and the step format for step-wise search on ``data``."""
-    from ttc.cli import build_params
 
     base = build_params(llm, temperature, max_tokens, seed)
     stop = base.stop + tuple(s for s in data.spec.stop if s not in base.stop)
@@ -320,7 +317,7 @@ def load_experiment(path: str | Path) -> Experiment:
 async def run_experiment(
     experiment: Experiment,
     *,
-    progress: Console | bool | None = None,
+    progress: Progress | None = None,
     models: Mapping[str, Model] | None = None,
 ) -> list[EvalSummary]:
     """Run every cell into ``experiment.out``: stored questions are skipped, so a rerun
@@ -354,8 +351,8 @@ async def run_experiment(
             params, step_format = sampling(data, llm, cell.temperature, cell.max_tokens, cell.seed)
             make = spec_strategy(cell.strategy, params=params, step_format=step_format)
             solver = Solver(model=llm, strategy=make, config=cell.config())
-            if progress is not None and progress is not False:
-                _say(progress, f"cell {index}/{len(experiment.cells)}: {cell.run_name()}")
+            if progress is not None:
+                progress.note(f"cell {index}/{len(experiment.cells)}: {cell.run_name()}")
             budget = (
                 Budget(tokens=experiment.budget_tokens)
                 if experiment.budget_tokens is not None
@@ -377,13 +374,6 @@ async def run_experiment(
             if llm not in given.values():
                 await llm.aclose()
     return summaries
-
-
-def _say(progress: Console | bool, text: str) -> None:
-    from rich.console import Console
-
-    console = progress if isinstance(progress, Console) else Console(stderr=True)
-    console.print(text, soft_wrap=True, markup=False)
 
 
 def describe(cells: Sequence[Cell]) -> list[Mapping[str, Any]]:

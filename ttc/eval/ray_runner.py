@@ -3,8 +3,8 @@
 ``evaluate(..., ray=True)`` (or ``ttc eval --ray [ADDRESS]``) uses ``RayExecutor`` in place of
 the local one; everything else is the same: the driver stores each outcome in the same SQLite
 store the moment it arrives (so resume and ``kill -9`` behave as in a local run), and a worker
-answers a question with the same ``solve_question`` a local run uses, so stored results are
-identical in form.
+answers a question with the same ``ttc.eval.solver.solve_question`` a local run uses, so stored
+results are identical in form.
 
 Budgets across workers: one ``LedgerActor`` holds the run's ``EvalLedger`` (started from what
 the stored questions cost). Each worker's questions run in a run scope on a ``RemoteLedger``,
@@ -28,8 +28,7 @@ from typing import Any
 
 from ttc.errors import BudgetExceeded, MissingDependencyError, TTCError
 from ttc.eval.datasets import DatasetSpec, Example
-from ttc.eval.runner import EvalLedger, Outcome, solve_question
-from ttc.eval.solver import Solver
+from ttc.eval.solver import EvalLedger, Outcome, Solver, solve_question
 from ttc.runtime.budget import Budget, Charge, Reservation, reserve_when_affordable
 from ttc.runtime.model import Model
 from ttc.types import Usage
@@ -164,7 +163,8 @@ class Worker:
 
 
 class RayExecutor:
-    """Answers questions on Ray worker actors (used by ``ttc.eval.runner.evaluate``).
+    """Answers questions on Ray worker actors: a ``ttc.eval.executor.Executor`` that
+    ``ttc.eval.runner.evaluate`` uses with ``ray=``.
 
     Args:
         solver: must build its model from a function (each worker builds its own).

@@ -14,13 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttc.errors import ConfigError
-from ttc.eval.metrics import (
-    majority_at_k_curve,
-    pass_at_k,
-    vote_groups,
-    weighted_vote_at_k_curve,
-)
+from ttc.eval.metrics import majority_at_k_curve, vote_groups, weighted_vote_at_k_curve
 from ttc.eval.store import QuestionRecord, ResultsStore
+from ttc.scoring.coverage import pass_at_k
 from ttc.scoring.extract import normalize_answer
 from ttc.types import Candidate
 

@@ -15,179 +15,25 @@ so that metrics (pass@k, votes at every k) need no model call later.
 
 from __future__ import annotations
 
-import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio
 
-from ttc.errors import (
-    BudgetExceeded,
-    ConfigError,
-    GenerationError,
-    ProviderError,
-    TTCError,
-)
-from ttc.eval.datasets import Dataset, DatasetSpec, Example
-from ttc.eval.report import format_cost
-from ttc.eval.solver import Question, Solver
-from ttc.eval.store import QuestionRecord, ResultsStore
-from ttc.runtime.budget import Budget, Charge, Ledger
+from ttc.errors import ConfigError
+from ttc.eval.datasets import Dataset, Example
+from ttc.eval.executor import Executor, LocalExecutor
+from ttc.eval.solver import EvalLedger, Outcome, Solver
+from ttc.eval.store import ResultsStore
+from ttc.runtime.budget import Budget
 from ttc.runtime.context import run_scope
-from ttc.runtime.model import Model
-from ttc.strategies.base import Strategy
-from ttc.types import Result, Usage
+from ttc.types import Usage
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
-__all__ = [
-    "EvalLedger",
-    "EvalSummary",
-    "Outcome",
-    "default_run_name",
-    "evaluate",
-    "fails_every_question",
-    "solve_question",
-]
-
-
-class EvalLedger(Ledger):
-    """The ledger of a whole evaluation, shared by every question's run scope.
-
-    It starts from ``spent`` (what the run's stored questions cost, when resuming), and keeps
-    the refusal that means the run is out of budget in ``exhausted``: one with no other
-    request's reservation outstanding, which waiting cannot cure.
-    """
-
-    def __init__(self, budget: Budget, spent: Usage | None = None, scope: str = "eval") -> None:
-        super().__init__(budget, scope)
-        self.exhausted: BudgetExceeded | None = None
-        if spent is not None:
-            self.spent_tokens = spent.total_tokens
-            self.spent_usd = spent.cost_usd
-            self.spent_requests = spent.requests
-
-    def _check(self, charge: Charge) -> None:
-        try:
-            super()._check(charge)
-        except BudgetExceeded as exc:
-            if self.exhausted is None and (exc.limit == "seconds" or self.outstanding == 0):
-                self.exhausted = exc
-            raise
-
-
-Status = Literal["done", "incomplete", "failed"]
-
-
-@dataclass
-class Outcome:
-    """How one question ended: ``done`` (``record`` is to be stored), ``incomplete`` (the
-    run's budget stopped it: not stored, the run should end) or ``failed`` (an error; tried
-    again on a rerun). ``fatal``: the error will fail every question alike, so the run should
-    stop. ``usage`` is what the question cost either way."""
-
-    example_id: str
-    status: Status
-    usage: Usage
-    record: QuestionRecord | None = None
-    error: str | None = None
-    fatal: bool = False
-
-
-def fails_every_question(exc: BaseException) -> bool:
-    """Whether ``exc`` will fail every question of a run alike (a wrong key, a model or URL
-    that is not there, a server that cannot be reached once the retries are spent: the
-    errors marked ``ProviderError.fatal``), so that the evaluation stops at once rather than
-    fail each question in turn."""
-    if isinstance(exc, GenerationError):
-        exc = exc.cause
-    return isinstance(exc, ProviderError) and exc.fatal
-
-
-def _failure(example: Example, exc: BaseException, what: str = "") -> str:
-    """A failed question's note: its line in the dataset and the error."""
-    return f"line {example.line}: {what}{type(exc).__name__}: {exc}"
-
-
-async def solve_question(
-    model: Model,
-    solver: Solver,
-    spec: DatasetSpec,
-    example: Example,
-    position: int,
-    ledger: EvalLedger | None,
-) -> Outcome:
-    """Answer one question with ``solver``'s strategy, charging ``ledger``, and judge every
-    candidate with the question's verifier. Used by the local runner and by Ray workers."""
-    question = Question(example, spec.prompt(example), spec.verifier(example), spec.extractor())
-    strategy: Strategy | None = None
-    with run_scope(ledger, trace=False) as scope:
-        try:
-            strategy = solver.strategy(model, question)
-            result = await strategy.run(question.prompt)
-        except BudgetExceeded as exc:  # a strategy with on_budget="raise"
-            own = strategy is not None and strategy.budget is not None
-            if exc.result is None or _run_budget_spent(ledger, strategy_budget=own):
-                return Outcome(example.id, "incomplete", scope.usage.snapshot(), error=str(exc))
-            result = exc.result
-        except (TTCError, ValueError) as exc:
-            # This question's failure: a provider's error, or text it cannot take (a lone
-            # surrogate is a UnicodeError, a ValueError). Other exceptions are bugs: they end
-            # the run, with what was stored kept.
-            fatal = fails_every_question(exc)
-            error = _failure(example, exc)
-            return Outcome(example.id, "failed", scope.usage.snapshot(), error=error, fatal=fatal)
-        if result.stopped_by == "budget" and _run_budget_spent(
-            ledger, strategy_budget=strategy is not None and strategy.budget is not None
-        ):
-            error = "; ".join(result.errors) or "budget"
-            return Outcome(example.id, "incomplete", scope.usage.snapshot(), error=error)
-        try:
-            correct = await _judge(result, question)
-        except (TTCError, ValueError) as exc:
-            error = _failure(example, exc, "grading failed: ")
-            return Outcome(example.id, "failed", scope.usage.snapshot(), error=error)
-        usage = scope.usage.snapshot()  # the strategy's, and any calls its grading made
-    record = QuestionRecord(
-        id=example.id,
-        position=position,
-        question=example.question,
-        reference=example.reference,
-        level=example.level,
-        subject=example.subject,
-        fingerprint=example.fingerprint,
-        correct=correct,
-        result=result,
-    )
-    return Outcome(example.id, "done", usage, record=record)
-
-
-def _run_budget_spent(ledger: EvalLedger | None, *, strategy_budget: bool) -> bool:
-    """Whether a budget stop came from a budget of the whole run (the evaluation's, or a
-    model's own) rather than from the strategy's per-question budget."""
-    if ledger is not None:
-        left = ledger.remaining_seconds()
-        if ledger.exhausted is not None or (left is not None and left <= 0):
-            return True
-    return not strategy_budget
-
-
-async def _judge(result: Result, question: Question) -> bool:
-    """Judge the candidates no strategy judged; whether the selected candidate is correct."""
-    unjudged = [c for c in result.candidates if c.verified is None]
-    best = result.best
-    if best is not None and best.verified is None and all(best is not c for c in unjudged):
-        unjudged.append(best)
-    if unjudged:
-        verdicts = await question.verifier.verify(question.prompt, unjudged)
-        for candidate, ok in zip(unjudged, verdicts):
-            candidate.verified = ok
-    return bool(best is not None and best.verified)
+__all__ = ["EvalSummary", "Progress", "default_run_name", "evaluate"]
 
 
 @dataclass
@@ -242,38 +88,56 @@ def default_run_name(dataset: Dataset, config: Mapping[str, Any]) -> str:
     return slug or "run"
 
 
-Solve = Callable[[int, Example], Awaitable[Outcome]]
+@runtime_checkable
+class Progress(Protocol):
+    """What ``evaluate`` tells a progress display as the run goes (``ttc eval`` draws one:
+    ``ttc.cli.progress.EvalProgress``)."""
+
+    @property
+    def animated(self) -> bool:
+        """Whether the display redraws, so that live token counts are worth sending."""
+        ...
+
+    def start(self, summary: EvalSummary) -> None:
+        """The run starts; ``summary`` is updated in place as questions finish."""
+        ...
+
+    def update(self, usage: Usage) -> None:
+        """A question finished (or failed); ``usage`` is the run's so far."""
+        ...
+
+    def refresh(self, usage: Usage) -> None:
+        """New token and USD counts between questions."""
+        ...
+
+    def note(self, text: str) -> None:
+        """A line to show (an experiment's next cell)."""
+        ...
+
+    def stop(self) -> None:
+        """The run ended (or failed)."""
+        ...
 
 
-class _LocalExecutor:
-    """Questions answered in this process, on one model."""
+class _Silent:
+    """No display."""
 
-    def __init__(self, solver: Solver, spec: DatasetSpec, ledger: EvalLedger | None) -> None:
-        self.solver = solver
-        self.spec = spec
-        self.ledger = ledger
-        self.model: Model | None = None
-        self.owned = False
+    animated = False
 
-    async def __aenter__(self) -> _LocalExecutor:
-        self.model, self.owned = self.solver.build_model()
-        return self
+    def start(self, summary: EvalSummary) -> None:
+        pass
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self.model is not None and self.owned:
-            with anyio.CancelScope(shield=True):
-                await self.model.aclose()
+    def update(self, usage: Usage) -> None:
+        pass
 
-    in_process = True
+    def refresh(self, usage: Usage) -> None:
+        pass
 
-    async def solve(self, position: int, example: Example) -> Outcome:
-        assert self.model is not None
-        return await solve_question(
-            self.model, self.solver, self.spec, example, position, self.ledger
-        )
+    def note(self, text: str) -> None:
+        pass
 
-    def exhausted(self) -> bool:
-        return self.ledger is not None and self.ledger.exhausted is not None
+    def stop(self) -> None:
+        pass
 
 
 async def evaluate(
@@ -285,7 +149,7 @@ async def evaluate(
     concurrency: int = 4,
     budget: Budget | None = None,
     resume: bool = True,
-    progress: bool | Console | None = None,
+    progress: Progress | None = None,
     ray: bool | str | None = None,
     workers: int | None = None,
 ) -> EvalSummary:
@@ -303,8 +167,8 @@ async def evaluate(
             call's wall time.
         resume: skip questions already stored under this run's name (default). ``False``
             deletes the run's stored questions first.
-        progress: a rich ``Console`` for a live display; ``True`` for one on stderr (a line
-            per question when stderr is not a terminal); ``None``/``False`` for none.
+        progress: a ``Progress`` display, e.g. ``ttc.cli.progress.EvalProgress()`` (a live bar
+            on a terminal, a line per question otherwise); ``None`` for none.
         ray: run the questions on a Ray cluster: ``True`` (a local one started with
             ``ray.init()``, or the one already initialized) or a cluster address.
         workers: Ray workers (default: one a CPU of the cluster).
@@ -317,6 +181,11 @@ async def evaluate(
     """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ConfigError(f"concurrency must be a positive integer, got {concurrency!r}")
+    if progress is not None and not isinstance(progress, Progress):
+        raise ConfigError(
+            "progress: pass a display such as ttc.cli.progress.EvalProgress() (a live bar on a "
+            f"terminal, a line per question otherwise), or None; got {progress!r}"
+        )
     config = {"dataset": dataset.name, "format": dataset.spec.name, **dict(solver.config)}
     name = run or default_run_name(dataset, config)
     started = time.perf_counter()
@@ -339,11 +208,12 @@ async def evaluate(
             skipped=len(here),
             correct=sum(1 for qid in here if verdicts[qid]),
         )
-        display = _Display.create(progress, summary)
+        display: Progress = progress if progress is not None else _Silent()
+        executor: Executor
         if ray is not None and ray is not False:
             from ttc.eval.ray_runner import RayExecutor
 
-            executor: Any = RayExecutor(
+            executor = RayExecutor(
                 solver,
                 dataset.spec,
                 budget=budget,
@@ -353,13 +223,14 @@ async def evaluate(
                 concurrency=concurrency,
             )
         else:
-            executor = _LocalExecutor(solver, dataset.spec, ledger)
+            executor = LocalExecutor(solver, dataset.spec, ledger)
         # Until the run ends, "stopped by nothing" with questions missing reads as interrupted.
         store.set_progress(name, len(dataset))
+        display.start(summary)
         try:
-            with display:
-                await _drive(executor, todo, concurrency, store, summary, display)
+            await _drive(executor, todo, concurrency, store, summary, display)
         finally:
+            display.stop()
             summary.elapsed_s = time.perf_counter() - started
         note = summary.fatal_error if summary.stopped_by == "error" else summary.budget_error
         store.set_progress(name, len(dataset), summary.stopped_by, note)
@@ -382,12 +253,12 @@ def _check_same_questions(
 
 
 async def _drive(
-    executor: Any,
+    executor: Executor,
     todo: list[tuple[int, Example]],
     concurrency: int,
     store: ResultsStore,
     summary: EvalSummary,
-    display: _Display,
+    display: Progress,
 ) -> None:
     """Pull questions with ``concurrency`` workers; store each outcome as it comes."""
     if not todo:
@@ -458,122 +329,3 @@ async def _drive(
         raise error
     if executor.exhausted() and summary.stored < summary.total and summary.stopped_by is None:
         summary.stopped_by = "budget"
-
-
-class _Display:
-    """The progress display: a rich bar (questions, accuracy, tokens, USD, ETA) on a
-    terminal, a line per question otherwise (the log of a run in the background)."""
-
-    def __init__(
-        self, console: Console | None, stream: IO[str] | None, summary: EvalSummary
-    ) -> None:
-        self.console = console
-        self.stream = stream
-        self.summary = summary
-        self.start = time.monotonic()
-        self.first_done = summary.stored
-        self._progress: Any = None
-        self._task: Any = None
-
-    @classmethod
-    def create(cls, progress: object, summary: EvalSummary) -> _Display:
-        if progress is None or progress is False:
-            return cls(None, None, summary)
-        from rich.console import Console
-
-        console = progress if isinstance(progress, Console) else Console(stderr=True)
-        if console.is_terminal:
-            return cls(console, None, summary)
-        return cls(None, console.file, summary)
-
-    @property
-    def animated(self) -> bool:
-        """Whether the display redraws (a terminal), so live token counts are worth it."""
-        return self.console is not None
-
-    def __enter__(self) -> _Display:
-        s = self.summary
-        if self.console is not None:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                SpinnerColumn(),
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("acc {task.fields[accuracy]}"),
-                TextColumn("{task.fields[tokens]} tok"),
-                TextColumn("{task.fields[usd]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task(
-                s.run, total=s.total, completed=s.stored, **self._fields(Usage())
-            )
-        elif self.stream is not None:
-            self._line(
-                f"{s.run}: {s.total} questions, {s.stored} already stored, "
-                f"{s.total - s.stored} to do"
-            )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def _fields(self, usage: Usage) -> dict[str, str]:
-        s = self.summary
-        return {
-            "accuracy": f"{s.correct / s.stored:.3f}" if s.stored else "-",
-            "tokens": f"{usage.total_tokens:,}",
-            "usd": format_cost(usage.cost_usd, usage.unpriced_models),
-        }
-
-    def refresh(self, usage: Usage) -> None:
-        """New token and USD counts between questions."""
-        if self._progress is not None:
-            self._progress.update(self._task, **self._fields(usage))
-
-    def update(self, usage: Usage) -> None:
-        """A question finished (or failed)."""
-        s = self.summary
-        if self._progress is not None:
-            self._progress.update(self._task, completed=s.stored, **self._fields(usage))
-        elif self.stream is not None:
-            elapsed = time.monotonic() - self.start
-            new = s.stored - self.first_done
-            eta = _duration(elapsed / new * (s.total - s.stored)) if new else "?"
-            fields = self._fields(usage)
-            failed = f" · {len(s.failed)} failed" if s.failed else ""
-            self._line(
-                f"[{s.stored}/{s.total}] acc {fields['accuracy']} · {fields['tokens']} tokens"
-                f" · {fields['usd']} · {_duration(elapsed)} elapsed · ETA {eta}{failed}"
-            )
-
-    def _line(self, text: str) -> None:
-        assert self.stream is not None
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    hours, rest = divmod(int(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"

@@ -6,7 +6,9 @@ from a ``MakeStrategy`` function. The model is built once per process: with Ray 
 builds its own from ``Solver.model`` (a function), since a loaded engine cannot travel.
 ``named_strategy`` (and ``spec_strategy``, from a ``ttc.strategies.registry.StrategySpec``)
 give the functions behind ``ttc eval --strategy``, for every strategy of the registry;
-they pickle, so the same solver runs locally and on a Ray cluster.
+they pickle, so the same solver runs locally and on a Ray cluster. ``solve_question`` answers
+and judges one question, charging the run's ``EvalLedger``: every executor (local, Ray) calls
+it, so stored results are identical in form.
 
 Step-wise search continues the prompt as raw text: for a dataset with a few-shot template the
 question it searches from is the templated prompt, so ``StepFormat.template`` stays
@@ -18,23 +20,30 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from ttc.errors import ConfigError
-from ttc.eval.datasets import Example
+from ttc.errors import BudgetExceeded, ConfigError, GenerationError, ProviderError, TTCError
+from ttc.eval.datasets import DatasetSpec, Example
+from ttc.eval.store import QuestionRecord
+from ttc.runtime.budget import Budget, Charge, Ledger
+from ttc.runtime.context import run_scope
 from ttc.runtime.model import Model
 from ttc.scoring.base import Verifier
 from ttc.strategies import registry
 from ttc.strategies.base import Strategy
 from ttc.strategies.steps import StepFormat
-from ttc.types import SamplingParams
+from ttc.types import Result, SamplingParams, Usage
 
 __all__ = [
     "STRATEGIES",
+    "EvalLedger",
     "MakeStrategy",
+    "Outcome",
     "Question",
     "Solver",
+    "fails_every_question",
     "named_strategy",
+    "solve_question",
     "spec_strategy",
 ]
 
@@ -136,3 +145,141 @@ def _build_spec(
         step_format=step_format,
     )
     return registry.build_strategy(spec, model, context)
+
+
+# --------------------------------------------------------------------------------------------
+# Answering one question
+
+
+class EvalLedger(Ledger):
+    """The ledger of a whole evaluation, shared by every question's run scope.
+
+    It starts from ``spent`` (what the run's stored questions cost, when resuming), and keeps
+    the refusal that means the run is out of budget in ``exhausted``: one with no other
+    request's reservation outstanding, which waiting cannot cure.
+    """
+
+    def __init__(self, budget: Budget, spent: Usage | None = None, scope: str = "eval") -> None:
+        super().__init__(budget, scope)
+        self.exhausted: BudgetExceeded | None = None
+        if spent is not None:
+            self.spent_tokens = spent.total_tokens
+            self.spent_usd = spent.cost_usd
+            self.spent_requests = spent.requests
+
+    def _check(self, charge: Charge) -> None:
+        try:
+            super()._check(charge)
+        except BudgetExceeded as exc:
+            if self.exhausted is None and (exc.limit == "seconds" or self.outstanding == 0):
+                self.exhausted = exc
+            raise
+
+
+Status = Literal["done", "incomplete", "failed"]
+
+
+@dataclass
+class Outcome:
+    """How one question ended: ``done`` (``record`` is to be stored), ``incomplete`` (the
+    run's budget stopped it: not stored, the run should end) or ``failed`` (an error; tried
+    again on a rerun). ``fatal``: the error will fail every question alike, so the run should
+    stop. ``usage`` is what the question cost either way."""
+
+    example_id: str
+    status: Status
+    usage: Usage
+    record: QuestionRecord | None = None
+    error: str | None = None
+    fatal: bool = False
+
+
+def fails_every_question(exc: BaseException) -> bool:
+    """Whether ``exc`` will fail every question of a run alike (a wrong key, a model or URL
+    that is not there, a server that cannot be reached once the retries are spent: the
+    errors marked ``ProviderError.fatal``), so that the evaluation stops at once rather than
+    fail each question in turn."""
+    if isinstance(exc, GenerationError):
+        exc = exc.cause
+    return isinstance(exc, ProviderError) and exc.fatal
+
+
+def _failure(example: Example, exc: BaseException, what: str = "") -> str:
+    """A failed question's note: its line in the dataset and the error."""
+    return f"line {example.line}: {what}{type(exc).__name__}: {exc}"
+
+
+async def solve_question(
+    model: Model,
+    solver: Solver,
+    spec: DatasetSpec,
+    example: Example,
+    position: int,
+    ledger: EvalLedger | None,
+) -> Outcome:
+    """Answer one question with ``solver``'s strategy, charging ``ledger``, and judge every
+    candidate with the question's verifier. Used by the local runner and by Ray workers."""
+    question = Question(example, spec.prompt(example), spec.verifier(example), spec.extractor())
+    strategy: Strategy | None = None
+    with run_scope(ledger, trace=False) as scope:
+        try:
+            strategy = solver.strategy(model, question)
+            result = await strategy.run(question.prompt)
+        except BudgetExceeded as exc:  # a strategy with on_budget="raise"
+            own = strategy is not None and strategy.budget is not None
+            if exc.result is None or _run_budget_spent(ledger, strategy_budget=own):
+                return Outcome(example.id, "incomplete", scope.usage.snapshot(), error=str(exc))
+            result = exc.result
+        except (TTCError, ValueError) as exc:
+            # This question's failure: a provider's error, or text it cannot take (a lone
+            # surrogate is a UnicodeError, a ValueError). Other exceptions are bugs: they end
+            # the run, with what was stored kept.
+            fatal = fails_every_question(exc)
+            error = _failure(example, exc)
+            return Outcome(example.id, "failed", scope.usage.snapshot(), error=error, fatal=fatal)
+        if result.stopped_by == "budget" and _run_budget_spent(
+            ledger, strategy_budget=strategy is not None and strategy.budget is not None
+        ):
+            error = "; ".join(result.errors) or "budget"
+            return Outcome(example.id, "incomplete", scope.usage.snapshot(), error=error)
+        try:
+            correct = await _judge(result, question)
+        except (TTCError, ValueError) as exc:
+            error = _failure(example, exc, "grading failed: ")
+            return Outcome(example.id, "failed", scope.usage.snapshot(), error=error)
+        usage = scope.usage.snapshot()  # the strategy's, and any calls its grading made
+    record = QuestionRecord(
+        id=example.id,
+        position=position,
+        question=example.question,
+        reference=example.reference,
+        level=example.level,
+        subject=example.subject,
+        fingerprint=example.fingerprint,
+        correct=correct,
+        result=result,
+    )
+    return Outcome(example.id, "done", usage, record=record)
+
+
+def _run_budget_spent(ledger: EvalLedger | None, *, strategy_budget: bool) -> bool:
+    """Whether a budget stop came from a budget of the whole run (the evaluation's, or a
+    model's own) rather than from the strategy's per-question budget."""
+    if ledger is not None:
+        left = ledger.remaining_seconds()
+        if ledger.exhausted is not None or (left is not None and left <= 0):
+            return True
+    return not strategy_budget
+
+
+async def _judge(result: Result, question: Question) -> bool:
+    """Judge the candidates no strategy judged; whether the selected candidate is correct."""
+    unjudged = [c for c in result.candidates if c.verified is None]
+    best = result.best
+    if best is not None and best.verified is None and all(best is not c for c in unjudged):
+        unjudged.append(best)
+    if unjudged:
+        verdicts = await question.verifier.verify(question.prompt, unjudged)
+        for candidate, ok in zip(unjudged, verdicts):
+            candidate.verified = ok
+    return bool(best is not None and best.verified)

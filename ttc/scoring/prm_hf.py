@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ import anyio.to_thread
 
 from ttc.errors import ConfigError, ContextLengthError, ProviderError
 from ttc.hf_local import Dtype, check_settings, model_folder, require_hf, torch_device
+from ttc.runtime.loader import EngineLoader
 from ttc.scoring.prm import ProcessRewardModel
 from ttc.validation import check_int
 
@@ -148,12 +147,9 @@ class TransformersPRM(ProcessRewardModel):
         self.num_threads = num_threads
         if name is not None:
             self.name = name
-        self.load_seconds: float | None = None
         #: Forward passes run so far (one per batch): shows that solutions were batched.
         self.forward_passes = 0
-        self._loaded: _Loaded | None = None
-        self._load_lock = threading.Lock()
-        self._run_lock = threading.Lock()
+        self._engine = EngineLoader[_Loaded](name=f"PRM {self.model_dir}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.model_dir)!r})"
@@ -162,33 +158,27 @@ class TransformersPRM(ProcessRewardModel):
 
     async def start(self) -> None:
         """Load the model now rather than on the first scoring call."""
-        await anyio.to_thread.run_sync(self._load)
+        await self._engine.aget(self._load_now)
 
     def load(self: _P) -> _P:
         """``start`` for synchronous code (scripts, fixtures); returns the PRM."""
-        self._load()
+        self._engine.get(self._load_now)
         return self
 
     def close(self) -> None:
         """Drop the model (a later call loads it again); waits for a pass in progress."""
-        with self._load_lock, self._run_lock:
-            self._loaded = None
+        self._engine.close()
+
+    @property
+    def load_seconds(self) -> float | None:
+        """How long loading took (``None`` until loaded)."""
+        return self._engine.seconds
 
     @property
     def tokenizer(self) -> Any:
         """The tokenizer (``None`` until loaded)."""
-        loaded = self._loaded
+        loaded = self._engine.value
         return loaded.tokenizer if loaded is not None else None
-
-    def _load(self) -> _Loaded:
-        with self._load_lock:
-            if self._loaded is not None:
-                return self._loaded
-            start = time.perf_counter()
-            self._loaded = self._load_now()
-            self.load_seconds = time.perf_counter() - start
-            logger.info("loaded PRM %s in %.1f s", self.model_dir, self.load_seconds)
-            return self._loaded
 
     def _auto_class(self) -> Any:
         """The transformers Auto class the checkpoint loads through."""
@@ -255,8 +245,8 @@ class TransformersPRM(ProcessRewardModel):
     def encode(self, question: str, steps: Sequence[str]) -> Encoded:
         """What the model sees for one solution (loads the model if needed): for inspection and
         tests."""
-        loaded = self._loaded or self._load()
-        with self._run_lock:
+        loaded = self._engine.get(self._load_now)
+        with self._engine.run_lock:
             return self._checked(loaded, question, steps)
 
     def _checked(self, loaded: _Loaded, question: str, steps: Sequence[str]) -> Encoded:
@@ -279,17 +269,16 @@ class TransformersPRM(ProcessRewardModel):
         self, question: str, solutions: Sequence[Sequence[str]]
     ) -> list[list[float]]:
         batch = [list(steps) for steps in solutions]
-        if self._loaded is None:
-            await anyio.to_thread.run_sync(self._load)
+        await self._engine.aget(self._load_now)
         return await anyio.to_thread.run_sync(self._score_sync, question, batch)
 
     def _score_sync(self, question: str, solutions: list[list[str]]) -> list[list[float]]:
         """Every solution's step scores, ``batch_size`` solutions per forward pass (in a worker
         thread, holding the run lock)."""
-        loaded = self._loaded or self._load()
+        loaded = self._engine.get(self._load_now)
         # the tokenizer under the lock too: a fast tokenizer used from two threads at once can
         # fail ("Already borrowed")
-        with self._run_lock:
+        with self._engine.run_lock:
             encoded = [self._checked(loaded, question, steps) for steps in solutions]
             order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
             out: list[list[float]] = [[] for _ in encoded]

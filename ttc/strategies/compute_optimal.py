@@ -85,7 +85,7 @@ class Bin(BaseModel):
 class Policy(BaseModel):
     """Which action to take at which estimated difficulty.
 
-    Args:
+    Attributes:
         probe_n: samples the probe draws.
         difficulty: ``"agreement"`` or ``"score"`` (needs a scorer on the strategy).
         bins: contiguous ranges covering [0, 1], in any order.

@@ -9,7 +9,6 @@ about N x (k + 1) steps a round; ``k = 0`` is beam search.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from ttc.runtime.budget import Budget
 from ttc.runtime.context import RunContext
@@ -19,7 +18,7 @@ from ttc.scoring.extract import extract_answer
 from ttc.scoring.prm import Aggregation, ProcessRewardModel, aggregate
 from ttc.strategies.base import Extractor, OnBudget
 from ttc.strategies.beam_prm import BeamPRM
-from ttc.strategies.search import Beam
+from ttc.strategies.search import Beam, SearchOptions
 from ttc.strategies.steps import StepFormat
 from ttc.types import SamplingParams
 from ttc.validation import check_int
@@ -37,50 +36,53 @@ class Lookahead(BeamPRM):
 
     def __init__(
         self,
-        model: Model,
+        source: Model,
         prm: ProcessRewardModel,
         n: int = 16,
-        width: int = 4,
+        beam_width: int | None = None,
         *,
         k: int = 1,
+        width: int | None = None,
         max_rounds: int = 40,
         aggregation: Aggregation | str = "last",
         remove_duplicates: bool = True,
         params: SamplingParams | None = None,
         step_format: StepFormat | None = None,
-        final_selector: Selector | None = None,
+        selector: Selector | None = None,
         extract: Extractor = extract_answer,
+        options: SearchOptions | None = None,
         budget: Budget | None = None,
         on_budget: OnBudget = "return",
         trace: bool = True,
     ) -> None:
         check_int("k", k, ge=0)
+        if options is None:
+            options = SearchOptions.of(
+                n,
+                beam_width,
+                width=width,
+                max_rounds=max_rounds,
+                aggregation=aggregation,
+                remove_duplicates=remove_duplicates,
+                params=params,
+                step_format=step_format,
+                selector=selector,
+                extract=extract,
+            )
         super().__init__(
-            model,
-            prm,
-            n,
-            width,
-            max_rounds=max_rounds,
-            aggregation=aggregation,
-            remove_duplicates=remove_duplicates,
-            params=params,
-            step_format=step_format,
-            final_selector=final_selector,
-            extract=extract,
-            budget=budget,
-            on_budget=on_budget,
-            trace=trace,
+            source, prm, options=options, budget=budget, on_budget=on_budget, trace=trace
         )
         self.k = k
-        self.rollout_params = self.params.model_copy(update={"temperature": 0.0})
+        self.rollout_params = self.options.params.model_copy(update={"temperature": 0.0})
 
     def __repr__(self) -> str:
         return (
-            f"Lookahead({self.model!r}, {self.prm!r}, n={self.n}, width={self.width}, k={self.k})"
+            f"Lookahead({self.source!r}, {self.prm!r}, n={self.n}, "
+            f"beam_width={self.beam_width}, k={self.k})"
         )
 
-    def round_extra(self) -> dict[str, Any]:
-        return {"lookahead": self.k}
+    def lookahead_steps(self) -> int | None:
+        return self.k
 
     async def value(self, ctx: RunContext, question: str, beams: Sequence[Beam]) -> None:
         """Roll every unfinished beam out ``k`` greedy steps, then score each beam's path (its
@@ -92,7 +94,7 @@ class Lookahead(BeamPRM):
             if not open_:
                 break
             plan = [(Beam(id=b.id, steps=b.steps + rollouts[b.id]), 1) for b in open_]
-            groups = await self.expand(
+            groups = await self.generate(
                 ctx, question, plan, ids, to_end=False, params=self.rollout_params
             )
             still: list[Beam] = []
@@ -112,5 +114,5 @@ class Lookahead(BeamPRM):
                     continue
                 beam.scores = path.scores[: len(beam.steps)]
                 beam.rollout = rollouts[beam.id]
-                beam.value = aggregate(path.scores, self.aggregation)
+                beam.value = aggregate(path.scores, self.options.aggregation)
                 beam.scored = True

@@ -51,6 +51,7 @@ __all__ = [
     "Param",
     "StrategyInfo",
     "StrategySpec",
+    "build_params",
     "build_prm",
     "build_strategy",
     "parse_value",
@@ -71,13 +72,16 @@ class Param:
 
 
 _N = Param(int, 16, "samples, or beams for the searches")
+#: Other names a parameter is accepted under: the Python API's ``beam_width`` and the searches'
+#: former ``final_selector``.
+ALIASES: dict[str, str] = {"beam_width": "width", "final_selector": "selector"}
 _SEARCH: dict[str, Param] = {
     "width": Param(int, 4, "M, the beam width: n must be a multiple of it (default 4, else 2, 1)"),
     "max_rounds": Param(int, 40, "at most this many steps; the last one runs to the end"),
     "aggregation": Param(
         str, "last", "how a beam's step scores make one", ("last", "min", "prod", "mean")
     ),
-    "final_selector": Param(
+    "selector": Param(
         str,
         "weighted",
         "how the finished beams give the answer",
@@ -290,6 +294,9 @@ class StrategySpec:
             raise ConfigError(f"n must be a positive integer, got {n!r}")
         checked: dict[str, Scalar] = {}
         for key, value in (params or {}).items():
+            key = ALIASES.get(key, key) if key not in info.params else key
+            if key in checked:
+                raise ConfigError(f"parameter {key!r} given twice (under an alias)")
             if key not in info.params:
                 allowed = ", ".join(info.params) or "none besides n"
                 raise ConfigError(
@@ -443,6 +450,7 @@ def build_strategy(spec: StrategySpec, model: Model, context: BuildContext) -> S
     from ttc import strategies
     from ttc.scoring.extract import extract_answer
     from ttc.scoring.prm import PRMScorer
+    from ttc.strategies.search import SearchOptions
 
     extract = context.extract or extract_answer
     common: dict[str, Any] = {"params": context.params, "extract": extract, **context.extra}
@@ -509,29 +517,42 @@ def build_strategy(spec: StrategySpec, model: Model, context: BuildContext) -> S
         )
     assert spec.prm is not None
     prm = build_prm(spec.prm, dict(spec.prm_options), model)
-    search: dict[str, Any] = {
-        "max_rounds": spec.param("max_rounds"),
-        "aggregation": spec.param("aggregation"),
-        "step_format": context.step_format,
-        "final_selector": _selector(spec.param("final_selector")),
-        **common,
-    }
-    width = spec.param("width")
+    options = SearchOptions.of(
+        spec.n,
+        spec.param("width"),
+        max_rounds=spec.param("max_rounds"),
+        aggregation=spec.param("aggregation"),
+        remove_duplicates=spec.param("remove_duplicates") if name != "dvts" else True,
+        params=context.params,
+        step_format=context.step_format,
+        selector=_selector(spec.param("selector")),
+        extract=extract,
+    )
     if name == "beam-prm":
-        return strategies.BeamPRM(
-            model, prm, spec.n, width, remove_duplicates=spec.param("remove_duplicates"), **search
-        )
+        return strategies.BeamPRM(model, prm, options=options, **context.extra)
     if name == "lookahead":
-        return strategies.Lookahead(
-            model,
-            prm,
-            spec.n,
-            width,
-            k=spec.param("k"),
-            remove_duplicates=spec.param("remove_duplicates"),
-            **search,
-        )
-    return strategies.DVTS(model, prm, spec.n, width, **search)
+        return strategies.Lookahead(model, prm, k=spec.param("k"), options=options, **context.extra)
+    return strategies.DVTS(model, prm, options=options, **context.extra)
+
+
+def build_params(
+    model: Model,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+) -> SamplingParams:
+    """The model's default sampling parameters with the options a front end was given (the
+    command line's ``--temperature``, ``--max-tokens``, ``--seed``; an experiment file's)."""
+    from ttc.types import SamplingParams
+
+    update: dict[str, Any] = {}
+    if temperature is not None:
+        update["temperature"] = temperature
+    if max_tokens is not None:
+        update["max_tokens"] = max_tokens
+    if seed is not None:
+        update["seed"] = seed
+    return SamplingParams.model_validate({**model.params.model_dump(), **update})
 
 
 def policy_factory(context: BuildContext) -> Callable[[str, Mapping[str, Any], Any], Strategy]:

@@ -9,10 +9,10 @@ the run and the requests still in flight are cancelled.
 from __future__ import annotations
 
 from ttc.errors import BudgetExceeded, ConfigError, GenerationError, ProviderError
-from ttc.eval.metrics import pass_at_k_curve
 from ttc.runtime.budget import Budget
 from ttc.runtime.context import RunContext
 from ttc.scoring.base import Selector, Verifier
+from ttc.scoring.coverage import pass_at_k_curve
 from ttc.scoring.extract import extract_answer
 from ttc.scoring.selectors import FirstVerified, MajorityVote
 from ttc.scoring.verifiers import as_verifier

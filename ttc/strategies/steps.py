@@ -105,7 +105,7 @@ class StepFormat:
     Args:
         delimiter: the text that ends a step; kept at the end of every step.
         template: the completion prompt before the first step; ``{question}`` is replaced by
-            the question. E.g. ``ttc.adapters.llamacpp.GSM8K_FEW_SHOT`` for the embedded Gemma
+            the question. E.g. ``ttc.adapters.gemma.GSM8K_FEW_SHOT`` for the embedded Gemma
             (with ``LlamaCpp(raw=True)``).
         answer_pattern: a regular expression; a step that matches it completes the beam.
             ``None``: only the end of sequence, the length limit or an empty step do.
@@ -322,6 +322,6 @@ def check_step_model(model: object) -> Model:
         raise ConfigError(
             f"{model.name} wraps every prompt in its template, so it cannot continue a partial "
             "solution; build it with raw=True and pass the template to the strategy instead: "
-            "StepFormat(template=ttc.adapters.llamacpp.GSM8K_FEW_SHOT)"
+            "StepFormat(template=ttc.adapters.gemma.GSM8K_FEW_SHOT)"
         )
     return model

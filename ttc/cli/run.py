@@ -1,13 +1,9 @@
-"""The ``ttc`` command.
+"""``ttc run "question"``: one strategy on one question; prints the answer, the candidates with
+their votes and scores, tokens, time and cost.
 
-``ttc run "question"`` runs one strategy on one question and prints the answer, the candidates
-with their votes and scores, tokens, time and cost. The model defaults to the embedded Gemma 3
-270M (llama.cpp, in-process); ``--model groq/llama-3.1-8b-instant`` and the other names of
-``ttc.adapters.resolve_model`` pick a provider preset or LiteLLM.
-
-One typer ``app``; each command is a function that parses options and calls plain helpers
-(``build_strategy``, ``build_verifier``, ``summarize``...), so more commands can share them.
-Heavy modules (llama_cpp, litellm) load only when a model is built.
+The model defaults to the embedded Gemma 3 270M (llama.cpp, in-process); ``--model
+groq/llama-3.1-8b-instant`` and the other names of ``ttc.adapters.resolve_model`` pick a
+provider preset or LiteLLM. Heavy modules (llama_cpp, litellm) load only when a model is built.
 """
 
 from __future__ import annotations
@@ -22,45 +18,31 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ttc.cli_options import (
+from ttc.cli.options import (
     ApiKeyEnvOption,
     ApiKeyOption,
     BaseUrlOption,
     ParamOption,
     PrmOption,
+    build_budget,
+    build_params,
+    build_strategy,
+    build_verifier,
     endpoint_options,
     strategy_spec,
 )
+from ttc.cli.progress import run_with_progress
 from ttc.server.cli import ProfileOption, SettingsOption
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ttc.runtime.budget import Budget
     from ttc.runtime.model import Model
     from ttc.scoring.base import Verifier
-    from ttc.strategies.base import Strategy
-    from ttc.strategies.registry import StrategySpec
-    from ttc.types import Candidate, Result, SamplingParams
+    from ttc.types import Candidate, Result
 
-__all__ = [
-    "StrategyName",
-    "app",
-    "build_budget",
-    "build_params",
-    "build_strategy",
-    "build_verifier",
-    "package_version",
-    "summarize",
-]
+__all__ = ["StrategyName", "judge", "print_report", "run_command", "summarize"]
 
-app = typer.Typer(
-    name="ttc",
-    help="Test-time compute: spend more inference on a question to get a better answer.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 
 #: Candidate rows printed before the table says how many more there are.
 MAX_ROWS = 32
@@ -79,112 +61,10 @@ class StrategyName(str, Enum):
     compute_optimal = "compute-optimal"
 
 
-def _version(value: bool) -> None:
-    if value:
-        sys.stdout.write(f"ttc {package_version()}\n")
-        raise typer.Exit()
-
-
-def package_version() -> str:
-    """The installed package's version (``ttc.__version__`` when run from a source tree)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("ttc-sdk")
-    except PackageNotFoundError:
-        import ttc
-
-        return ttc.__version__
-
-
-@app.callback()
-def main(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print ttc's version and exit."
-        ),
-    ] = False,
-) -> None:
-    """Test-time compute: spend more inference on a question to get a better answer."""
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers shared by commands
-
-
-def build_budget(
-    usd: float | None = None,
-    tokens: int | None = None,
-    requests: int | None = None,
-    seconds: float | None = None,
-) -> Budget | None:
-    """A run budget from the ``--budget-*`` options; ``None`` when none is set."""
-    from ttc.runtime.budget import Budget
-
-    if usd is None and tokens is None and requests is None and seconds is None:
-        return None
-    return Budget(usd=usd, tokens=tokens, requests=requests, seconds=seconds)
-
-
-def build_verifier(gold: str | None) -> Verifier | None:
-    """A verifier for a reference answer: exact GSM8K number match when ``gold`` is a number
-    (or a GSM8K solution ending in ``#### N``), math equivalence otherwise."""
-    from ttc.errors import ConfigError
-    from ttc.scoring import GSM8KAnswer, MathAnswer
-
-    if gold is None:
-        return None
-    try:
-        return GSM8KAnswer(gold)
-    except ConfigError:
-        return MathAnswer(gold)
-
-
-def build_params(
-    model: Model,
-    temperature: float | None = None,
-    max_tokens: int | None = None,
-    seed: int | None = None,
-) -> SamplingParams:
-    """The model's default sampling parameters with the options given on the command line."""
-    from ttc.types import SamplingParams
-
-    update: dict[str, Any] = {}
-    if temperature is not None:
-        update["temperature"] = temperature
-    if max_tokens is not None:
-        update["max_tokens"] = max_tokens
-    if seed is not None:
-        update["seed"] = seed
-    return SamplingParams.model_validate({**model.params.model_dump(), **update})
-
-
-def build_strategy(
-    spec: StrategySpec,
-    model: Model,
-    *,
-    params: SamplingParams | None = None,
-    verifier: Verifier | None = None,
-    budget: Budget | None = None,
-    step_format: Any = None,
-) -> Strategy:
-    """The strategy ``spec`` names over ``model``, from ``ttc.strategies.registry``. A
-    verifier judges repeated samples, and is best-of-N's scorer; self-consistency only votes
-    (candidates are judged afterwards); the searches are guided by the spec's PRM."""
-    from ttc.strategies.registry import BuildContext
-    from ttc.strategies.registry import build_strategy as build
-
-    context = BuildContext(
-        verifier=verifier, params=params, step_format=step_format, extra={"budget": budget}
-    )
-    return build(spec, model, context)
-
-
 async def judge(result: Result, question: str, verifier: Verifier) -> bool | None:
     """Mark the candidates no strategy judged, fill in pass@k, and say whether the selected
     answer is correct (``None`` without an answer)."""
-    from ttc.eval.metrics import pass_at_k_curve
+    from ttc.scoring.coverage import pass_at_k_curve
     from ttc.types import Candidate
 
     unjudged = [c for c in result.candidates if c.verified is None]
@@ -244,61 +124,6 @@ def summarize(
         "elapsed_s": result.elapsed_s,
         "errors": result.errors,
     }
-
-
-async def run_with_progress(
-    strategy: Strategy, question: str, model: Model, n: int, console: Console | None
-) -> Result:
-    """``strategy.run(question)`` with a live display on ``console`` (none when ``None``):
-    samples done (requests settled, where each sample is its own request), tokens, time."""
-    import anyio
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    if console is None:
-        return await strategy.run(question)
-    per_sample = not model.capabilities.native_n
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[tokens]} tokens"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-    start = model.usage
-    task = progress.add_task(f"sampling {model.name}", total=n if per_sample else None, tokens=0)
-    result: Result | None = None
-
-    def refresh() -> None:
-        now = model.usage
-        done = now.requests - start.requests
-        tokens = now.total_tokens - start.total_tokens
-        progress.update(task, completed=min(done, n) if per_sample else 0, tokens=tokens)
-
-    async def watch() -> None:
-        while True:
-            refresh()
-            await anyio.sleep(0.1)
-
-    with progress:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch)
-            try:
-                result = await strategy.run(question)
-            finally:
-                tg.cancel_scope.cancel()
-        refresh()
-    assert result is not None
-    return result
 
 
 def _one_line(text: str, width: int = 60) -> str:
@@ -371,11 +196,6 @@ def print_report(console: Console, data: dict[str, Any], candidates: list[Candid
         console.print(f"[yellow]note:[/] {error}")
 
 
-# --------------------------------------------------------------------------------------------
-# Commands
-
-
-@app.command("run")
 def run_command(
     question: Annotated[str, typer.Argument(help="The question to answer.")],
     strategy: Annotated[
@@ -501,22 +321,7 @@ def _search_model(
     template = getattr(llm, "template", None)
     if not isinstance(template, str):
         return llm, None
-    from ttc.adapters.llamacpp import TEMPLATE_STOPS
+    from ttc.adapters.gemma import TEMPLATE_STOPS
 
     llm.template = None  # type: ignore[attr-defined]
     return llm, StepFormat(template=template, end_markers=TEMPLATE_STOPS)
-
-
-def _register_commands() -> None:
-    """Add the commands that live next to their subsystem (``ttc eval``, ``ttc report``)."""
-    from ttc.eval.commands import register
-    from ttc.server.cli import register as register_server
-
-    register(app)
-    register_server(app)
-
-
-_register_commands()
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

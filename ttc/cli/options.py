@@ -1,18 +1,25 @@
-"""Options that every ``ttc`` command naming a model takes, and what they become.
+"""Options that every ``ttc`` command naming a model takes, and what the options become: the
+endpoint, the strategy spec, the budget, the verifier and the strategy.
 
-Its own module so that ``ttc.cli`` and ``ttc.eval.commands`` (which ``ttc.cli`` imports) share
-them without importing each other.
+Shared by ``ttc run``, ``ttc eval`` and the commands to come, so that they parse alike.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ttc.strategies.registry import build_params
+
 if TYPE_CHECKING:
+    from ttc.runtime.budget import Budget
+    from ttc.runtime.model import Model
+    from ttc.scoring.base import Verifier
+    from ttc.strategies.base import Strategy
     from ttc.strategies.registry import StrategySpec
+    from ttc.types import SamplingParams
 
 __all__ = [
     "ApiKeyEnvOption",
@@ -20,6 +27,10 @@ __all__ = [
     "BaseUrlOption",
     "ParamOption",
     "PrmOption",
+    "build_budget",
+    "build_params",
+    "build_strategy",
+    "build_verifier",
     "endpoint_options",
     "strategy_spec",
 ]
@@ -115,3 +126,52 @@ def strategy_spec(name: str, n: int, prm: str | None, params: list[str] | None) 
     prm_options = {k[4:]: v for k, v in options.items() if k.startswith("prm.")}
     strategy_options = {k: v for k, v in options.items() if not k.startswith("prm.")}
     return StrategySpec.of(name, n=n, params=strategy_options, prm=prm, prm_options=prm_options)
+
+
+def build_budget(
+    usd: float | None = None,
+    tokens: int | None = None,
+    requests: int | None = None,
+    seconds: float | None = None,
+) -> Budget | None:
+    """A run budget from the ``--budget-*`` options; ``None`` when none is set."""
+    from ttc.runtime.budget import Budget
+
+    if usd is None and tokens is None and requests is None and seconds is None:
+        return None
+    return Budget(usd=usd, tokens=tokens, requests=requests, seconds=seconds)
+
+
+def build_verifier(gold: str | None) -> Verifier | None:
+    """A verifier for a reference answer: exact GSM8K number match when ``gold`` is a number
+    (or a GSM8K solution ending in ``#### N``), math equivalence otherwise."""
+    from ttc.errors import ConfigError
+    from ttc.scoring import GSM8KAnswer, MathAnswer
+
+    if gold is None:
+        return None
+    try:
+        return GSM8KAnswer(gold)
+    except ConfigError:
+        return MathAnswer(gold)
+
+
+def build_strategy(
+    spec: StrategySpec,
+    model: Model,
+    *,
+    params: SamplingParams | None = None,
+    verifier: Verifier | None = None,
+    budget: Budget | None = None,
+    step_format: Any = None,
+) -> Strategy:
+    """The strategy ``spec`` names over ``model``, from ``ttc.strategies.registry``. A
+    verifier judges repeated samples, and is best-of-N's scorer; self-consistency only votes
+    (candidates are judged afterwards); the searches are guided by the spec's PRM."""
+    from ttc.strategies.registry import BuildContext
+    from ttc.strategies.registry import build_strategy as build
+
+    context = BuildContext(
+        verifier=verifier, params=params, step_format=step_format, extra={"budget": budget}
+    )
+    return build(spec, model, context)
