@@ -111,13 +111,10 @@ _UNKNOWN_OUTCOME = (
 )
 
 
-
 def _unknown_outcome(error: BaseException | None) -> bool:
     """Whether the provider may have generated (and billed) something for a failed request:
     not for a connection that never opened (``ProviderUnreachableError``: nothing was sent)."""
-    return isinstance(error, _UNKNOWN_OUTCOME) and not isinstance(
-        error, ProviderUnreachableError
-    )
+    return isinstance(error, _UNKNOWN_OUTCOME) and not isinstance(error, ProviderUnreachableError)
 
 
 OnCompletions = Callable[[list[Completion]], Awaitable[None] | None]
