@@ -171,7 +171,7 @@ async def test_a_beam_prm_run_has_its_rounds_as_events_and_a_span_per_prm_call(
     spans = list(exporter.get_finished_spans())
     run = only(spans, "ttc.run BeamPRM")
     a = attrs(run)
-    assert (a["ttc.n"], a["ttc.width"], a["ttc.max_rounds"]) == (4, 2, 40)
+    assert (a["ttc.n"], a["ttc.beam_width"], a["ttc.max_rounds"]) == (4, 2, 40)
     assert a["ttc.usage.requests"] == result.usage.requests == fake.stats.requests
 
     rounds = [e for e in run.events if e.name == "ttc.search.round"]

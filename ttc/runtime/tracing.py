@@ -252,10 +252,12 @@ class Instrumentation:
 
 def _run_attributes(strategy: Any) -> dict[str, Any]:
     attributes: dict[str, Any] = {"ttc.strategy": type(strategy).__name__}
-    for name in ("n", "width", "max_rounds"):
-        value = getattr(strategy, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            attributes[f"ttc.{name}"] = value
+    # A step search keeps its settings in ``options``; other strategies as attributes.
+    for holder in (getattr(strategy, "options", None), strategy):
+        for name in ("n", "beam_width", "max_rounds"):
+            value = getattr(holder, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                attributes.setdefault(f"ttc.{name}", value)
     for name in ("source", "model"):
         source = getattr(strategy, name, None)
         label = getattr(source, "name", None)
