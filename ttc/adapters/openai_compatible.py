@@ -34,7 +34,7 @@ from ttc.errors import (
     RetryableError,
     ServerError,
 )
-from ttc.runtime.model import Capabilities, Model, RawResponse
+from ttc.runtime.model import Capabilities, Model, RawResponse, cut_at_stops
 from ttc.runtime.ratelimit import parse_duration, parse_rate_limit_headers
 from ttc.runtime.redact import header_secrets, redact
 from ttc.types import Completion, FinishReason, GenerateRequest, TokenLogprob
@@ -295,7 +295,7 @@ class OpenAICompatible(Model):
             raise TypeError("completion text is not a string")
         finish: FinishReason = _FINISH.get(choice.get("finish_reason") or "", "unknown")
         if cut_stops:
-            text, cut = _cut_at_stops(text, params.stop)
+            text, cut = cut_at_stops(text, params.stop)
             if cut:
                 finish = "stop"
         logprobs = parse_logprobs(choice.get("logprobs")) if params.logprobs else None
@@ -425,12 +425,6 @@ def html_page(text: str, content_type: str | None) -> str | None:
     words = " ".join(_TAG.sub(" ", title or text).split())
     words = words if len(words) <= 120 else words[:117] + "..."
     return f"{len(text)} characters" + (f": {words!r}" if words else "")
-
-
-def _cut_at_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    """Apply stop strings the provider could not take (it accepts only so many)."""
-    cut = min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 def _error_message(text: str) -> tuple[str, str | None]:

@@ -368,7 +368,7 @@ class Model(ABC):
 
     def _wire_stops(self, stops: tuple[str, ...]) -> tuple[str, ...]:
         """The stop strings a request carries: as many as the provider takes (an adapter
-        applies the rest to the text, see ``max_stop``)."""
+        applies them all to the text, see ``max_stop`` and ``cut_at_stops``)."""
         limit = self.capabilities.max_stop
         return stops if limit is None else stops[:limit]
 
@@ -851,3 +851,11 @@ def user_message(prompt: str | tuple[Message, ...]) -> tuple[Message, ...]:
     if isinstance(prompt, str):
         return (Message(role="user", content=prompt),)
     return prompt
+
+
+def cut_at_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` cut at the first of ``stops`` it contains, and whether it was: how an adapter
+    applies the stop strings its provider could not take (it accepts only so many, see
+    ``Capabilities.max_stop``)."""
+    cut = min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
