@@ -1,7 +1,8 @@
 """The OpenAI-compatible wire format on aiohttp: chat and text completions.
 
-aiohttp because it costs about 100 µs of client CPU a request, flat up to hundreds in flight,
-where httpx or the openai SDK cost 0.5-1.5 ms (measurements in the docs' performance page).
+aiohttp because it costs the least client CPU a request, flat up to hundreds in flight, of the
+HTTP clients measured (httpx and the openai SDK cost several times more: see the performance
+page).
 One pooled session per adapter and event loop, sized above the concurrency limit. This module
 only translates requests and responses; retries, limits and budgets are the runtime's.
 """
