@@ -166,71 +166,71 @@ class MeteredRequest:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Settle: charge what the provider reported and refund the rest of the worst case,
+        or keep the worst case when the outcome is unknown; then usage and the trace. Usage
+        reports only what the provider reported (nothing when the outcome is unknown)."""
+        model = self.model
+        error = exc
         try:
-            error = exc
             scope = self._scope
             if scope is not None and scope.__exit__(exc_type, exc, tb):
                 # The run's deadline cut the request: its outcome is unknown.
                 error = deadline_passed(self._ledgers)
             seconds = time.perf_counter() - self._start
-            if isinstance(error, ProviderError):
-                rate_limiter = self.model.rate_limiter
-                if error.status == 429 and error.retry_after:
-                    rate_limiter.pause(error.retry_after)
-                if error.rate_limits is not None:  # e.g. a 429 saying which count ran out
-                    rate_limiter.observe(error.rate_limits)
-            self._settle(error, seconds)
+            rate_limiter = model.rate_limiter
+            worst = self._worst
+            assert isinstance(worst, tuple)
+            if self._delivered:
+                prompt_tokens = self._prompt_tokens
+                completion_tokens = self._completion_tokens
+                choices = self._choices
+                undelivered = False
+            else:
+                prompt_tokens = completion_tokens = choices = 0
+                if isinstance(error, ProviderError):
+                    if error.status == 429 and error.retry_after:
+                        rate_limiter.pause(error.retry_after)
+                    if error.rate_limits is not None:  # e.g. a 429 saying which count ran out
+                        rate_limiter.observe(error.rate_limits)
+                # Cancelled (no ``Exception``), or failed without knowing what was generated.
+                undelivered = not isinstance(error, Exception) or unknown_outcome(error)
+            price = model.price
+            cost = price.cost(prompt_tokens, completion_tokens) if price is not None else None
+            if undelivered:
+                self._reservation.settle(worst)
+            else:
+                self._reservation.settle(Charge(prompt_tokens + completion_tokens, cost or 0.0, 1))
+                rate_limiter.refund(worst.tokens - prompt_tokens - completion_tokens)
+                if self._rate_limits is not None:
+                    # After the refund: what the provider says remains has the last word.
+                    rate_limiter.observe(self._rate_limits)
+            name = model.name
+            with ledger_lock:  # a model may be shared by threads
+                model._usage.add(
+                    prompt_tokens, completion_tokens, 1, cost, seconds, name, undelivered
+                )
+            run: RunContext | None = self._run
+            if run is not None:
+                event = None
+                if run.traced:
+                    if not isinstance(error, Exception):
+                        error_text = None if self._delivered else "cancelled"
+                    else:
+                        error_text = f"{type(error).__name__}: {error}"
+                    event = TraceEvent.model_construct(
+                        model=name if self.kind is None else f"{name} ({self.kind})",
+                        n=self.n,
+                        attempt=self.attempt,
+                        seconds=seconds,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        choices=choices,
+                        error=error_text,
+                    )
+                run.record(
+                    name, prompt_tokens, completion_tokens, cost, seconds, event, undelivered
+                )
         finally:
             self._limiter.release()
         if error is not exc and error is not None:
             raise error from None
-
-    def _settle(self, error: BaseException | None, seconds: float) -> None:
-        """Charge what the provider reported, refund the rest of the worst case, record usage
-        and the trace. Usage reports only what the provider reported (nothing when the outcome
-        is unknown), while budgets keep the worst case then."""
-        model = self.model
-        worst = self._worst
-        assert isinstance(worst, tuple)
-        price = model.price
-        if self._delivered:
-            prompt_tokens = self._prompt_tokens
-            completion_tokens = self._completion_tokens
-            choices = self._choices
-        else:
-            prompt_tokens = completion_tokens = choices = 0
-        cost = price.cost(prompt_tokens, completion_tokens) if price is not None else None
-        # Cancelled (no ``Exception``) or failed without knowing what was generated.
-        undelivered = not self._delivered and (
-            not isinstance(error, Exception) or unknown_outcome(error)
-        )
-        if undelivered:
-            self._reservation.settle(worst)
-        else:
-            self._reservation.settle(Charge(prompt_tokens + completion_tokens, cost or 0.0, 1))
-            model.rate_limiter.refund(worst.tokens - prompt_tokens - completion_tokens)
-        if self._rate_limits is not None:
-            # After the refund: what the provider says remains has the last word.
-            model.rate_limiter.observe(self._rate_limits)
-        name = model.name
-        with ledger_lock:  # a model may be shared by threads
-            model._usage.add(prompt_tokens, completion_tokens, 1, cost, seconds, name, undelivered)
-        run: RunContext | None = self._run
-        if run is not None:
-            event = None
-            if run.traced:
-                if error is None or not isinstance(error, Exception):
-                    error_text = None if self._delivered else "cancelled"
-                else:
-                    error_text = f"{type(error).__name__}: {error}"
-                event = TraceEvent.model_construct(
-                    model=name if self.kind is None else f"{name} ({self.kind})",
-                    n=self.n,
-                    attempt=self.attempt,
-                    seconds=seconds,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    choices=choices,
-                    error=error_text,
-                )
-            run.record(name, prompt_tokens, completion_tokens, cost, seconds, event, undelivered)
