@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ttc.errors import ConfigError
-from ttc.eval import coverage, pass_at_k
 from ttc.eval.metrics import pass_at_k_curve
+from ttc.scoring import coverage, pass_at_k
 
 
 @pytest.fixture

@@ -6,159 +6,117 @@
     model = OpenAI("gpt-4o-mini", budget=Budget(usd=0.50))
     result = await SelfConsistency(model, n=16).run("What is 17 * 23?")
 
-Names are loaded on first use, so ``import ttc`` stays cheap and imports no heavy dependency.
+The names most programs need, re-exported from their homes (``ttc.strategies``,
+``ttc.runtime``, ``ttc.types``, ``ttc.errors``, ``ttc.eval``) and loaded on first use, so
+``import ttc`` stays cheap and imports no heavy dependency.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ttc._exports import export
 
 __version__ = "0.1.0"
 
-_EXPORTS: dict[str, str] = {
-    # strategies
-    "Strategy": "ttc.strategies.base",
-    "RepeatedSample": "ttc.strategies.repeated_sample",
-    "BestOfN": "ttc.strategies.best_of_n",
-    "SelfConsistency": "ttc.strategies.best_of_n",
-    "AdaptiveConsistency": "ttc.strategies.adaptive_consistency",
-    "AdaptiveAllocation": "ttc.strategies.allocation",
-    "ComputeOptimal": "ttc.strategies.compute_optimal",
-    "Policy": "ttc.strategies.compute_optimal",
-    "BeamPRM": "ttc.strategies.beam_prm",
-    "Lookahead": "ttc.strategies.lookahead",
-    "DVTS": "ttc.strategies.dvts",
-    # runtime
-    "Model": "ttc.runtime.model",
-    "Capabilities": "ttc.runtime.model",
-    "Budget": "ttc.runtime.budget",
-    "Price": "ttc.runtime.pricing",
-    "register_price": "ttc.runtime.pricing",
-    "RetryPolicy": "ttc.runtime.retry",
-    "MemoryCache": "ttc.runtime.cache",
-    "SQLiteCache": "ttc.runtime.cache",
-    "run_scope": "ttc.runtime.context",
-    "run_sync": "ttc.runtime.sync",
-    "Fallback": "ttc.runtime.fallback",
-    "Router": "ttc.runtime.fallback",
-    "instrument": "ttc.runtime.tracing",
-    "uninstrument": "ttc.runtime.tracing",
-    # types
-    "Message": "ttc.types",
-    "Prompt": "ttc.types",
-    "SamplingParams": "ttc.types",
-    "GenerateRequest": "ttc.types",
-    "Completion": "ttc.types",
-    "Usage": "ttc.types",
-    "Candidate": "ttc.types",
-    "Result": "ttc.types",
-    # metrics
-    "pass_at_k": "ttc.eval.metrics",
-    # errors
-    "TTCError": "ttc.errors",
-    "ConfigError": "ttc.errors",
-    "PromptError": "ttc.errors",
-    "BudgetExceeded": "ttc.errors",
-    "ProviderError": "ttc.errors",
-    "GenerationError": "ttc.errors",
-    "MissingDependencyError": "ttc.errors",
-}
-
-__all__ = [
-    "DVTS",
-    "AdaptiveAllocation",
-    "AdaptiveConsistency",
-    "BeamPRM",
-    "BestOfN",
-    "Budget",
-    "BudgetExceeded",
-    "Candidate",
-    "Capabilities",
-    "Completion",
-    "ComputeOptimal",
-    "ConfigError",
-    "Fallback",
-    "GenerateRequest",
-    "GenerationError",
-    "Lookahead",
-    "MemoryCache",
-    "Message",
-    "MissingDependencyError",
-    "Model",
-    "Policy",
-    "Price",
-    "Prompt",
-    "PromptError",
-    "ProviderError",
-    "RepeatedSample",
-    "Result",
-    "RetryPolicy",
-    "Router",
-    "SQLiteCache",
-    "SamplingParams",
-    "SelfConsistency",
-    "Strategy",
-    "TTCError",
-    "Usage",
-    "instrument",
-    "pass_at_k",
-    "register_price",
-    "run_scope",
-    "run_sync",
-    "uninstrument",
-]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ttc' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
+export(
+    globals(),
+    {
+        "ttc.strategies": (
+            "Strategy",
+            "RepeatedSample",
+            "BestOfN",
+            "SelfConsistency",
+            "AdaptiveConsistency",
+            "AdaptiveAllocation",
+            "ComputeOptimal",
+            "Policy",
+            "BeamPRM",
+            "Lookahead",
+            "DVTS",
+        ),
+        "ttc.runtime": (
+            "Model",
+            "Capabilities",
+            "Budget",
+            "Price",
+            "register_price",
+            "RetryPolicy",
+            "MemoryCache",
+            "SQLiteCache",
+            "run_scope",
+            "run_sync",
+            "Fallback",
+            "Router",
+            "instrument",
+            "uninstrument",
+        ),
+        "ttc.types": (
+            "Message",
+            "Prompt",
+            "SamplingParams",
+            "GenerateRequest",
+            "Completion",
+            "Usage",
+            "Candidate",
+            "Result",
+            "BudgetStop",
+            "Routing",
+        ),
+        "ttc.scoring": ("pass_at_k",),
+        "ttc.errors": (
+            "TTCError",
+            "ConfigError",
+            "PromptError",
+            "BudgetExceeded",
+            "ProviderError",
+            "GenerationError",
+            "MissingDependencyError",
+        ),
+    },
+)
 
 if TYPE_CHECKING:
-    from ttc.errors import (
-        BudgetExceeded,
-        ConfigError,
-        GenerationError,
-        MissingDependencyError,
-        PromptError,
-        ProviderError,
-        TTCError,
-    )
-    from ttc.eval.metrics import pass_at_k
-    from ttc.runtime.budget import Budget
-    from ttc.runtime.cache import MemoryCache, SQLiteCache
-    from ttc.runtime.context import run_scope
-    from ttc.runtime.fallback import Fallback, Router
-    from ttc.runtime.model import Capabilities, Model
-    from ttc.runtime.pricing import Price, register_price
-    from ttc.runtime.retry import RetryPolicy
-    from ttc.runtime.sync import run_sync
-    from ttc.runtime.tracing import instrument, uninstrument
-    from ttc.strategies.adaptive_consistency import AdaptiveConsistency
-    from ttc.strategies.allocation import AdaptiveAllocation
-    from ttc.strategies.base import Strategy
-    from ttc.strategies.beam_prm import BeamPRM
-    from ttc.strategies.best_of_n import BestOfN, SelfConsistency
-    from ttc.strategies.compute_optimal import ComputeOptimal, Policy
-    from ttc.strategies.dvts import DVTS
-    from ttc.strategies.lookahead import Lookahead
-    from ttc.strategies.repeated_sample import RepeatedSample
-    from ttc.types import (
-        Candidate,
-        Completion,
-        GenerateRequest,
-        Message,
-        Prompt,
-        Result,
-        SamplingParams,
-        Usage,
-    )
+    from ttc.errors import BudgetExceeded as BudgetExceeded
+    from ttc.errors import ConfigError as ConfigError
+    from ttc.errors import GenerationError as GenerationError
+    from ttc.errors import MissingDependencyError as MissingDependencyError
+    from ttc.errors import PromptError as PromptError
+    from ttc.errors import ProviderError as ProviderError
+    from ttc.errors import TTCError as TTCError
+    from ttc.runtime import Budget as Budget
+    from ttc.runtime import Capabilities as Capabilities
+    from ttc.runtime import Fallback as Fallback
+    from ttc.runtime import MemoryCache as MemoryCache
+    from ttc.runtime import Model as Model
+    from ttc.runtime import Price as Price
+    from ttc.runtime import RetryPolicy as RetryPolicy
+    from ttc.runtime import Router as Router
+    from ttc.runtime import SQLiteCache as SQLiteCache
+    from ttc.runtime import instrument as instrument
+    from ttc.runtime import register_price as register_price
+    from ttc.runtime import run_scope as run_scope
+    from ttc.runtime import run_sync as run_sync
+    from ttc.runtime import uninstrument as uninstrument
+    from ttc.scoring import pass_at_k as pass_at_k
+    from ttc.strategies import DVTS as DVTS
+    from ttc.strategies import AdaptiveAllocation as AdaptiveAllocation
+    from ttc.strategies import AdaptiveConsistency as AdaptiveConsistency
+    from ttc.strategies import BeamPRM as BeamPRM
+    from ttc.strategies import BestOfN as BestOfN
+    from ttc.strategies import ComputeOptimal as ComputeOptimal
+    from ttc.strategies import Lookahead as Lookahead
+    from ttc.strategies import Policy as Policy
+    from ttc.strategies import RepeatedSample as RepeatedSample
+    from ttc.strategies import SelfConsistency as SelfConsistency
+    from ttc.strategies import Strategy as Strategy
+    from ttc.types import BudgetStop as BudgetStop
+    from ttc.types import Candidate as Candidate
+    from ttc.types import Completion as Completion
+    from ttc.types import GenerateRequest as GenerateRequest
+    from ttc.types import Message as Message
+    from ttc.types import Prompt as Prompt
+    from ttc.types import Result as Result
+    from ttc.types import Routing as Routing
+    from ttc.types import SamplingParams as SamplingParams
+    from ttc.types import Usage as Usage

@@ -2,8 +2,8 @@
 
 For what vLLM does not cover: any architecture transformers knows, bitsandbytes 8-bit and 4-bit
 weights, and transformers' speculative decoding (a draft ``assistant_model`` or prompt lookup,
-which drafts by copying from the prompt: 2.8x faster on a copy-heavy task on a CPU, with the
-same greedy output). It is not a serving engine: one request runs at a time.
+which drafts by copying from the prompt: much faster on copy-heavy text, with the same greedy
+output; see the performance page). It is not a serving engine: one request runs at a time.
 
 How it maps onto the runtime:
 

@@ -1,7 +1,7 @@
 """Convert a GGUF checkpoint once into a cached Hugging Face folder.
 
-vLLM 0.32 has no GGUF loader and transformers loads a GGUF slowly (it dequantizes every tensor:
-30-40 s for Gemma 3 270M), so the ``VLLM`` and ``Transformers`` adapters, their tests and the
+vLLM cannot load the embedded GGUF and transformers loads a GGUF slowly (it dequantizes every
+tensor), so the ``VLLM`` and ``Transformers`` adapters, their tests and the
 benchmarks read a plain Hugging Face folder instead: bf16 safetensors, the tokenizer and a chat
 template. ``gemma_hf_dir()`` makes that folder for the embedded Gemma 3 270M on first use and
 reuses it afterwards.

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import SecretStr
 
-from ttc.adapters.openai_compatible import _cut_at_stops, html_page, page_error, parse_logprobs
+from ttc.adapters.openai_compatible import html_page, page_error, parse_logprobs
 from ttc.errors import (
     AuthenticationError,
     BadRequestError,
@@ -32,7 +32,7 @@ from ttc.errors import (
     RateLimitError,
     ServerError,
 )
-from ttc.runtime.model import Capabilities, Model, RawResponse, user_message
+from ttc.runtime.model import Capabilities, Model, RawResponse, cut_at_stops, user_message
 from ttc.runtime.pricing import lookup_price
 from ttc.runtime.ratelimit import parse_rate_limit_headers
 from ttc.runtime.redact import environment_secrets, header_secrets, redact
@@ -175,7 +175,7 @@ class LiteLLM(Model):
         text = choice.message.content or ""
         finish: FinishReason = _FINISH.get(choice.finish_reason or "", "unknown")
         if cut:
-            text, stopped = _cut_at_stops(text, request.params.stop)
+            text, stopped = cut_at_stops(text, request.params.stop)
             if stopped:
                 finish = "stop"
         logprobs = _logprobs(choice) if request.params.logprobs else None

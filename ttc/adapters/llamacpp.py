@@ -117,8 +117,8 @@ class LlamaCpp(Model):
         n_threads: CPU threads for generation. ``None`` (default): measured at load, the
             faster of one thread and the cores this process may use (``os.sched_getaffinity``)
             on a short decode: all cores win on an idle machine, but llama.cpp's threads wait
-            for each other, so two threads on two cores collapse (5x slower measured) when
-            another process holds one of them. ``n_threads`` then reports the choice.
+            for each other, so two threads on two cores collapse when another process holds one
+            of them (see the performance page). ``n_threads`` then reports the choice.
         n_batch: prompt tokens evaluated per batch.
         template: a completion template with a ``{question}`` placeholder, applied to raw-text
             prompts; its requests also stop on ``"\\n\\n"`` and ``"Question:"``. Default: the
@@ -131,10 +131,10 @@ class LlamaCpp(Model):
         prompt_lookup: speculative decoding by prompt lookup (on the serial path, see
             ``batched``): draft this many tokens by copying what followed an earlier occurrence
             of the last n-gram in the context (``LlamaPromptLookupDecoding``), then verify
-            them in one batch. Off by default: no
-            reliable speedup on this CPU (measured 0.4x to 1.2x, slower on few-shot math
-            prompts), greedy output can change (batched logits differ slightly), and
-            llama.cpp then keeps logits for every token (more memory). No logprobs with it.
+            them in one batch. Off by default: no reliable speedup on a CPU (slower on
+            few-shot math prompts; measurements in the performance page), greedy output can
+            change (batched logits differ slightly), and llama.cpp then keeps logits for
+            every token (more memory). No logprobs with it.
         prompt_lookup_ngram: the longest n-gram prompt lookup matches.
         top_k: llama.cpp's top-k sampler setting (its default). Temperature, top_p, stop,
             seed and max_tokens come from each request's ``SamplingParams``.

@@ -1,7 +1,8 @@
 """The OpenAI-compatible wire format on aiohttp: chat and text completions.
 
-aiohttp because it costs about 100 µs of client CPU a request, flat up to hundreds in flight,
-where httpx or the openai SDK cost 0.5-1.5 ms (measurements in the docs' performance page).
+aiohttp because it costs the least client CPU a request, flat up to hundreds in flight, of the
+HTTP clients measured (httpx and the openai SDK cost several times more: see the performance
+page).
 One pooled session per adapter and event loop, sized above the concurrency limit. This module
 only translates requests and responses; retries, limits and budgets are the runtime's.
 """
@@ -34,7 +35,7 @@ from ttc.errors import (
     RetryableError,
     ServerError,
 )
-from ttc.runtime.model import Capabilities, Model, RawResponse
+from ttc.runtime.model import Capabilities, Model, RawResponse, cut_at_stops
 from ttc.runtime.ratelimit import parse_duration, parse_rate_limit_headers
 from ttc.runtime.redact import header_secrets, redact
 from ttc.types import Completion, FinishReason, GenerateRequest, TokenLogprob
@@ -321,7 +322,7 @@ class OpenAICompatible(Model):
             raise TypeError("completion text is not a string")
         finish: FinishReason = _FINISH.get(choice.get("finish_reason") or "", "unknown")
         if cut_stops:
-            text, cut = _cut_at_stops(text, params.stop)
+            text, cut = cut_at_stops(text, params.stop)
             if cut:
                 finish = "stop"
         logprobs = parse_logprobs(choice.get("logprobs")) if params.logprobs else None
@@ -453,12 +454,6 @@ def _in_index_order(choices: list[Any]) -> bool:
         return [c["index"] for c in choices] == list(range(len(choices)))
     except (KeyError, TypeError, IndexError):
         return False
-
-
-def _cut_at_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    """Apply stop strings the provider could not take (it accepts only so many)."""
-    cut = min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 def _error_message(text: str) -> tuple[str, str | None]:

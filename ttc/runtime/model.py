@@ -15,7 +15,6 @@ import importlib.util
 import json
 import logging
 import sys
-import time
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -31,25 +30,18 @@ from ttc.errors import (
     BudgetExceeded,
     ConfigError,
     GenerationError,
-    MalformedResponseError,
-    ProviderConnectionError,
     ProviderError,
-    ProviderTimeoutError,
-    ProviderUnreachableError,
 )
 from ttc.runtime.budget import (
     Budget,
     Charge,
     Ledger,
-    Reservation,
     deadline_seconds,
-    ledger_lock,
-    reserve_when_affordable,
-    try_reserve,
 )
 from ttc.runtime.cache import ResponseCache
 from ttc.runtime.concurrency import ConcurrencyLimit
 from ttc.runtime.context import UsageCounter, current_run
+from ttc.runtime.meter import MeteredRequest, deadline_passed
 from ttc.runtime.pricing import Price, lookup_price
 from ttc.runtime.ratelimit import RateLimiter, RateLimitInfo
 from ttc.runtime.retry import RetryPolicy
@@ -59,7 +51,6 @@ from ttc.types import (
     Message,
     Prompt,
     SamplingParams,
-    TraceEvent,
     Usage,
     as_request_prompt,
 )
@@ -101,21 +92,6 @@ _NOT_IN_CACHE_IDENTITY = frozenset(
         "verbose",
     }
 )
-
-# Failures after which nobody knows what the provider generated (and billed).
-_UNKNOWN_OUTCOME = (
-    ProviderTimeoutError,
-    ProviderConnectionError,
-    MalformedResponseError,
-    BudgetExceeded,  # the run's deadline cancelled the request in flight
-)
-
-
-def _unknown_outcome(error: BaseException | None) -> bool:
-    """Whether the provider may have generated (and billed) something for a failed request:
-    not for a connection that never opened (``ProviderUnreachableError``: nothing was sent)."""
-    return isinstance(error, _UNKNOWN_OUTCOME) and not isinstance(error, ProviderUnreachableError)
-
 
 OnCompletions = Callable[[list[Completion]], Awaitable[None] | None]
 
@@ -392,7 +368,7 @@ class Model(ABC):
 
     def _wire_stops(self, stops: tuple[str, ...]) -> tuple[str, ...]:
         """The stop strings a request carries: as many as the provider takes (an adapter
-        applies the rest to the text, see ``max_stop``)."""
+        applies them all to the text, see ``max_stop`` and ``cut_at_stops``)."""
         limit = self.capabilities.max_stop
         return stops if limit is None else stops[:limit]
 
@@ -477,7 +453,7 @@ class Model(ABC):
                 if len(got) < size:
                     await self._refill(request, got, on_completions, collected)
             if scope is not None and scope.cancelled_caught:
-                failures.append(self._deadline_passed(ledgers))
+                failures.append(deadline_passed(ledgers))
         except (ProviderError, BudgetExceeded, GenerationError) as exc:
             failures.append(exc)
 
@@ -620,76 +596,16 @@ class Model(ABC):
             return await self._retrying(self._metered_attempt, metered)
         with anyio.move_on_after(deadline):
             return await self._retrying(self._metered_attempt, metered)
-        raise self._deadline_passed(ledgers)
+        raise deadline_passed(ledgers)
 
     async def _metered_attempt(self, metered: _Metered[_T], attempt: int) -> _T:
-        send, prompt_bound, kind = metered.send, metered.prompt_bound, metered.kind
-        ledgers = self._ledgers()
-        if self.price is None and ledgers:
-            self._check_priced(ledgers)
-        usd = self.price.cost(prompt_bound, 0) if self.price is not None else 0.0
-        worst = Charge(tokens=prompt_bound, usd=usd, requests=1)
-        limiter = self._loop_state().limiter
-        await limiter.acquire()
-        try:
-            await self.rate_limiter.acquire(prompt_bound)
-            reservation = try_reserve(ledgers, worst) or await reserve_when_affordable(
-                ledgers, worst
-            )
-            start = time.perf_counter()
-            reported: int | None = None
-            error: BaseException | None = None
-            done = False
-            try:
-                result, reported = await send()
-                done = True
-                return result
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                seconds = time.perf_counter() - start
-                tokens = cost = None
-                if done:  # charge what was reported, refund the rest
-                    tokens = reported if reported is not None else prompt_bound
-                    cost = self.price.cost(tokens, 0) if self.price is not None else None
-                    reservation.settle(Charge(tokens, cost or 0.0, 1))
-                    self.rate_limiter.refund(prompt_bound - tokens)
-                elif isinstance(error, ProviderError) and not _unknown_outcome(error):
-                    reservation.settle(Charge(0, 0.0, 1))  # refused: nothing was processed
-                    self.rate_limiter.refund(prompt_bound)
-                else:  # cancelled, timed out, cut off: the worst case may have been billed
-                    reservation.settle(worst)
-                counted = tokens or 0
-                undelivered = not done and not (
-                    isinstance(error, ProviderError) and not _unknown_outcome(error)
-                )
-                with ledger_lock:  # a model may be shared by threads
-                    self._usage.add(counted, 0, 1, cost, seconds, self.name, undelivered)
-                run = current_run()
-                if run is not None:
-                    run.record(
-                        self.name,
-                        counted,
-                        0,
-                        cost,
-                        seconds,
-                        TraceEvent.model_construct(
-                            model=f"{self.name} ({kind})",
-                            n=1,
-                            attempt=attempt,
-                            seconds=seconds,
-                            prompt_tokens=counted,
-                            completion_tokens=0,
-                            choices=0,
-                            error=None if error is None else f"{type(error).__name__}: {error}",
-                        )
-                        if run.traced
-                        else None,
-                        undelivered,
-                    )
-        finally:
-            limiter.release()
+        bound = metered.prompt_bound
+        usd = self.price.cost(bound, 0) if self.price is not None else 0.0
+        worst = Charge(tokens=bound, usd=usd, requests=1)
+        async with MeteredRequest(self, worst, attempt, 1, metered.kind) as metering:
+            result, reported = await metered.send()
+            metering.delivered(reported if reported is not None else bound)
+        return result
 
     def _check_priced(self, ledgers: tuple[Ledger, ...]) -> None:
         """Refuse to spend against a USD limit on a model whose price nobody knows."""
@@ -755,53 +671,21 @@ class Model(ABC):
         return Charge(prompt_bound + out, usd, 1)
 
     async def _attempt(self, request: GenerateRequest, attempt: int) -> list[Completion]:
-        ledgers = self._ledgers()
-        run = current_run()
-        if run is not None and run.out_of_spec:
-            self._refuse_out_of_spec(run.out_of_spec)
-        if self.price is None and ledgers:
-            self._check_priced(ledgers)
-        limiter = self._loop_state().limiter
-        if not limiter.try_acquire():
-            await limiter.acquire()
-        try:
-            worst = self._worst_case(request, self._prompt_token_bound(request))
-            if not self.rate_limiter.try_acquire(worst.tokens):
-                await self.rate_limiter.acquire(worst.tokens)
-            reservation = try_reserve(ledgers, worst)
-            if reservation is None:
-                reservation = await reserve_when_affordable(ledgers, worst)
-            # Send under the run's deadline, then settle whatever happened (inline: one
-            # coroutine frame less on every request's path).
-            start = time.perf_counter()
-            raw: RawResponse | None = None
-            error: BaseException | None = None
-            try:
-                deadline = deadline_seconds(ledgers) if ledgers else None
-                if deadline is None:
-                    raw = await self._send(request)
-                else:
-                    with anyio.move_on_after(deadline):
-                        raw = await self._send(request)
-                    if raw is None:
-                        error = self._deadline_passed(ledgers)
-                        raise error
-            except ProviderError as exc:
-                error = exc
-                if exc.status == 429 and exc.retry_after:
-                    self.rate_limiter.pause(exc.retry_after)
-                if exc.rate_limits is not None:  # e.g. a 429 saying which count ran out
-                    self.rate_limiter.observe(exc.rate_limits)
-                raise
-            except Exception as exc:  # an adapter's own error: traced as what it is
-                error = exc
-                raise
-            finally:
-                seconds = time.perf_counter() - start
-                self._settle(request, attempt, reservation, worst, raw, error, seconds)
-            return raw.completions
-        finally:
-            limiter.release()
+        """One request on the wire, metered (``ttc.runtime.meter``)."""
+        worst = lambda: self._worst_case(request, self._prompt_token_bound(request))  # noqa: E731
+        async with MeteredRequest(self, worst, attempt, request.n) as metering:
+            raw = await self._send(request)
+            prompt_tokens = raw.prompt_tokens
+            if prompt_tokens is not None:
+                self._remember_prompt_tokens(request, prompt_tokens)
+            else:
+                prompt_tokens = self._prompt_token_bound(request)
+            completion_tokens = self._completion_tokens(request, raw)
+            choices = len(raw.completions)
+            metering.delivered(prompt_tokens, completion_tokens, choices, raw.rate_limits)
+            if choices > request.n or completion_tokens > request.params.max_tokens * request.n:
+                self._mark_out_of_spec(request, choices, completion_tokens)
+        return raw.completions
 
     def _refuse_out_of_spec(self, out_of_spec: dict[str, str]) -> None:
         what = out_of_spec.get(self.name)
@@ -876,81 +760,17 @@ class Model(ABC):
             )
         return None
 
-    @staticmethod
-    def _deadline_passed(ledgers: tuple[Ledger, ...]) -> BudgetExceeded:
-        ledger = min(ledgers, key=lambda lg: lg.remaining_seconds() or float("inf"))
-        assert ledger.budget.seconds is not None
-        return BudgetExceeded(
-            "seconds", ledger.budget.seconds, ledger.budget.seconds, 0, ledger.scope
-        )
-
-    def _settle(
-        self,
-        request: GenerateRequest,
-        attempt: int,
-        reservation: Reservation,
-        worst: Charge,
-        raw: RawResponse | None,
-        error: BaseException | None,
-        seconds: float,
+    def _mark_out_of_spec(
+        self, request: GenerateRequest, choices: int, completion_tokens: int
     ) -> None:
-        """Charge what the provider reported, refund the rest of the worst case, record usage
-        and the trace.
-
-        A request refused with an error status produced nothing: one request, no tokens. When
-        the outcome is unknown (cancelled, timed out, cut off, answered with a broken body) the
-        provider may have generated and billed up to the worst case, so budgets keep that
-        charge, while usage reports only what the provider reported: nothing.
-        """
-        prompt_tokens = completion_tokens = 0
-        choices = 0
-        if raw is not None:
-            choices = len(raw.completions)
-            if raw.prompt_tokens is not None:
-                prompt_tokens = raw.prompt_tokens
-                self._remember_prompt_tokens(request, raw.prompt_tokens)
-            else:
-                prompt_tokens = self._prompt_token_bound(request)
-            completion_tokens = self._completion_tokens(request, raw)
-        cost = self.price.cost(prompt_tokens, completion_tokens) if self.price else None
-        undelivered = raw is None and (error is None or _unknown_outcome(error))
-        if undelivered:
-            reservation.settle(worst)
-        else:
-            reservation.settle(Charge(prompt_tokens + completion_tokens, cost or 0.0, 1))
-            self.rate_limiter.refund(worst.tokens - prompt_tokens - completion_tokens)
-        if raw is not None and raw.rate_limits is not None:
-            # After the refund: what the provider says remains has the last word.
-            self.rate_limiter.observe(raw.rate_limits)
+        """A response did what its request did not allow: warn, and send nothing more to this
+        model in the run (see ``_refuse_out_of_spec``)."""
         name = self.name
-        with ledger_lock:  # a model may be shared by threads
-            self._usage.add(prompt_tokens, completion_tokens, 1, cost, seconds, name, undelivered)
+        what = self._out_of_spec(request, choices, completion_tokens)
+        logger.warning("%s %s: out of spec", name, what)
         run = current_run()
-        if raw is not None and (
-            choices > request.n or completion_tokens > request.params.max_tokens * request.n
-        ):
-            what = self._out_of_spec(request, choices, completion_tokens)
-            logger.warning("%s %s: out of spec", name, what)
-            if run is not None:
-                run.mark_out_of_spec(name, f"{name} {what}")
         if run is not None:
-            event = None
-            if run.traced:
-                if error is None and raw is None:
-                    error_text: str | None = "cancelled"
-                else:
-                    error_text = None if error is None else f"{type(error).__name__}: {error}"
-                event = TraceEvent.model_construct(
-                    model=name,
-                    n=request.n,
-                    attempt=attempt,
-                    seconds=seconds,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    choices=choices,
-                    error=error_text,
-                )
-            run.record(name, prompt_tokens, completion_tokens, cost, seconds, event, undelivered)
+            run.mark_out_of_spec(name, f"{name} {what}")
 
 
 async def _all_chunks(coros: list[Awaitable[None]]) -> None:
@@ -1031,3 +851,11 @@ def user_message(prompt: str | tuple[Message, ...]) -> tuple[Message, ...]:
     if isinstance(prompt, str):
         return (Message(role="user", content=prompt),)
     return prompt
+
+
+def cut_at_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` cut at the first of ``stops`` it contains, and whether it was: how an adapter
+    applies the stop strings its provider could not take (it accepts only so many, see
+    ``Capabilities.max_stop``)."""
+    cut = min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

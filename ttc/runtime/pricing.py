@@ -2,7 +2,7 @@
 
 litellm ships its price map as a JSON file inside the package. We read that file directly
 (locating the package with ``importlib.util.find_spec``, which does not import it), so prices
-cost 20 ms of JSON parsing once instead of litellm's 3 s import. Without litellm (the core
+cost one JSON parse instead of litellm's slow import. Without litellm (the core
 install), ``prices_snapshot.json`` beside this module prices the hosted presets' models (OpenAI,
 Groq, Cerebras): a copy of litellm's entries for them, dated inside the file, so that a USD
 budget works out of the box; litellm's map wins where both know a model. An unknown price is

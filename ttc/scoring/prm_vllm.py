@@ -18,25 +18,19 @@ vLLM pools this architecture at token 151651 (``<extra_0>`` in Qwen's tokenizer)
 '{"step_tag_id": <its separator's id>}'`` (or ``'{"tok_pooling_type": "ALL"}'``); without it
 the server returns no rows and this client says which flag to add.
 
-Requests run under the ``VLLMServer`` model's runtime (``Model.metered``): its concurrency
+Requests run under the ``VLLMServer`` model's runtime (``VLLMServer.pool``): its concurrency
 limit, retries, budgets (a request and its prompt tokens), usage and trace.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
 import anyio
 
-from ttc.adapters.openai_compatible import OpenAICompatible
-from ttc.errors import (
-    ConfigError,
-    MalformedResponseError,
-)
+from ttc.adapters.vllm_server import VLLMServer
+from ttc.errors import ConfigError, MalformedResponseError
 from ttc.scoring.prm import ProcessRewardModel
 from ttc.scoring.prm_hf import QWEN_SYSTEM, qwen_prm_messages
 from ttc.validation import check_int
@@ -48,9 +42,9 @@ class VLLMPoolingPRM(ProcessRewardModel):
     """A Qwen2.5-Math-PRM-style PRM on a vLLM server, through ``/pooling``.
 
     Args:
-        server: the ``VLLMServer`` (any ``OpenAICompatible``) whose ``base_url`` is the PRM
-            server's API root (``http://host:8000/v1``) and whose ``model`` is the served name;
-            ``/pooling`` and ``/tokenize`` are read beside ``/v1``.
+        server: the ``VLLMServer`` whose ``base_url`` is the PRM server's API root
+            (``http://host:8000/v1``) and whose ``model`` is the served name; ``/pooling`` and
+            ``/tokenize`` are read beside ``/v1``.
         separator: the step separator token (``"<extra_0>"``).
         system: the system prompt of the PRM's chat.
         label: the index of the "step is correct" label in each row (1).
@@ -62,7 +56,7 @@ class VLLMPoolingPRM(ProcessRewardModel):
 
     def __init__(
         self,
-        server: OpenAICompatible,
+        server: VLLMServer,
         *,
         separator: str = "<extra_0>",
         system: str = QWEN_SYSTEM,
@@ -71,7 +65,7 @@ class VLLMPoolingPRM(ProcessRewardModel):
         cache_size: int = 100_000,
     ) -> None:
         super().__init__(cache_size=cache_size)
-        if not isinstance(server, OpenAICompatible):
+        if not isinstance(server, VLLMServer):
             raise ConfigError(
                 "server: pass the PRM server as ttc.adapters.VLLMServer(model, base_url=...), "
                 f"got {type(server).__name__}"
@@ -80,8 +74,7 @@ class VLLMPoolingPRM(ProcessRewardModel):
             raise ConfigError("separator must not be empty")
         check_int("label", label, ge=0)
         self.server = server
-        root = server.base_url
-        self.root = root[: -len("/v1")] if root.endswith("/v1") else root
+        self.root = server.server_root
         self.separator = separator
         self.system = system
         self.label = label
@@ -117,29 +110,9 @@ class VLLMPoolingPRM(ProcessRewardModel):
 
     async def _score_one(self, question: str, steps: Sequence[str]) -> list[float]:
         messages = self.messages(question, steps)
-        body = {
-            "model": self.server.model,
-            "messages": messages,
-            "add_generation_prompt": False,
-            "task": "token_classify",
-            "use_activation": True,
-        }
-        bound = sum(len(m["content"].encode()) + 8 for m in messages) + 32
-
-        async def send() -> tuple[list[Any], int | None]:
-            data = await self._post("/pooling", body)
-            try:
-                rows = data["data"][0]["data"]
-                tokens = (data.get("usage") or {}).get("prompt_tokens")
-            except (KeyError, IndexError, TypeError, AttributeError) as exc:
-                raise self._malformed(f"the /pooling answer lacks data ({exc!r})") from exc
-            if not isinstance(rows, list):
-                raise self._malformed("the /pooling answer's data is not a list of rows")
-            return rows, tokens if isinstance(tokens, int) else None
-
-        rows = await self.server.metered(send, prompt_bound=bound, kind="pooling")
+        rows = await self.server.pool(messages, task="token_classify", use_activation=True)
         if len(rows) != len(steps):  # a row per token: keep the separators' rows
-            ids = await self._tokenize(messages)
+            ids = await self.server.tokenize(messages=messages, add_generation_prompt=False)
             separator = await self._separator()
             if len(rows) != len(ids):
                 # vLLM pools Qwen2ForProcessRewardModel at token 151651 (Qwen's <extra_0>)
@@ -170,48 +143,14 @@ class VLLMPoolingPRM(ProcessRewardModel):
     async def _separator(self) -> int:
         """The separator's token id, from the server's tokenizer (once)."""
         if self._separator_id is None:
-            data = await self._post(
-                "/tokenize",
-                {"model": self.server.model, "prompt": self.separator, "add_special_tokens": False},
-            )
-            ids = data.get("tokens") if isinstance(data, dict) else None
-            if not isinstance(ids, list) or len(ids) != 1:
+            ids = await self.server.tokenize(prompt=self.separator, add_special_tokens=False)
+            if len(ids) != 1:
                 raise ConfigError(
                     f"separator: {self.separator!r} is not one token of the served model's "
                     f"tokenizer (it tokenizes to {ids})"
                 )
-            self._separator_id = int(ids[0])
+            self._separator_id = ids[0]
         return self._separator_id
-
-    async def _tokenize(self, messages: list[dict[str, str]]) -> list[int]:
-        data = await self._post(
-            "/tokenize",
-            {"model": self.server.model, "messages": messages, "add_generation_prompt": False},
-        )
-        ids = data.get("tokens") if isinstance(data, dict) else None
-        if not isinstance(ids, list):
-            raise self._malformed("the /tokenize answer has no token list")
-        return [int(t) for t in ids]
-
-    async def _post(self, path: str, body: dict[str, Any]) -> Any:
-        """POST ``body`` to the server's ``path``; typed errors as the adapter raises them."""
-        server = self.server
-        url = f"{self.root}{path}"
-        try:
-            async with server._session().post(url, data=json.dumps(body).encode()) as resp:
-                raw = await resp.read()
-                status = resp.status
-                headers = resp.headers
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-            raise server._transport_error(exc, url) from exc
-        if status != 200:
-            raise server._error(status, raw.decode("utf-8", "replace"), headers, url)
-        try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise self._malformed(
-                f"{path} answered with {len(raw)} bytes that are not JSON"
-            ) from exc
 
     def _malformed(self, message: str) -> MalformedResponseError:
         return MalformedResponseError(

@@ -1,28 +1,41 @@
-"""Strategies: small objects with ``async run(prompt) -> Result`` that compose."""
+"""Strategies: small objects with ``async run(prompt) -> Result`` that compose.
 
-from ttc.strategies.adaptive_consistency import AdaptiveConsistency
-from ttc.strategies.allocation import AdaptiveAllocation
-from ttc.strategies.base import Strategy
-from ttc.strategies.beam_prm import BeamPRM
-from ttc.strategies.best_of_n import BestOfN, SelfConsistency
-from ttc.strategies.compute_optimal import Bin, ComputeOptimal, Policy
-from ttc.strategies.dvts import DVTS
-from ttc.strategies.lookahead import Lookahead
-from ttc.strategies.repeated_sample import RepeatedSample
-from ttc.strategies.steps import StepFormat
+Names load on first use.
+"""
 
-__all__ = [
-    "DVTS",
-    "AdaptiveAllocation",
-    "AdaptiveConsistency",
-    "BeamPRM",
-    "BestOfN",
-    "Bin",
-    "ComputeOptimal",
-    "Lookahead",
-    "Policy",
-    "RepeatedSample",
-    "SelfConsistency",
-    "StepFormat",
-    "Strategy",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ttc._exports import export
+
+export(
+    globals(),
+    {
+        "ttc.strategies.base": ("Strategy",),
+        "ttc.strategies.repeated_sample": ("RepeatedSample",),
+        "ttc.strategies.best_of_n": ("BestOfN", "SelfConsistency"),
+        "ttc.strategies.adaptive_consistency": ("AdaptiveConsistency",),
+        "ttc.strategies.allocation": ("AdaptiveAllocation",),
+        "ttc.strategies.compute_optimal": ("ComputeOptimal", "Policy", "Bin"),
+        "ttc.strategies.beam_prm": ("BeamPRM",),
+        "ttc.strategies.lookahead": ("Lookahead",),
+        "ttc.strategies.dvts": ("DVTS",),
+        "ttc.strategies.steps": ("StepFormat",),
+    },
+)
+
+if TYPE_CHECKING:
+    from ttc.strategies.adaptive_consistency import AdaptiveConsistency as AdaptiveConsistency
+    from ttc.strategies.allocation import AdaptiveAllocation as AdaptiveAllocation
+    from ttc.strategies.base import Strategy as Strategy
+    from ttc.strategies.beam_prm import BeamPRM as BeamPRM
+    from ttc.strategies.best_of_n import BestOfN as BestOfN
+    from ttc.strategies.best_of_n import SelfConsistency as SelfConsistency
+    from ttc.strategies.compute_optimal import Bin as Bin
+    from ttc.strategies.compute_optimal import ComputeOptimal as ComputeOptimal
+    from ttc.strategies.compute_optimal import Policy as Policy
+    from ttc.strategies.dvts import DVTS as DVTS
+    from ttc.strategies.lookahead import Lookahead as Lookahead
+    from ttc.strategies.repeated_sample import RepeatedSample as RepeatedSample
+    from ttc.strategies.steps import StepFormat as StepFormat

@@ -415,7 +415,7 @@ def _make_prm(name: str, options: dict[str, Any], model: Model) -> ProcessReward
     from ttc.adapters.registry import resolve_model
 
     server = resolve_model(str(options.pop("model")))
-    return scoring.VLLMPoolingPRM(server, **options)  # type: ignore[no-any-return]
+    return scoring.VLLMPoolingPRM(server, **options)  # type: ignore[arg-type]  # it refuses a non-VLLMServer
 
 
 def _selector(name: str | None) -> Selector | None:
