@@ -23,7 +23,7 @@ import anyio
 from ttc import RepeatedSample, SamplingParams
 from ttc.adapters import resolve_model
 from ttc.scoring import GSM8KAnswer, MajorityVote, gsm8k_reference
-from ttc.scoring.coverage import pass_at_k
+from ttc.scoring.pass_k import pass_at_k
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "gsm8k_dev.jsonl"

@@ -300,6 +300,7 @@ class Candidate(BaseModel):
                 "completion_tokens": got["completion_tokens"],
                 "model": got["model"],
                 "steps": None,
+                "failure": None,
             },
         )
         # As after Candidate(text=..., answer=..., ...); its own set, since a candidate is

@@ -64,7 +64,7 @@ class StrategyName(str, Enum):
 async def judge(result: Result, question: str, verifier: Verifier) -> bool | None:
     """Mark the candidates no strategy judged, fill in pass@k, and say whether the selected
     answer is correct (``None`` without an answer)."""
-    from ttc.scoring.coverage import pass_at_k_curve
+    from ttc.scoring.pass_k import pass_at_k_curve
     from ttc.types import Candidate
 
     unjudged = [c for c in result.candidates if c.verified is None]

@@ -21,7 +21,7 @@ from typing import Any
 
 from ttc.eval.report import _level_key, _Question, _reduce
 from ttc.eval.store import QuestionRecord, ResultsStore
-from ttc.scoring.coverage import pass_at_k
+from ttc.scoring.pass_k import pass_at_k
 
 __all__ = [
     "ALL",

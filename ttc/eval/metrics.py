@@ -1,5 +1,5 @@
 """The accuracy of majority and weighted votes over k of n judged samples, without asking the
-model again. pass@k and coverage are in ``ttc.scoring.coverage`` (and importable from here)."""
+model again. pass@k and coverage are in ``ttc.scoring.pass_k`` (and importable from here)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import random
 from collections.abc import Iterable, Sequence
 
 from ttc.errors import ConfigError
-from ttc.scoring.coverage import _check, _count
+from ttc.scoring.pass_k import _check, _count
 
 # Where ``ttc.eval``'s lazy exports (and older code) find them; they live in ttc.scoring.
-from ttc.scoring.coverage import coverage as coverage
-from ttc.scoring.coverage import pass_at_k as pass_at_k
-from ttc.scoring.coverage import pass_at_k_curve as pass_at_k_curve
+from ttc.scoring.pass_k import coverage as coverage
+from ttc.scoring.pass_k import pass_at_k as pass_at_k
+from ttc.scoring.pass_k import pass_at_k_curve as pass_at_k_curve
 
 __all__ = [
     "majority_at_k",

@@ -16,8 +16,8 @@ from typing import Any
 from ttc.errors import ConfigError
 from ttc.eval.metrics import majority_at_k_curve, vote_groups, weighted_vote_at_k_curve
 from ttc.eval.store import QuestionRecord, ResultsStore
-from ttc.scoring.coverage import pass_at_k
 from ttc.scoring.extract import normalize_answer
+from ttc.scoring.pass_k import pass_at_k
 from ttc.types import Candidate
 
 __all__ = ["LevelRow", "RunReport", "build_report", "format_cost", "load_reports", "report_ks"]

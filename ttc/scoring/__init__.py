@@ -19,7 +19,7 @@ export(
         "ttc.scoring.coq": ("CoqProof",),
         "ttc.scoring.lean": ("LeanProof",),
         "ttc.scoring.smt": ("SMTCheck",),
-        "ttc.scoring.coverage": ("coverage", "pass_at_k", "pass_at_k_curve"),
+        "ttc.scoring.pass_k": ("coverage", "pass_at_k", "pass_at_k_curve"),
         "ttc.scoring.extract": (
             "extract_answer",
             "extract_boxed",
@@ -51,14 +51,14 @@ if TYPE_CHECKING:
     from ttc.scoring.base import Selector as Selector
     from ttc.scoring.base import Verifier as Verifier
     from ttc.scoring.coq import CoqProof as CoqProof
-    from ttc.scoring.coverage import coverage as coverage
-    from ttc.scoring.coverage import pass_at_k as pass_at_k
-    from ttc.scoring.coverage import pass_at_k_curve as pass_at_k_curve
     from ttc.scoring.extract import extract_answer as extract_answer
     from ttc.scoring.extract import extract_boxed as extract_boxed
     from ttc.scoring.extract import gsm8k_reference as gsm8k_reference
     from ttc.scoring.extract import normalize_answer as normalize_answer
     from ttc.scoring.lean import LeanProof as LeanProof
+    from ttc.scoring.pass_k import coverage as coverage
+    from ttc.scoring.pass_k import pass_at_k as pass_at_k
+    from ttc.scoring.pass_k import pass_at_k_curve as pass_at_k_curve
     from ttc.scoring.prm import ArithmeticPRM as ArithmeticPRM
     from ttc.scoring.prm import ProcessRewardModel as ProcessRewardModel
     from ttc.scoring.prm import aggregate as aggregate

@@ -12,8 +12,8 @@ from ttc.errors import BudgetExceeded, ConfigError, GenerationError, ProviderErr
 from ttc.runtime.budget import Budget
 from ttc.runtime.context import RunContext
 from ttc.scoring.base import Selector, Verifier
-from ttc.scoring.coverage import pass_at_k_curve
 from ttc.scoring.extract import extract_answer
+from ttc.scoring.pass_k import pass_at_k_curve
 from ttc.scoring.selectors import FirstVerified, MajorityVote
 from ttc.scoring.verifiers import as_verifier
 from ttc.strategies.base import (
