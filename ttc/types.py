@@ -324,6 +324,11 @@ class TraceEvent(_Frozen):
     completion_tokens: int = 0
     choices: int = 0
     error: str | None = None
+    operation: str | None = Field(
+        None,
+        description="What the request did, by the OpenTelemetry GenAI names: ``chat``, "
+        "``text_completion``, or the kind of a request that generates nothing (``score``).",
+    )
 
 
 class Routing(_Frozen):

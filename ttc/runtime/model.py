@@ -37,6 +37,7 @@ from ttc.errors import (
     ProviderTimeoutError,
     ProviderUnreachableError,
 )
+from ttc.runtime import tracing
 from ttc.runtime.budget import (
     Budget,
     Charge,
@@ -678,6 +679,7 @@ class Model(ABC):
                         cost,
                         seconds,
                         TraceEvent.model_construct(
+                            operation=kind,
                             model=f"{self.name} ({kind})",
                             n=1,
                             attempt=attempt,
@@ -944,6 +946,7 @@ class Model(ABC):
                 else:
                     error_text = None if error is None else f"{type(error).__name__}: {error}"
                 event = TraceEvent.model_construct(
+                    operation=tracing.request_operation(self, request),
                     model=name,
                     n=request.n,
                     attempt=attempt,
