@@ -195,6 +195,11 @@ def test_ttc_serve_answers_a_configured_fallback_by_name_sharing_its_entries() -
                 model="reliable", messages=[{"role": "user", "content": "What is 6 * 7?"}]
             )
             assert "42" in (reply.choices[0].message.content or "")
+            by_model = (reply.model_extra or {})["ttc"]["by_model"]
+            assert by_model["openai-compatible/primary-model"]["requests"] == 1  # the outage
+            assert by_model["openai-compatible/primary-model"]["completion_tokens"] == 0
+            answered = by_model["openai-compatible/secondary-model"]
+            assert answered["completion_tokens"] == reply.usage.completion_tokens > 0  # type: ignore[union-attr]
             listed = {m.id for m in client.models.list()}
             assert {"primary", "secondary", "reliable", "wide", "math"} <= listed
         assert up.stats.ok == 1 and down.stats.ok == 0
