@@ -68,9 +68,17 @@ class UsageCounter:
             own = models.get(model)
             if own is None:
                 own = models[model] = UsageCounter(per_model=False)
-            own.add(
-                prompt_tokens, completion_tokens, requests, cost_usd, seconds, model, undelivered
-            )
+            # The same sums, inlined: one call less on every request.
+            own.prompt_tokens += prompt_tokens
+            own.undelivered += undelivered
+            own.completion_tokens += completion_tokens
+            own.requests += requests
+            own.seconds += seconds
+            if cost_usd is None:
+                if prompt_tokens or completion_tokens:
+                    own.unpriced.add(model)
+            else:
+                own.cost_usd += cost_usd
 
     def snapshot(self) -> Usage:
         models = self.models
