@@ -200,9 +200,14 @@ def test_ttc_serve_answers_a_configured_fallback_by_name_sharing_its_entries() -
             assert by_model["openai-compatible/primary-model"]["completion_tokens"] == 0
             answered = by_model["openai-compatible/secondary-model"]
             assert answered["completion_tokens"] == reply.usage.completion_tokens > 0  # type: ignore[union-attr]
+            voted = client.chat.completions.create(
+                model="best-of-4/reliable",  # a strategy over the fallback, by name
+                messages=[{"role": "user", "content": "What is 6 * 7?"}],
+            )
+            assert (voted.model_extra or {})["ttc"]["strategy"] == "best-of-n"
             listed = {m.id for m in client.models.list()}
             assert {"primary", "secondary", "reliable", "wide", "math"} <= listed
-        assert up.stats.ok == 1 and down.stats.ok == 0
+        assert up.stats.choices == 1 + 4 and down.stats.ok == 0
 
 
 def test_the_server_builds_each_entry_once() -> None:
