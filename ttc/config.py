@@ -55,7 +55,7 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -303,18 +303,17 @@ class TTCConfig:
                     f"models.{name} is a {entry.kind} of other entries: "
                     f"{', '.join(sorted(overrides))} set one provider's; set them on its entries"
                 )
-            model = self._build_group(name, entry, built if built is not None else {})
+            model = self._build_group(entry, built if built is not None else {})
         if built is not None and not overrides:
             built[name] = model
         return model
 
-    def _build_group(
-        self, name: str, entry: ModelEntry, built: MutableMapping[str, Model]
-    ) -> Model:
+    def _build_group(self, entry: ModelEntry, built: MutableMapping[str, Model]) -> Model:
         from ttc.runtime.fallback import DEFAULT_ON, FailureKind, Fallback, Router
 
         members = [self.build_model(member, built=built) for member in entry.members]
-        on: tuple[FailureKind, ...] = tuple(entry.on) if entry.on is not None else DEFAULT_ON  # type: ignore[arg-type]
+        # Checked against FailureKind when the file was read (ModelEntry._on).
+        on = cast("tuple[FailureKind, ...]", entry.on) if entry.on is not None else DEFAULT_ON
         group: Model
         if entry.kind == "fallback":
             cooldown = entry.cooldown if entry.cooldown is not None else 10.0
