@@ -93,3 +93,5 @@ def test_usages_add_up_per_model() -> None:
     assert total.by_model == {"x/a": one + one, "x/b": two}
     assert total.requests == 4 and total.unpriced_models == {"x/b"}
     assert Usage() + Usage() == Usage()
+    # Still hashable (equal usages hash alike), as before by_model.
+    assert hash(total) == hash(left + right) and len({Usage(), Usage()}) == 1

@@ -221,6 +221,10 @@ class Usage(_Frozen):
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
 
+    def __hash__(self) -> int:  # hashable as before ``by_model`` (a dict) was added
+        fields = tuple(v for k, v in self.__dict__.items() if k != "by_model")
+        return hash((fields, tuple(sorted(self.by_model.items()))))
+
     def __add__(self, other: Usage) -> Usage:
         by_model = dict(self.by_model)
         for name, usage in other.by_model.items():
