@@ -74,7 +74,11 @@ def test_openai_compatible_sends_the_key_given_on_the_command_line() -> None:
     with served() as fake:
         result = ask(f"openai-compatible/m@{fake.base_url}", "--api-key", KEY)
         assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["usage"]["requests"] >= 1
+        usage = json.loads(result.stdout)["usage"]
+        assert usage["requests"] >= 1
+        # What each model did, as Result.usage.by_model has it.
+        assert list(usage["by_model"]) == ["openai-compatible/m"]
+        assert usage["by_model"]["openai-compatible/m"]["requests"] == usage["requests"]
         assert fake.stats.ok >= 1 and fake.stats.faults["unauthorized"] == 0
         assert KEY not in result.output
 

@@ -123,8 +123,8 @@ async def test_a_best_of_n_run_is_a_span_with_a_child_per_request_and_per_scorer
     assert len(requests) == fake.stats.requests  # every attempt, failed ones included
     for span in requests:
         r = attrs(span)
-        assert span.name == "generate_content llama-3.1-8b-instant"
-        assert r["gen_ai.operation.name"] == "generate_content"
+        assert span.name == "chat llama-3.1-8b-instant"  # text sent to a chat endpoint
+        assert r["gen_ai.operation.name"] == "chat"
         assert r["gen_ai.provider.name"] == r["gen_ai.system"] == "groq"
         assert r["gen_ai.request.model"] == "llama-3.1-8b-instant"
         assert r["gen_ai.request.choice.count"] == 1  # Groq: one request a sample

@@ -16,6 +16,18 @@ file (``ttc eval --config`` keeps meaning an *experiment* file: ``ttc.eval.exper
     retry = { max_attempts = 3 }
     params = { temperature = 0.7, max_tokens = 512 }
 
+    [models.cheap]
+    model = "cerebras/llama3.1-8b"
+    api_key_env = "CEREBRAS_API_KEY"
+
+    [models.reliable]                      # a model made of other entries
+    fallback = ["fast", "cheap"]           # the next on 429s, 5xx, timeouts ("on" to choose)
+    cooldown = 30
+
+    [models.wide]
+    router = ["fast", "cheap"]             # one fan-out's samples spread over both
+    weights = [2, 1]                       # by = "rate_limit": also by each one's headroom
+
     [profiles.math]                        # a named strategy: model "math" on the server
     strategy = "best-of-n"
     n = 8
@@ -30,8 +42,9 @@ file (``ttc eval --config`` keeps meaning an *experiment* file: ``ttc.eval.exper
 
 ``load_config(path)`` reads and checks it: every error is one ``ConfigError`` naming the file,
 the line and the key (``ttc.toml:7: models.fast.rpm: ...``). Every model is built in one place,
-``TTCConfig.build_model``, so that a model entry can later be something other than one
-adapter (a fallback chain naming other entries) without touching its callers.
+``TTCConfig.build_model``: an entry is one adapter (``model``), or a ``Fallback`` or ``Router``
+(``ttc.runtime.fallback``) over other entries, each of which keeps its own budget, rate limits
+and retries.
 """
 
 from __future__ import annotations
@@ -39,10 +52,10 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -83,9 +96,10 @@ class PriceEntry(_Entry):
 
 
 class ModelEntry(_Entry):
-    """A named model: an adapter by ``resolve_model`` name and the runtime's settings."""
+    """A named model: an adapter by ``resolve_model`` name and the runtime's settings, or a
+    ``Fallback`` (``fallback``) or ``Router`` (``router``) over other entries by name."""
 
-    model: str = Field(min_length=1, description="A ttc.adapters.resolve_model name.")
+    model: str | None = Field(None, min_length=1, description="A ttc.adapters.resolve_model name.")
     base_url: str | None = None
     api_key_env: str | None = Field(
         None, description="The environment variable holding the key (never the key itself)."
@@ -98,6 +112,68 @@ class ModelEntry(_Entry):
     budget: Budget | None = None
     retry: RetryPolicy | None = None
     params: SamplingParams | None = None
+    fallback: tuple[str, ...] | None = Field(
+        None, min_length=1, description="Other entries, in order of preference (a Fallback)."
+    )
+    router: tuple[str, ...] | None = Field(
+        None, min_length=1, description="Other entries one fan-out is spread over (a Router)."
+    )
+    on: tuple[str, ...] | None = Field(
+        None, description="The failures that move on to another entry (FailureKind names)."
+    )
+    cooldown: float | None = Field(
+        None, ge=0, description="Seconds a failed entry of a fallback goes to the back."
+    )
+    weights: tuple[Annotated[float, Field(gt=0)], ...] | None = Field(
+        None, description="A router's weight of each entry (default: equal)."
+    )
+    by: Literal["weight", "rate_limit"] | None = Field(
+        None, description="How a router deals samples: by weight, or also by rate limit headroom."
+    )
+
+    @field_validator("on")
+    @classmethod
+    def _on(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        from ttc.runtime.fallback import FAILURE_KINDS
+
+        for kind in value or ():
+            if kind not in FAILURE_KINDS:
+                raise ValueError(f"unknown failure kind {kind!r}; the kinds are {FAILURE_KINDS}")
+        return value
+
+    @property
+    def kind(self) -> Literal["model", "fallback", "router"]:
+        """What the entry builds: one adapter, a ``Fallback`` or a ``Router``."""
+        if self.fallback is not None:
+            return "fallback"
+        return "router" if self.router is not None else "model"
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The entries a fallback or router names (none for one adapter)."""
+        return self.fallback or self.router or ()
+
+
+#: Settings of one provider, meaningless on a fallback or router (each entry it names has its
+#: own); ``params`` is allowed on both (a wrapper's default sampling parameters).
+_PROVIDER_KEYS = (
+    "base_url",
+    "api_key_env",
+    "max_concurrency",
+    "rpm",
+    "tpm",
+    "timeout",
+    "price",
+    "budget",
+    "retry",
+)
+#: Keys that only one kind of entry takes.
+_KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "on": ("fallback", "router"),
+    "cooldown": ("fallback",),
+    "weights": ("router",),
+    "by": ("router",),
+}
 
 
 class ProfileEntry(BaseModel):
@@ -202,16 +278,57 @@ class TTCConfig:
     profiles: Mapping[str, ProfileEntry]
     server: ServerEntry
 
-    def build_model(self, name: str, **overrides: Any) -> Model:
+    def build_model(
+        self, name: str, *, built: MutableMapping[str, Model] | None = None, **overrides: Any
+    ) -> Model:
         """The model ``name`` of ``[models]`` (``ConfigError`` listing them if unknown),
-        with its key read from the environment now."""
-        from ttc.adapters.registry import resolve_model
-        from ttc.runtime.pricing import Price
+        with its key read from the environment now; a ``fallback`` or ``router`` entry is
+        built over its entries (each once, even when two wrappers name it).
 
+        ``built`` holds models already built by entry name: they are reused and what is built
+        is added, so that an entry used on its own and inside a fallback is one model with one
+        budget (how ``ttc serve`` builds its models). ``overrides`` (``resolve_model``
+        keywords) apply to a plain entry only."""
         entry = self.models.get(name)
         if entry is None:
             known = ", ".join(sorted(self.models)) or "none"
             raise ConfigError(f"unknown model {name!r}; the configured models are {known}")
+        if built is not None and name in built and not overrides:
+            return built[name]
+        if entry.kind == "model":
+            model = self._build_adapter(name, entry, overrides)
+        else:
+            if overrides:
+                raise ConfigError(
+                    f"models.{name} is a {entry.kind} of other entries: "
+                    f"{', '.join(sorted(overrides))} set one provider's; set them on its entries"
+                )
+            model = self._build_group(entry, built if built is not None else {})
+        if built is not None and not overrides:
+            built[name] = model
+        return model
+
+    def _build_group(self, entry: ModelEntry, built: MutableMapping[str, Model]) -> Model:
+        from ttc.runtime.fallback import DEFAULT_ON, FailureKind, Fallback, Router
+
+        members = [self.build_model(member, built=built) for member in entry.members]
+        # Checked against FailureKind when the file was read (ModelEntry._on).
+        on = cast("tuple[FailureKind, ...]", entry.on) if entry.on is not None else DEFAULT_ON
+        group: Model
+        if entry.kind == "fallback":
+            cooldown = entry.cooldown if entry.cooldown is not None else 10.0
+            group = Fallback(*members, on=on, cooldown=cooldown)
+        else:
+            group = Router(members, weights=entry.weights, by=entry.by or "weight", on=on)
+        if entry.params is not None:
+            group.params = entry.params
+        return group
+
+    def _build_adapter(self, name: str, entry: ModelEntry, overrides: dict[str, Any]) -> Model:
+        from ttc.adapters.registry import resolve_model
+        from ttc.runtime.pricing import Price
+
+        assert entry.model is not None
         kwargs: dict[str, Any] = {}
         if entry.api_key_env:
             key = os.environ.get(entry.api_key_env)
@@ -346,6 +463,7 @@ def parse_config(text: str, path: str | Path | None = None) -> TTCConfig:
         profiles=dict(checked.profiles),
         server=checked.server,
     )
+    _check_model_kinds(config.models, where, text)
     for name, profile in config.profiles.items():
         if profile.model not in config.models:
             known = ", ".join(sorted(config.models)) or "none (add a [models.NAME] table)"
@@ -366,6 +484,85 @@ def parse_config(text: str, path: str | Path | None = None) -> TTCConfig:
             bad = _bad_key(message, profile)
             raise _error(where, text, ("profiles", name, *bad), message) from None
     return config
+
+
+def _check_model_kinds(models: Mapping[str, ModelEntry], where: str, text: str) -> None:
+    """Each entry is one kind with that kind's keys; fallbacks and routers name known entries,
+    each once, without a cycle."""
+    known = ", ".join(sorted(models))
+    for name, entry in models.items():
+        kinds = [k for k in ("model", "fallback", "router") if getattr(entry, k) is not None]
+        if not kinds:
+            raise _error(where, text, ("models", name), "needs one of model, fallback or router")
+        if len(kinds) > 1:
+            raise _error(
+                where,
+                text,
+                ("models", name, kinds[1]),
+                f"an entry is one of model, fallback or router, not both {kinds[0]} and {kinds[1]}",
+            )
+        kind = kinds[0]
+        given = entry.model_fields_set
+        for key, kinds_of_key in _KIND_KEYS.items():
+            if key in given and kind not in kinds_of_key:
+                raise _error(
+                    where,
+                    text,
+                    ("models", name, key),
+                    f"{key} is a setting of a {' or '.join(kinds_of_key)} entry, not of a "
+                    f"{kind} entry",
+                )
+        if kind == "model":
+            continue
+        for key in _PROVIDER_KEYS:
+            if key in given:
+                raise _error(
+                    where,
+                    text,
+                    ("models", name, key),
+                    f"{key} is a setting of one provider: set it on the entries the {kind} "
+                    "names (each keeps its own)",
+                )
+        seen: set[str] = set()
+        for member in entry.members:
+            if member not in models:
+                raise _error(
+                    where,
+                    text,
+                    ("models", name, kind),
+                    f"unknown model {member!r}; the configured models are {known}",
+                )
+            if member in seen:
+                raise _error(where, text, ("models", name, kind), f"names {member!r} twice")
+            seen.add(member)
+        if entry.weights is not None and len(entry.weights) != len(entry.members):
+            raise _error(
+                where,
+                text,
+                ("models", name, "weights"),
+                f"{len(entry.weights)} weights for {len(entry.members)} entries",
+            )
+    for name in models:
+        cycle = _cycle(models, name, (name,))
+        if cycle is not None:
+            entry = models[name]
+            raise _error(
+                where, text, ("models", name, entry.kind), "a cycle: " + " -> ".join(cycle)
+            )
+
+
+def _cycle(
+    models: Mapping[str, ModelEntry], name: str, path: tuple[str, ...]
+) -> tuple[str, ...] | None:
+    """The first path from ``path``'s end back to ``name`` through members, if there is one."""
+    for member in models[path[-1]].members:
+        if member == name:
+            return (*path, member)
+        if member not in path:
+            found = _cycle(models, name, (*path, member))
+            if found is not None:
+                return found
+    return None
 
 
 def _no_inline_secrets(raw: Mapping[str, Any], where: str, text: str) -> None:

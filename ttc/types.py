@@ -209,13 +209,27 @@ class Usage(_Frozen):
         "so their tokens are not in this usage, while budgets keep their worst case.",
     )
     unpriced_models: frozenset[str] = frozenset()
+    by_model: dict[str, Usage] = Field(
+        default_factory=dict,
+        description="The same counts for each model the work used, under its "
+        "``provider/model`` name (scorers' and judges' models included): what each provider "
+        "of a ``Router`` or ``Fallback`` did and cost. Its entries have no ``by_model``.",
+    )
 
     @property
     def total_tokens(self) -> int:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
 
+    def __hash__(self) -> int:  # hashable as before ``by_model`` (a dict) was added
+        fields = tuple(v for k, v in self.__dict__.items() if k != "by_model")
+        return hash((fields, tuple(sorted(self.by_model.items()))))
+
     def __add__(self, other: Usage) -> Usage:
+        by_model = dict(self.by_model)
+        for name, usage in other.by_model.items():
+            mine = by_model.get(name)
+            by_model[name] = usage if mine is None else mine + usage
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
@@ -224,6 +238,7 @@ class Usage(_Frozen):
             seconds=self.seconds + other.seconds,
             undelivered_requests=self.undelivered_requests + other.undelivered_requests,
             unpriced_models=self.unpriced_models | other.unpriced_models,
+            by_model=by_model,
         )
 
 
@@ -325,6 +340,11 @@ class TraceEvent(_Frozen):
     completion_tokens: int = 0
     choices: int = 0
     error: str | None = None
+    operation: str | None = Field(
+        None,
+        description="What the request did, by the OpenTelemetry GenAI names: ``chat``, "
+        "``text_completion``, or the kind of a request that generates nothing (``score``).",
+    )
 
 
 class Routing(_Frozen):

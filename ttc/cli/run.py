@@ -120,6 +120,15 @@ def summarize(
             "requests": usage.requests,
             "cost_usd": usage.cost_usd,
             "unpriced_models": sorted(usage.unpriced_models),
+            "by_model": {
+                name: {
+                    "prompt_tokens": u.prompt_tokens,
+                    "completion_tokens": u.completion_tokens,
+                    "requests": u.requests,
+                    "cost_usd": u.cost_usd,
+                }
+                for name, u in sorted(usage.by_model.items())
+            },
         },
         "elapsed_s": result.elapsed_s,
         "errors": result.errors,

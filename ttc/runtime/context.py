@@ -19,11 +19,13 @@ from ttc.types import TraceEvent, Usage
 
 
 class UsageCounter:
-    """A mutable running total of usage, cheap to update on the hot path."""
+    """A mutable running total of usage, cheap to update on the hot path, with one total per
+    model (``Usage.by_model``) unless ``per_model`` is off (the per-model totals themselves)."""
 
     __slots__ = (
         "completion_tokens",
         "cost_usd",
+        "models",
         "prompt_tokens",
         "requests",
         "seconds",
@@ -31,7 +33,8 @@ class UsageCounter:
         "unpriced",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, per_model: bool = True) -> None:
+        self.models: dict[str, UsageCounter] | None = {} if per_model else None
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.requests = 0
@@ -60,8 +63,25 @@ class UsageCounter:
                 self.unpriced.add(model)
         else:
             self.cost_usd += cost_usd
+        models = self.models
+        if models is not None:
+            own = models.get(model)
+            if own is None:
+                own = models[model] = UsageCounter(per_model=False)
+            # The same sums, inlined: one call less on every request.
+            own.prompt_tokens += prompt_tokens
+            own.undelivered += undelivered
+            own.completion_tokens += completion_tokens
+            own.requests += requests
+            own.seconds += seconds
+            if cost_usd is None:
+                if prompt_tokens or completion_tokens:
+                    own.unpriced.add(model)
+            else:
+                own.cost_usd += cost_usd
 
     def snapshot(self) -> Usage:
+        models = self.models
         return Usage(
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
@@ -70,6 +90,7 @@ class UsageCounter:
             seconds=self.seconds,
             undelivered_requests=self.undelivered,
             unpriced_models=frozenset(self.unpriced),
+            by_model={name: own.snapshot() for name, own in models.items()} if models else {},
         )
 
 

@@ -32,6 +32,7 @@ from ttc.errors import (
     ProviderTimeoutError,
     ProviderUnreachableError,
 )
+from ttc.runtime import tracing
 from ttc.runtime.budget import (
     Charge,
     Ledger,
@@ -42,7 +43,7 @@ from ttc.runtime.budget import (
 )
 from ttc.runtime.context import RunContext, current_run
 from ttc.runtime.ratelimit import RateLimitInfo
-from ttc.types import TraceEvent
+from ttc.types import GenerateRequest, TraceEvent
 
 if TYPE_CHECKING:
     from ttc.runtime.concurrency import ConcurrencyLimit
@@ -75,7 +76,8 @@ class MeteredRequest:
 
     ``worst`` is the charge reserved before sending, or a function giving it, called once the
     concurrency slot is held (a prompt's exact token count may have arrived meanwhile).
-    ``kind`` names a request that generates nothing in the trace (``"pooling"``)."""
+    ``kind`` names a request that generates nothing in the trace (``"pooling"``); ``request``
+    is the generation request, read only when a trace event is built (its operation name)."""
 
     __slots__ = (
         "_choices",
@@ -94,6 +96,7 @@ class MeteredRequest:
         "kind",
         "model",
         "n",
+        "request",
     )
 
     def __init__(
@@ -103,8 +106,10 @@ class MeteredRequest:
         attempt: int = 1,
         n: int = 1,
         kind: str | None = None,
+        request: GenerateRequest | None = None,
     ) -> None:
         self.model = model
+        self.request = request
         self._worst = worst
         self.attempt = attempt
         self.n = n
@@ -226,6 +231,9 @@ class MeteredRequest:
                         completion_tokens=completion_tokens,
                         choices=choices,
                         error=error_text,
+                        operation=self.kind
+                        if self.kind is not None or self.request is None
+                        else tracing.request_operation(self.model, self.request),
                     )
                 run.record(
                     name, prompt_tokens, completion_tokens, cost, seconds, event, undelivered

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
     from ttc.runtime.budget import Budget
-    from ttc.types import Result, TraceEvent
+    from ttc.types import GenerateRequest, Result, TraceEvent
 
 logger = logging.getLogger("ttc.tracing")
 
@@ -155,9 +155,8 @@ class Instrumentation:
         end = time.time_ns()
         provider, _, name = model.partition("/")
         operation = "generate_content"
-        kind = getattr(event, "kind", None)  # a metered request's kind, where events carry it
-        if isinstance(kind, str) and kind and kind != "generate":
-            operation = kind
+        if event is not None and event.operation:
+            operation = event.operation  # chat, text_completion, or a metered request's kind
         elif event is not None and event.model != model and event.model.endswith(")"):
             operation = event.model[len(model) + 2 : -1]  # "name (score)": a metered request
         attributes: dict[str, Any] = {
@@ -248,6 +247,18 @@ class Instrumentation:
         if self.include_content:
             attributes["ttc.round.steps"] = [str(b.get("step", "")) for b in beams]
         span.add_event("ttc.search.round", attributes)
+
+
+def request_operation(model: Any, request: GenerateRequest) -> str:
+    """The GenAI operation name of a generating request to ``model``: ``chat`` for messages,
+    and for text the model sends as one user message (a chat endpoint); ``text_completion``
+    for text continued as it is (a completions endpoint, a local engine)."""
+    if not isinstance(request.prompt, str):
+        return "chat"
+    endpoint = getattr(model, "endpoint", None)
+    if endpoint == "chat" or (endpoint is None and not model.capabilities.completions):
+        return "chat"
+    return "text_completion"
 
 
 def _run_attributes(strategy: Any) -> dict[str, Any]:

@@ -89,7 +89,11 @@ class ServerState:
         found = self.models.get(name)
         if found is None:
             if name in self.config.models:
-                found = self.config.build_model(name)
+                # Entries a fallback or router names are the server's models of those names
+                # (one budget each), built here if not yet.
+                before = set(self.models)
+                found = self.config.build_model(name, built=self.models)
+                self.owned.update(set(self.models) - before)
             else:
                 from ttc.adapters.registry import resolve_model
 

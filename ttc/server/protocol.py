@@ -289,6 +289,15 @@ def ttc_body(
         "cost_usd": usage.cost_usd,
         "requests": usage.requests,
         "unpriced_models": sorted(usage.unpriced_models),
+        "by_model": {
+            name: {
+                "prompt_tokens": own.prompt_tokens,
+                "completion_tokens": own.completion_tokens,
+                "requests": own.requests,
+                "cost_usd": own.cost_usd,
+            }
+            for name, own in usage.by_model.items()
+        },
         "calls": [event.model_dump(mode="json") for event in trace],
         "runs": runs,
     }
