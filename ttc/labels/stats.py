@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ttc.labels.estimate import LabelledQuestion
 
-__all__ = ["LabelStats", "hard_agreement", "label_stats"]
+__all__ = ["LabelStats", "hard_agreement", "label_stats", "roc_auc"]
 
 
 @dataclass
@@ -111,3 +111,26 @@ def hard_agreement(a: Sequence[LabelledQuestion], b: Sequence[LabelledQuestion])
                 compared += 1
                 agree += int(other == step.hard)
     return agree, compared
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """The area under the ROC curve: the chance that a random good step scores above a random
+    bad one (ties count half); ``None`` without both kinds of step."""
+    if len(scores) != len(labels):
+        raise ValueError(f"{len(scores)} scores for {len(labels)} labels")
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):  # average ranks over ties
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for t in range(i, j + 1):
+            ranks[order[t]] = (i + j) / 2 + 1
+        i = j + 1
+    good = sum(1 for v in labels if v)
+    bad = len(labels) - good
+    if not good or not bad:
+        return None
+    rank_sum = sum(r for r, v in zip(ranks, labels) if v)
+    return (rank_sum - good * (good + 1) / 2) / (good * bad)
