@@ -486,8 +486,10 @@ def _search_model(name: str, endpoint: dict[str, Any]) -> tuple[Model, Any]:
 def _register_commands() -> None:
     """Add the commands that live next to their subsystem (``ttc eval``, ``ttc report``)."""
     from ttc.eval.commands import register
+    from ttc.labels.cli import register as register_labels
 
     register(app)
+    register_labels(app)
 
 
 _register_commands()
