@@ -62,7 +62,18 @@ def fake_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_collect_reports_statistics_resumes_and_exports(tmp_path: Path, fake_model: None) -> None:
     out = tmp_path / "labels"
-    args = ["collect", "gsm8k-sample", "--limit", "3", "-n", "2", "-k", "2", "--out", out]
+    args: list[str | Path] = [
+        "collect",
+        "gsm8k-sample",
+        "--limit",
+        "3",
+        "-n",
+        "2",
+        "-k",
+        "2",
+        "--out",
+        out,
+    ]
     first = run(*args, "--json", "--export", tmp_path / "trl.jsonl")
     assert first.exit_code == 0, first.output
     data = json.loads(first.stdout)
