@@ -77,6 +77,7 @@ async def test_monte_carlo_labels_equal_hand_computed_ones() -> None:
     assert [(s.hard, s.soft) for s in right.steps] == [(True, 0.5), (True, 1.0), (True, 1.0)]
     assert [(s.hard, s.soft) for s in wrong.steps] == [(True, 0.5), (False, 0.0), (False, 0.0)]
     assert [s.rollouts for s in right.steps] == [4, 4, 0]
+    assert right.steps[0].verdicts == [True, False, False, True]  # in rollout order
     assert wrong.first_error == 1 and right.first_error is None
     assert model.samples == 2 + 4 * 4  # two solutions, four rollouts from four prefixes
 

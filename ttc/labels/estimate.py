@@ -77,6 +77,11 @@ class StepLabel(BaseModel):
     rollouts: int = 0
     hits: int = 0
     inferred: bool = False
+    verdicts: list[bool] = Field(
+        default_factory=list,
+        description="Each rollout's verdict, in order: labels from fewer rollouts can be "
+        "recomputed (agreement of 8 against 32).",
+    )
 
 
 class LabelledSolution(BaseModel):
@@ -273,6 +278,7 @@ class StepLabeller:
         head = "".join(prefix)
         verdicts = await self._judge(prompt, [head + d.text for d in done], verifier, extract)
         step.rollouts = len(verdicts)
+        step.verdicts = list(verdicts)
         step.hits = sum(verdicts)
         step.hard = step.hits > 0
         step.soft = step.hits / step.rollouts if step.rollouts else None

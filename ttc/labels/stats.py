@@ -35,6 +35,7 @@ class LabelStats:
 
     @property
     def steps_per_solution(self) -> float:
+        """Mean number of steps a solution."""
         return self.steps / self.solutions if self.solutions else 0.0
 
     @property
@@ -48,6 +49,7 @@ class LabelStats:
         return self.soft_sum / self.soft_steps if self.soft_steps else None
 
     def as_dict(self) -> dict[str, object]:
+        """The statistics as JSON-ready data (``ttc collect --json``)."""
         return {
             "questions": self.questions,
             "solutions": self.solutions,

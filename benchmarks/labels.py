@@ -1,0 +1,196 @@
+"""Step labels from rollouts on the embedded model, and a light PRM trained on them.
+
+    python benchmarks/labels.py collect --out results/labels            # graded-dev 1-2, GSM8K
+    python benchmarks/labels.py agreement --out results/labels          # hard labels, 8 vs 32
+    python benchmarks/labels.py auc --out results/labels                # light PRM vs arithmetic
+
+``collect`` runs ``ttc collect``'s machinery (``collect_labels``) with the embedded Gemma 3 270M
+(llama.cpp) on the first ``--per-level`` questions of levels 1 and 2 of graded-dev and the
+first ``--gsm8k`` questions of the GSM8K dev split (``../shared/data/gsm8k_dev.jsonl``, or
+``--gsm8k-file``), ``--solutions`` solutions each and ``--rollouts`` rollouts a step; it is
+resumable (rerun the same command). ``agreement`` compares, on the runs collected with 32
+rollouts, the hard label from the first 8 rollouts of each step with the one from all 32.
+``auc`` trains the light head (``fit_hidden_state_prm``, hidden states of the same model) on
+the steps of half the questions (even positions) and reports the step-level AUC on the steps
+of the other half, beside ``ArithmeticPRM`` and chance, with a bootstrap interval over
+held-out questions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import anyio
+
+from ttc.eval.datasets import load_dataset
+from ttc.eval.experiment import prepare, sampling, select_questions
+from ttc.labels import LabelledQuestion, LabelStore, StepLabeller, collect_labels, label_stats
+from ttc.labels.stats import roc_auc
+from ttc.scoring.prm import ArithmeticPRM
+
+GSM8K_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_dev.jsonl"
+
+
+def datasets(args: argparse.Namespace) -> list[tuple[str, object]]:
+    graded = select_questions(load_dataset("graded-dev"), levels=[1, 2], per_level=args.per_level)
+    out: list[tuple[str, object]] = [("graded", graded)]
+    if args.gsm8k:
+        path = Path(args.gsm8k_file) if args.gsm8k_file else GSM8K_DEV
+        out.append(("gsm8k", load_dataset(path, "gsm8k", limit=args.gsm8k)))
+    return out
+
+
+async def collect(args: argparse.Namespace) -> None:
+    for tag, data in datasets(args):
+        data, llm = prepare(data, "embedded")  # type: ignore[arg-type]
+        params, fmt = sampling(data, llm, args.temperature, args.max_tokens, None)
+        labeller = StepLabeller(
+            llm,
+            solutions=args.solutions,
+            rollouts=args.rollouts,
+            method=args.method,
+            step_format=fmt,
+            params=params,
+        )
+        started = time.perf_counter()
+        try:
+            summary = await collect_labels(
+                data,
+                labeller,
+                args.out,
+                run=f"{tag}-{args.method}-k{args.rollouts}",
+                config={"model": llm.name, "max_tokens": params.max_tokens},
+                concurrency=args.concurrency,
+                progress=True,
+            )
+        finally:
+            await llm.aclose()
+        with LabelStore(args.out) as store:
+            stats = label_stats(store.labels(summary.run))
+        print(
+            f"{summary.run}: {summary.stored}/{summary.total} questions, "
+            f"{time.perf_counter() - started:.0f} s this call; {stats.as_dict()}"
+        )
+
+
+def runs(out: str) -> dict[str, list[LabelledQuestion]]:
+    with LabelStore(out) as store:
+        return {run: store.labels(run) for run in store.label_runs()}
+
+
+def agreement(args: argparse.Namespace) -> None:
+    for run, questions in runs(args.out).items():
+        agree = compared = pos8 = pos32 = 0
+        for q in questions:
+            for sol in q.solutions:
+                for step in sol.steps:
+                    if len(step.verdicts) < 32:
+                        continue
+                    h8, h32 = any(step.verdicts[:8]), any(step.verdicts)
+                    compared += 1
+                    agree += int(h8 == h32)
+                    pos8 += int(h8)
+                    pos32 += int(h32)
+        if compared:
+            print(
+                f"{run}: {compared} steps with 32 rollouts; hard labels from 8 agree with 32 "
+                f"on {agree}/{compared} = {agree / compared:.3f}; positive: {pos8} (8) vs "
+                f"{pos32} (32)"
+            )
+
+
+def _steps(q: LabelledQuestion) -> list[tuple[list[str], list[bool]]]:
+    out = []
+    for sol in q.solutions:
+        kept = []
+        for step in sol.steps:
+            if step.hard is None:
+                break
+            kept.append(step)
+        if kept:
+            out.append(([s.text for s in kept], [bool(s.hard) for s in kept]))
+    return out
+
+
+async def auc(args: argparse.Namespace) -> None:
+    from ttc.scoring.prm_trained import LlamaCppEmbedder, fit_hidden_state_prm
+
+    questions = [q for run in runs(args.out).values() for q in run]
+    train = [q for i, q in enumerate(questions) if i % 2 == 0]
+    test = [q for i, q in enumerate(questions) if i % 2 == 1]
+    embedder = LlamaCppEmbedder(max_tokens=args.context)
+    started = time.perf_counter()
+    head = fit_hidden_state_prm(train, embedder, l2=args.l2)
+    print(f"trained the head on {len(train)} questions in {time.perf_counter() - started:.0f} s")
+    arithmetic = ArithmeticPRM()
+    per_question: list[tuple[list[float], list[float], list[bool]]] = []
+    for q in test:
+        solutions = _steps(q)
+        if not solutions:
+            continue
+        texts = [s for s, _ in solutions]
+        head_scores = await head.score_steps(q.prompt, texts)
+        rule_scores = await arithmetic.score_steps(q.prompt, texts)
+        h = [v for row in head_scores for v in row]
+        r = [v for row in rule_scores for v in row]
+        y = [v for _, labels in solutions for v in labels]
+        per_question.append((h, r, y))
+
+    def pooled(idx: list[int]) -> tuple[float | None, float | None]:
+        h = [v for i in idx for v in per_question[i][0]]
+        r = [v for i in idx for v in per_question[i][1]]
+        y = [v for i in idx for v in per_question[i][2]]
+        return roc_auc(h, y), roc_auc(r, y)
+
+    everyone = list(range(len(per_question)))
+    head_auc, rule_auc = pooled(everyone)
+    rng = random.Random(0)
+    draws: list[tuple[float, float]] = []
+    for _ in range(1000):
+        a, b = pooled([rng.choice(everyone) for _ in everyone])
+        if a is not None and b is not None:
+            draws.append((a, b))
+
+    def interval(k: int) -> str:
+        values = sorted(d[k] for d in draws)
+        if not values:
+            return "[-]"
+        return f"[{values[int(0.025 * len(values))]:.3f}, {values[int(0.975 * len(values))]:.3f}]"
+
+    steps = sum(len(p[2]) for p in per_question)
+    good = sum(sum(p[2]) for p in per_question)
+    print(f"held-out: {len(per_question)} questions, {steps} steps ({good} labelled good)")
+    print(f"  light PRM (hidden-state head)  AUC {head_auc} {interval(0)}")
+    print(f"  ArithmeticPRM                  AUC {rule_auc} {interval(1)}")
+    print("  chance                         AUC 0.5")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["collect", "agreement", "auc"])
+    parser.add_argument("--out", default="results/labels")
+    parser.add_argument("--per-level", type=int, default=4)
+    parser.add_argument("--gsm8k", type=int, default=2)
+    parser.add_argument("--gsm8k-file", default=None)
+    parser.add_argument("--solutions", type=int, default=4)
+    parser.add_argument("--rollouts", type=int, default=8)
+    parser.add_argument("--method", choices=["mc", "binary"], default="mc")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--context", type=int, default=192, help="auc: tokens a pass reads")
+    parser.add_argument("--l2", type=float, default=10.0, help="auc: the head's L2 penalty")
+    args = parser.parse_args()
+    if args.what == "collect":
+        anyio.run(collect, args)
+    elif args.what == "agreement":
+        agreement(args)
+    else:
+        anyio.run(auc, args)
+
+
+if __name__ == "__main__":
+    main()
