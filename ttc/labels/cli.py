@@ -311,7 +311,7 @@ def export_labels_command(
     ] = None,
     task: Annotated[str, typer.Option(help="The task field of math-shepherd rows.")] = "GSM8K",
 ) -> None:
-    """Write the labels of a stored ``ttc collect`` run in a training format."""
+    """Write the labels of a stored ttc collect run in a training format."""
     from ttc.errors import ConfigError
     from ttc.labels.collect import LabelStore
     from ttc.labels.export import export_labels
