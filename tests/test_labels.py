@@ -79,7 +79,11 @@ async def test_monte_carlo_labels_equal_hand_computed_ones() -> None:
     assert [s.rollouts for s in right.steps] == [4, 4, 0]
     assert right.steps[0].verdicts == [True, False, False, True]  # in rollout order
     assert wrong.first_error == 1 and right.first_error is None
-    assert model.samples == 2 + 4 * 4  # two solutions, four rollouts from four prefixes
+    # two solutions, then four rollouts from each of three distinct prefixes: the first step,
+    # which both solutions share, is rolled out once and its labels serve both
+    assert model.samples == 2 + 4 * 3
+    assert not right.steps[0].shared and wrong.steps[0].shared
+    assert right.rollouts + wrong.rollouts == 12
 
 
 async def test_label_statistics_count_steps_positives_and_first_errors() -> None:
@@ -93,7 +97,7 @@ async def test_label_statistics_count_steps_positives_and_first_errors() -> None
     assert stats.steps_per_solution == 3.0
     assert stats.fraction_positive == pytest.approx(4 / 6)
     assert stats.first_errors == {2: 1} and stats.no_error == 1
-    assert stats.rollouts == 16
+    assert stats.rollouts == 12
 
 
 def first_error_model(question: str, steps: int, first_wrong: int) -> FunctionModel:

@@ -77,6 +77,11 @@ class StepLabel(BaseModel):
     rollouts: int = 0
     hits: int = 0
     inferred: bool = False
+    shared: bool = Field(
+        False,
+        description="The rollouts were drawn once for an identical prefix of another solution "
+        "of the question (and counted there).",
+    )
     verdicts: list[bool] = Field(
         default_factory=list,
         description="Each rollout's verdict, in order: labels from fewer rollouts can be "
@@ -104,8 +109,9 @@ class LabelledSolution(BaseModel):
 
     @property
     def rollouts(self) -> int:
-        """Completions drawn to label this solution."""
-        return sum(s.rollouts for s in self.steps)
+        """Completions drawn to label this solution (an identical prefix of another solution
+        is rolled out once, and counted there)."""
+        return sum(s.rollouts for s in self.steps if not s.shared)
 
 
 class LabelledQuestion(BaseModel):
@@ -204,39 +210,25 @@ class StepLabeller:
         for solution in solutions:  # the last step: the solution is its own completion
             last = solution.steps[-1]
             last.hard, last.soft = solution.correct, float(solution.correct)
+        rollouts = _Rollouts(self, prompt, verifier, extract)
         if self.method == "mc":
-            await self._monte_carlo(prompt, solutions, verifier, extract)
+            await self._monte_carlo(solutions, rollouts)
         else:
-            await _run_all(
-                [
-                    functools.partial(self._binary_search, prompt, s, verifier, extract)
-                    for s in solutions
-                ]
-            )
+            await _run_all([functools.partial(self._binary_search, s, rollouts) for s in solutions])
         return solutions
 
     async def _monte_carlo(
-        self,
-        prompt: str,
-        solutions: Sequence[LabelledSolution],
-        verifier: Verifier,
-        extract: Extract,
+        self, solutions: Sequence[LabelledSolution], rollouts: _Rollouts
     ) -> None:
         """Roll out from every step but the last of every solution, all at once."""
         jobs = []
         for solution in solutions:
             texts = [s.text for s in solution.steps]
             for i in range(len(texts) - 1):
-                jobs.append(
-                    functools.partial(
-                        self._measure, prompt, texts[: i + 1], solution.steps[i], verifier, extract
-                    )
-                )
+                jobs.append(functools.partial(rollouts.label, texts[: i + 1], solution.steps[i]))
         await _run_all(jobs)
 
-    async def _binary_search(
-        self, prompt: str, solution: LabelledSolution, verifier: Verifier, extract: Extract
-    ) -> None:
+    async def _binary_search(self, solution: LabelledSolution, rollouts: _Rollouts) -> None:
         """OmegaPRM: the first step from which no rollout reaches the gold answer."""
         steps = solution.steps
         if solution.correct:
@@ -247,7 +239,7 @@ class StepLabeller:
         lo, hi = 0, len(steps) - 1  # 0-based; the last step is known bad
         while lo < hi:
             mid = (lo + hi) // 2
-            await self._measure(prompt, texts[: mid + 1], steps[mid], verifier, extract)
+            await rollouts.label(texts[: mid + 1], steps[mid])
             if steps[mid].hard:
                 lo = mid + 1
             else:
@@ -262,27 +254,15 @@ class StepLabeller:
             elif i > lo and step.rollouts == 0 and i < len(steps) - 1:
                 step.hard, step.soft = None, None  # not measured: left out, as in OmegaPRM
 
-    async def _measure(
-        self,
-        prompt: str,
-        prefix: Sequence[str],
-        step: StepLabel,
-        verifier: Verifier,
-        extract: Extract,
-    ) -> None:
-        """``rollouts`` completions from ``prefix`` in one call; the step's hard and soft
-        labels from their verdicts."""
+    async def rollout(
+        self, prompt: str, prefix: Sequence[str], verifier: Verifier, extract: Extract
+    ) -> list[bool]:
+        """The verdicts of ``rollouts`` completions from ``prefix``, drawn in one call."""
         done = await self.generator.next_steps(
             prompt, prefix, self.rollouts, self.params, to_end=True
         )
         head = "".join(prefix)
-        verdicts = await self._judge(prompt, [head + d.text for d in done], verifier, extract)
-        step.rollouts = len(verdicts)
-        step.verdicts = list(verdicts)
-        step.hits = sum(verdicts)
-        step.hard = step.hits > 0
-        step.soft = step.hits / step.rollouts if step.rollouts else None
-        step.inferred = False
+        return await self._judge(prompt, [head + d.text for d in done], verifier, extract)
 
     @staticmethod
     async def _judge(
@@ -292,6 +272,49 @@ class StepLabeller:
             return []
         candidates = [Candidate(text=t, answer=extract(t)) for t in texts]
         return [bool(v) for v in await verifier.verify(prompt, candidates)]
+
+
+class _Rollouts:
+    """One question's rollouts: each distinct prefix is rolled out once (solutions often
+    share their first steps), and every step that ends it takes those verdicts."""
+
+    def __init__(
+        self, labeller: StepLabeller, prompt: str, verifier: Verifier, extract: Extract
+    ) -> None:
+        self.labeller = labeller
+        self.prompt = prompt
+        self.verifier = verifier
+        self.extract = extract
+        self.done: dict[tuple[str, ...], list[bool]] = {}
+        self.pending: dict[tuple[str, ...], anyio.Event] = {}
+
+    async def label(self, prefix: Sequence[str], step: StepLabel) -> None:
+        """Label ``step`` (the last of ``prefix``) from the prefix's rollouts."""
+        key = tuple(prefix)
+        while key in self.pending:
+            await self.pending[key].wait()
+        if key in self.done:
+            _apply(step, self.done[key], shared=True)
+            return
+        event = self.pending[key] = anyio.Event()
+        try:
+            verdicts = await self.labeller.rollout(self.prompt, prefix, self.verifier, self.extract)
+            self.done[key] = verdicts
+        finally:
+            del self.pending[key]
+            event.set()
+        _apply(step, verdicts, shared=False)
+
+
+def _apply(step: StepLabel, verdicts: Sequence[bool], *, shared: bool) -> None:
+    """A step's hard and soft labels from its rollouts' verdicts."""
+    step.rollouts = len(verdicts)
+    step.verdicts = list(verdicts)
+    step.hits = sum(verdicts)
+    step.hard = step.hits > 0
+    step.soft = step.hits / step.rollouts if step.rollouts else None
+    step.inferred = False
+    step.shared = shared
 
 
 async def _run_all(jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
