@@ -10,9 +10,10 @@ first ``--gsm8k`` questions of the GSM8K dev split (``../shared/data/gsm8k_dev.j
 ``--gsm8k-file``), ``--solutions`` solutions each and ``--rollouts`` rollouts a step; it is
 resumable (rerun the same command). ``agreement`` compares, on the runs collected with 32
 rollouts, the hard label from the first 8 rollouts of each step with the one from all 32.
-``auc`` trains the light head (``fit_hidden_state_prm``, hidden states of the same model) on
-the steps of half the questions (even positions) and reports the step-level AUC on the steps
-of the other half, beside ``ArithmeticPRM`` and chance, with a bootstrap interval over
+It also compares hard labels with ``ArithmeticPRM``'s verdicts on the steps that have
+arithmetic to check. ``auc`` trains the light head (``fit_hidden_state_prm``, hidden states
+of the same model) on the steps of half the questions (even positions) and reports the
+step-level AUC on the steps of the other half, beside ``ArithmeticPRM`` and chance, with a bootstrap interval over
 held-out questions.
 """
 
@@ -82,7 +83,22 @@ def runs(out: str) -> dict[str, list[LabelledQuestion]]:
 
 
 def agreement(args: argparse.Namespace) -> None:
+    rule = ArithmeticPRM()
     for run, questions in runs(args.out).items():
+        checked = same = 0
+        for q in questions:
+            for sol in q.solutions:
+                for step in sol.steps:
+                    verdict = rule.score_step(step.text)
+                    if step.hard is None or verdict == rule.neutral:
+                        continue
+                    checked += 1
+                    same += int(step.hard == (verdict == rule.right))
+        if checked:
+            print(
+                f"{run}: on {checked} labelled steps with arithmetic to check, the hard label "
+                f"agrees with ArithmeticPRM's verdict on {same} = {same / checked:.3f}"
+            )
         agree = compared = pos8 = pos32 = 0
         for q in questions:
             for sol in q.solutions:
