@@ -13,8 +13,8 @@ rollouts, the hard label from the first 8 rollouts of each step with the one fro
 It also compares hard labels with ``ArithmeticPRM``'s verdicts on the steps that have
 arithmetic to check. ``auc`` trains the light head (``fit_hidden_state_prm``, hidden states
 of the same model) on the steps of half the questions (even positions) and reports the
-step-level AUC on the steps of the other half, beside ``ArithmeticPRM`` and chance, with a bootstrap interval over
-held-out questions.
+step-level AUC on the steps of the other half, beside ``ArithmeticPRM`` and chance, with a
+bootstrap interval over held-out questions.
 """
 
 from __future__ import annotations
