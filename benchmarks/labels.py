@@ -29,7 +29,7 @@ import anyio
 from ttc.eval.datasets import load_dataset
 from ttc.eval.experiment import prepare, sampling, select_questions
 from ttc.labels import LabelledQuestion, LabelStore, StepLabeller, collect_labels, label_stats
-from ttc.labels.stats import roc_auc
+from ttc.labels.stats import roc_auc, subsample_agreement
 from ttc.scoring.prm import ArithmeticPRM
 
 GSM8K_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_dev.jsonl"
@@ -99,22 +99,17 @@ def agreement(args: argparse.Namespace) -> None:
                 f"{run}: on {checked} labelled steps with arithmetic to check, the hard label "
                 f"agrees with ArithmeticPRM's verdict on {same} = {same / checked:.3f}"
             )
-        agree = compared = pos8 = pos32 = 0
-        for q in questions:
-            for sol in q.solutions:
-                for step in sol.steps:
-                    if len(step.verdicts) < 32:
-                        continue
-                    h8, h32 = any(step.verdicts[:8]), any(step.verdicts)
-                    compared += 1
-                    agree += int(h8 == h32)
-                    pos8 += int(h8)
-                    pos32 += int(h32)
+        agree, compared = subsample_agreement(questions, 8)
+        steps = [
+            s for q in questions for sol in q.solutions for s in sol.steps if len(s.verdicts) >= 32
+        ]
         if compared:
+            pos8 = sum(any(s.verdicts[:8]) for s in steps if not s.shared)
+            pos32 = sum(any(s.verdicts) for s in steps if not s.shared)
             print(
-                f"{run}: {compared} steps with 32 rollouts; hard labels from 8 agree with 32 "
-                f"on {agree}/{compared} = {agree / compared:.3f}; positive: {pos8} (8) vs "
-                f"{pos32} (32)"
+                f"{run}: {compared} steps with 32 rollouts; hard labels from the first 8 agree "
+                f"with all 32 on {agree}/{compared} = {agree / compared:.3f}; positive: "
+                f"{pos8} (8) vs {pos32} (32)"
             )
 
 

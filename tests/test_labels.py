@@ -14,7 +14,14 @@ import pytest
 from ttc.adapters.function import FunctionModel, prompt_text
 from ttc.errors import ConfigError
 from ttc.eval.datasets import load_dataset
-from ttc.labels import LabelStore, StepLabeller, collect_labels, label_stats, split_steps
+from ttc.labels import (
+    LabelStore,
+    StepLabeller,
+    collect_labels,
+    label_stats,
+    split_steps,
+    subsample_agreement,
+)
 from ttc.runtime.budget import Budget
 from ttc.scoring import GSM8KAnswer
 from ttc.scoring.extract import extract_answer
@@ -98,6 +105,10 @@ async def test_label_statistics_count_steps_positives_and_first_errors() -> None
     assert stats.fraction_positive == pytest.approx(4 / 6)
     assert stats.first_errors == {2: 1} and stats.no_error == 1
     assert stats.rollouts == 12
+    # hard labels from the first two rollouts of each step against all four
+    assert subsample_agreement(
+        [LabelledQuestion(id="q", question="q", prompt=QUESTION, reference="9", solutions=sols)], 2
+    ) == (3, 3)
 
 
 def first_error_model(question: str, steps: int, first_wrong: int) -> FunctionModel:

@@ -25,7 +25,7 @@ _EXPORTS: dict[str, str] = {
     "LabelStore": "ttc.labels.collect",
     "collect_labels": "ttc.labels.collect",
     "LabelStats": "ttc.labels.stats",
-    "hard_agreement": "ttc.labels.stats",
+    "subsample_agreement": "ttc.labels.stats",
     "label_stats": "ttc.labels.stats",
 }
 
@@ -39,9 +39,9 @@ __all__ = [
     "StepLabel",
     "StepLabeller",
     "collect_labels",
-    "hard_agreement",
     "label_stats",
     "split_steps",
+    "subsample_agreement",
 ]
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
         StepLabeller,
         split_steps,
     )
-    from ttc.labels.stats import LabelStats, hard_agreement, label_stats
+    from ttc.labels.stats import LabelStats, label_stats, subsample_agreement
 
 
 def __getattr__(name: str) -> Any:

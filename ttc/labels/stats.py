@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ttc.labels.estimate import LabelledQuestion
 
-__all__ = ["LabelStats", "hard_agreement", "label_stats", "roc_auc"]
+__all__ = ["LabelStats", "label_stats", "roc_auc", "subsample_agreement"]
 
 
 @dataclass
@@ -93,25 +93,18 @@ def label_stats(questions: Sequence[LabelledQuestion]) -> LabelStats:
     return stats
 
 
-def hard_agreement(a: Sequence[LabelledQuestion], b: Sequence[LabelledQuestion]) -> tuple[int, int]:
-    """``(agreeing, compared)``: steps with the same text in the same solution of the same
-    question, both with a measured hard label, whose labels agree."""
-    index = {
-        (q.id, sol.text, i): step.hard
-        for q in b
-        for sol in q.solutions
-        for i, step in enumerate(sol.steps)
-        if step.hard is not None and step.rollouts
-    }
+def subsample_agreement(questions: Sequence[LabelledQuestion], k: int) -> tuple[int, int]:
+    """``(agreeing, compared)``: over the steps rolled out more than ``k`` times, how often
+    the hard label from the first ``k`` rollouts equals the one from all of them (Math-Shepherd
+    labels with fewer rollouts, measured on the same rollouts)."""
     agree = compared = 0
-    for q in a:
+    for q in questions:
         for sol in q.solutions:
-            for i, step in enumerate(sol.steps):
-                other = index.get((q.id, sol.text, i))
-                if other is None or step.hard is None or not step.rollouts:
+            for step in sol.steps:
+                if step.shared or len(step.verdicts) <= k:
                     continue
                 compared += 1
-                agree += int(other == step.hard)
+                agree += int(any(step.verdicts[:k]) == any(step.verdicts))
     return agree, compared
 
 
