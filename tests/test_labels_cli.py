@@ -115,3 +115,29 @@ def test_bad_options_exit_2(tmp_path: Path, fake_model: None) -> None:
     assert missing.exit_code == 2
     head = run("train-prm", tmp_path / "x.jsonl", "--output", tmp_path / "p")
     assert head.exit_code == 2 and "no such file" in head.output
+
+
+def test_train_prm_fits_a_head_on_a_collected_run(
+    tmp_path: Path, fake_model: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import tiny_models
+
+    from ttc.scoring.prm_trained import HiddenStatePRM
+
+    out = tmp_path / "labels"
+    collected = run("collect", "gsm8k-sample", "--limit", "3", "-n", "2", "-k", "2", "--out", out)
+    assert collected.exit_code == 0, collected.output
+    corpus = [e.question for e in load_dataset("gsm8k-sample")] + ["Step one is right or wrong."]
+    policy = tiny_models.build_tiny_llama(
+        tmp_path_factory.mktemp("policy"), corpus * 5, ["<unk>", "<s>", "</s>", "<pad>"],
+        chat_template=None,
+    )  # fmt: skip
+    trained = run(
+        "train-prm", out, "--method", "head", "--embedder", policy, "--output", tmp_path / "prm"
+    )
+    assert trained.exit_code == 0, trained.output
+    assert "training AUC" in trained.stdout
+    prm = HiddenStatePRM.load(tmp_path / "prm")
+    assert prm.embedder.spec()["model_dir"] == str(policy)
