@@ -119,3 +119,12 @@ def test_bad_formats_and_rows_are_named() -> None:
         export_labels(questions(), "x.jsonl", "trl", soft_threshold=2.0)
     with pytest.raises(ConfigError, match="row 0"):
         read_trl([{"prompt": "q", "completions": ["a"], "labels": [True, False]}])
+
+
+def test_rows_can_carry_the_prompt_the_model_was_sent(tmp_path: Path) -> None:
+    (first, _) = labelled_steps(questions(), prompt_field="prompt")
+    assert first.question == "Q: What is 2 + 3 + 4?\nA:"
+    export_labels(questions(), tmp_path / "t.jsonl", "trl", prompt_field="prompt")
+    assert read_export(tmp_path / "t.jsonl", "trl")[0].question == "Q: What is 2 + 3 + 4?\nA:"
+    with pytest.raises(ConfigError, match="prompt_field"):
+        list(labelled_steps(questions(), prompt_field="title"))  # type: ignore[arg-type]

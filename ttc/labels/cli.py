@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ttc.cli_options import ApiKeyEnvOption, ApiKeyOption, BaseUrlOption, endpoint_options
+from ttc.labels.train_cli import PromptChoice, train_prm_command
 
 if TYPE_CHECKING:
     from ttc.labels.collect import CollectSummary
@@ -310,6 +311,14 @@ def export_labels_command(
         ),
     ] = None,
     task: Annotated[str, typer.Option(help="The task field of math-shepherd rows.")] = "GSM8K",
+    prompt_field: Annotated[
+        PromptChoice,
+        typer.Option(
+            "--prompt-field",
+            help="question: the dataset's question; prompt: the text the model was sent (its "
+            "template included), what step-wise search gives a PRM.",
+        ),
+    ] = PromptChoice.question,
 ) -> None:
     """Write the labels of a stored ttc collect run in a training format."""
     from ttc.errors import ConfigError
@@ -330,7 +339,14 @@ def export_labels_command(
             elif run not in runs:
                 raise ConfigError(f"--run: no label run {run!r} in {results} ({', '.join(runs)})")
             labelled = store.labels(run)
-        rows = export_labels(labelled, output, fmt.value, soft_threshold=soft_threshold, task=task)
+        rows = export_labels(
+            labelled,
+            output,
+            fmt.value,
+            soft_threshold=soft_threshold,
+            task=task,
+            prompt_field=prompt_field.value,
+        )
     except ConfigError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
@@ -339,8 +355,6 @@ def export_labels_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``collect``, ``export-labels`` and ``train-prm`` to a typer app."""
-    from ttc.labels.train_cli import train_prm_command
-
     app.command("collect")(collect_command)
     app.command("export-labels")(export_labels_command)
     app.command("train-prm")(train_prm_command)

@@ -33,6 +33,7 @@ __all__ = [
     "STEP_TAG",
     "ExportFormat",
     "LabelledSteps",
+    "PromptField",
     "export_labels",
     "labelled_steps",
     "read_export",
@@ -89,15 +90,27 @@ def _solution_steps(
     return steps, labels
 
 
+PromptField = Literal["question", "prompt"]
+"""What a row's question is: the dataset's ``question``, or the ``prompt`` the model was sent
+(the question in the dataset's template): a PRM is best trained on the text it will be given,
+and step-wise search gives it the prompt it searches from."""
+
+
 def labelled_steps(
-    questions: Iterable[LabelledQuestion], *, soft_threshold: float | None = None
+    questions: Iterable[LabelledQuestion],
+    *,
+    soft_threshold: float | None = None,
+    prompt_field: PromptField = "question",
 ) -> Iterator[LabelledSteps]:
     """Every solution with at least one labelled step, cut at its first unlabelled step."""
+    if prompt_field not in ("question", "prompt"):
+        raise ConfigError(f"prompt_field must be question or prompt, got {prompt_field!r}")
     for q in questions:
+        text = q.question if prompt_field == "question" else q.prompt
         for solution in q.solutions:
             steps, labels = _solution_steps(solution, soft_threshold)
             if steps:
-                yield LabelledSteps(q.question.strip(), tuple(steps), tuple(labels))
+                yield LabelledSteps(text.strip(), tuple(steps), tuple(labels))
 
 
 # ------------------------------------------------------------------ Math-Shepherd
@@ -272,6 +285,7 @@ def export_labels(
     *,
     soft_threshold: float | None = None,
     task: str = "GSM8K",
+    prompt_field: PromptField = "question",
 ) -> int:
     """Write ``questions`` to ``path`` as JSONL in format ``fmt``; returns the rows written."""
     fmt = check_format(fmt)
@@ -283,7 +297,7 @@ def export_labels(
     elif fmt == "prm800k":
         rows = to_prm800k(questions)
     else:
-        data = labelled_steps(questions, soft_threshold=soft_threshold)
+        data = labelled_steps(questions, soft_threshold=soft_threshold, prompt_field=prompt_field)
         rows = to_trl(data) if fmt == "trl" else to_math_shepherd(data, task=task)
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)

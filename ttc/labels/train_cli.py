@@ -25,6 +25,13 @@ class TrainMethod(str, Enum):
     head = "head"
 
 
+class PromptChoice(str, Enum):
+    """What a training row's question is (see ``ttc.labels.export.PromptField``)."""
+
+    question = "question"
+    prompt = "prompt"
+
+
 class DataFormat(str, Enum):
     """How to read DATA when it is a file (a folder is a ttc results folder)."""
 
@@ -95,6 +102,14 @@ def train_prm_command(
             "--soft-threshold", min=0.0, max=1.0, help="Good when the soft label reaches this."
         ),
     ] = None,
+    prompt_field: Annotated[
+        PromptChoice,
+        typer.Option(
+            "--prompt-field",
+            help="trl: train on the dataset's question, or on the prompt the model was sent "
+            "(its template included: what step-wise search will give the PRM).",
+        ),
+    ] = PromptChoice.question,
     epochs: Annotated[float, typer.Option(min=0.0, help="trl: training epochs.")] = 1.0,
     max_steps: Annotated[
         int, typer.Option("--max-steps", help="trl: optimizer steps (-1: by epochs).")
@@ -124,7 +139,17 @@ def train_prm_command(
 
             if base is None:
                 raise ConfigError("--base: name the local model folder to train from")
-            steps = list(labelled_steps(native, soft_threshold=soft_threshold)) if native else rows
+            steps = (
+                list(
+                    labelled_steps(
+                        native,
+                        soft_threshold=soft_threshold,
+                        prompt_field=prompt_field.value,
+                    )
+                )
+                if native
+                else rows
+            )
             report = train_prm(
                 steps,
                 base,
