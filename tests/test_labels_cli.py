@@ -117,6 +117,7 @@ def test_bad_options_exit_2(tmp_path: Path, fake_model: None) -> None:
     assert head.exit_code == 2 and "no such file" in head.output
 
 
+@pytest.mark.hf
 def test_train_prm_fits_a_head_on_a_collected_run(
     tmp_path: Path, fake_model: None, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
