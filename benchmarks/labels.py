@@ -3,6 +3,7 @@
     python benchmarks/labels.py collect --out results/labels            # graded-dev 1-2, GSM8K
     python benchmarks/labels.py agreement --out results/labels          # hard labels, 8 vs 32
     python benchmarks/labels.py auc --out results/labels                # light PRM vs arithmetic
+    python benchmarks/labels.py bestofn --out results/labels            # weighted BoN vs vote
 
 ``collect`` runs ``ttc collect``'s machinery (``collect_labels``) with the embedded Gemma 3 270M
 (llama.cpp) on the first ``--per-level`` questions of levels 1 and 2 of graded-dev and the
@@ -14,7 +15,9 @@ It also compares hard labels with ``ArithmeticPRM``'s verdicts on the steps that
 arithmetic to check. ``auc`` trains the light head (``fit_hidden_state_prm``, hidden states
 of the same model) on the steps of half the questions (even positions) and reports the
 step-level AUC on the steps of the other half, beside ``ArithmeticPRM`` and chance, with a
-bootstrap interval over held-out questions.
+bootstrap interval over held-out questions. ``bestofn`` trains the head on every labelled
+question and compares, on graded-test levels 1-2 (never labelled), majority voting with
+best-of-N weighted by the head over the same ``--n`` samples (so at matched tokens).
 """
 
 from __future__ import annotations
@@ -179,9 +182,56 @@ async def auc(args: argparse.Namespace) -> None:
     print("  chance                         AUC 0.5")
 
 
+async def bestofn(args: argparse.Namespace) -> None:
+    """Weighted best-of-N with the light PRM against majority voting on the same samples."""
+    from ttc.eval.compare import bootstrap
+    from ttc.scoring.extract import extract_answer
+    from ttc.scoring.prm import PRMScorer
+    from ttc.scoring.prm_trained import LlamaCppEmbedder, fit_hidden_state_prm
+    from ttc.scoring.selectors import MajorityVote, WeightedMajority
+    from ttc.types import Candidate
+
+    questions = [q for run in runs(args.out).values() for q in run]
+    head = fit_hidden_state_prm(questions, LlamaCppEmbedder(max_tokens=args.context), l2=args.l2)
+    data = select_questions(
+        load_dataset("graded-test"), levels=[1, 2], per_level=args.test_per_level
+    )
+    data, llm = prepare(data, "embedded")
+    params, fmt = sampling(data, llm, args.temperature, args.max_tokens, None)
+    scorer = PRMScorer(head, delimiter=fmt.delimiter, aggregation=args.aggregation)
+    majority: list[float] = []
+    weighted: list[float] = []
+    tokens = 0
+    try:
+        for example in data.examples:
+            prompt = data.prompt(example)
+            completions = await llm.generate(prompt, params, args.n)
+            candidates = [
+                Candidate.from_completion(c, answer=extract_answer(c.text)) for c in completions
+            ]
+            tokens += sum(c.completion_tokens or 0 for c in completions)
+            verdicts = await data.verifier(example).verify(prompt, candidates)
+            right = {c.answer for c, ok in zip(candidates, verdicts) if ok}
+            for c, score in zip(candidates, await scorer.score(prompt, candidates)):
+                c.score = score
+            majority.append(float(MajorityVote().select(candidates).answer in right))
+            weighted.append(float(WeightedMajority().select(candidates).answer in right))
+    finally:
+        await llm.aclose()
+    m, w = bootstrap(majority), bootstrap(weighted)
+    diff = bootstrap([b - a for a, b in zip(majority, weighted)])
+    print(
+        f"graded-test levels 1-2, {len(majority)} questions, n = {args.n} samples each "
+        f"({tokens / max(1, len(majority)):.0f} generated tokens a question, the same samples "
+        f"for both): majority vote {m.mean:.3f} [{m.low:.3f}, {m.high:.3f}]; PRM-weighted "
+        f"({args.aggregation}) {w.mean:.3f} [{w.low:.3f}, {w.high:.3f}]; difference "
+        f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["collect", "agreement", "auc"])
+    parser.add_argument("what", choices=["collect", "agreement", "auc", "bestofn"])
     parser.add_argument("--out", default="results/labels")
     parser.add_argument("--per-level", type=int, default=4)
     parser.add_argument("--gsm8k", type=int, default=2)
@@ -194,11 +244,16 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--context", type=int, default=192, help="auc: tokens a pass reads")
     parser.add_argument("--l2", type=float, default=10.0, help="auc: the head's L2 penalty")
+    parser.add_argument("--n", type=int, default=8, help="bestofn: samples a question")
+    parser.add_argument("--test-per-level", type=int, default=5, help="bestofn: questions")
+    parser.add_argument("--aggregation", default="min", help="bestofn: step scores to one")
     args = parser.parse_args()
     if args.what == "collect":
         anyio.run(collect, args)
     elif args.what == "agreement":
         agreement(args)
+    elif args.what == "bestofn":
+        anyio.run(bestofn, args)
     else:
         anyio.run(auc, args)
 
