@@ -4,6 +4,7 @@
     python benchmarks/labels.py agreement --out results/labels          # hard labels, 8 vs 32
     python benchmarks/labels.py auc --out results/labels                # light PRM vs arithmetic
     python benchmarks/labels.py bestofn --out results/labels            # weighted BoN vs vote
+    python benchmarks/labels.py beam --out results/labels               # BeamPRM with the head
 
 ``collect`` runs ``ttc collect``'s machinery (``collect_labels``) with the embedded Gemma 3 270M
 (llama.cpp) on the first ``--per-level`` questions of levels 1 and 2 of graded-dev and the
@@ -229,9 +230,45 @@ async def bestofn(args: argparse.Namespace) -> None:
     )
 
 
+async def beam(args: argparse.Namespace) -> None:
+    """BeamPRM guided by the light PRM on held-out graded-test questions."""
+    from ttc.eval.compare import bootstrap
+    from ttc.scoring.prm_trained import LlamaCppEmbedder, fit_hidden_state_prm
+    from ttc.strategies.beam_prm import BeamPRM
+
+    questions = [q for run in runs(args.out).values() for q in run]
+    head = fit_hidden_state_prm(questions, LlamaCppEmbedder(max_tokens=args.context), l2=args.l2)
+    data = select_questions(
+        load_dataset("graded-test"), levels=[1, 2], per_level=args.test_per_level
+    )
+    data, llm = prepare(data, "embedded")
+    params, fmt = sampling(data, llm, args.temperature, args.max_tokens, None)
+    right: list[float] = []
+    tokens = 0
+    try:
+        for example in data.examples:
+            prompt = data.prompt(example)
+            search = BeamPRM(
+                llm, head, n=args.n, width=2, max_rounds=8, params=params, step_format=fmt
+            )
+            result = await search.run(prompt)
+            tokens += result.usage.completion_tokens
+            best = result.best
+            ok = best is not None and (await data.verifier(example).verify(prompt, [best]))[0]
+            right.append(float(ok))
+    finally:
+        await llm.aclose()
+    acc = bootstrap(right)
+    print(
+        f"graded-test levels 1-2, {len(right)} questions: BeamPRM (n = {args.n}, width 2) "
+        f"guided by the light PRM {acc.mean:.3f} [{acc.low:.3f}, {acc.high:.3f}], "
+        f"{tokens / max(1, len(right)):.0f} generated tokens a question"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["collect", "agreement", "auc", "bestofn"])
+    parser.add_argument("what", choices=["collect", "agreement", "auc", "bestofn", "beam"])
     parser.add_argument("--out", default="results/labels")
     parser.add_argument("--per-level", type=int, default=4)
     parser.add_argument("--gsm8k", type=int, default=2)
@@ -254,6 +291,8 @@ def main() -> None:
         agreement(args)
     elif args.what == "bestofn":
         anyio.run(bestofn, args)
+    elif args.what == "beam":
+        anyio.run(beam, args)
     else:
         anyio.run(auc, args)
 
