@@ -18,6 +18,7 @@ PACKAGES = [
     "ttc",
     "ttc.adapters",
     "ttc.eval",
+    "ttc.labels",
     "ttc.runtime",
     "ttc.scoring",
     "ttc.strategies",

@@ -45,10 +45,13 @@ register(app)
 
 
 def _register_subsystems() -> None:
-    """Commands that live next to their subsystem (``serve``, ``keys``)."""
+    """Commands that live next to their subsystem (``serve``, ``keys``), and the process
+    supervision ones (``collect``, ``export-labels``, ``train-prm``)."""
+    from ttc.cli.labels import register as register_labels
     from ttc.server.cli import register as register_server
 
     register_server(app)
+    register_labels(app)
 
 
 _register_subsystems()

@@ -29,6 +29,7 @@ export(
         "ttc.scoring.prm": ("ArithmeticPRM", "ProcessRewardModel", "aggregate"),
         "ttc.scoring.prm_hf": ("MathShepherdPRM", "QwenPRM", "RLHFlowPRM", "TransformersPRM"),
         "ttc.scoring.prm_vllm": ("VLLMPoolingPRM",),
+        "ttc.scoring.prm_trained": ("HiddenStatePRM", "StepwisePRM"),
         "ttc.scoring.selectors": ("Argmax", "FirstVerified", "MajorityVote", "WeightedMajority"),
         "ttc.scoring.step_judge": ("StepJudge",),
         "ttc.scoring.unit_tests": ("UnitTestReport", "UnitTests", "extract_code"),
@@ -66,6 +67,8 @@ if TYPE_CHECKING:
     from ttc.scoring.prm_hf import QwenPRM as QwenPRM
     from ttc.scoring.prm_hf import RLHFlowPRM as RLHFlowPRM
     from ttc.scoring.prm_hf import TransformersPRM as TransformersPRM
+    from ttc.scoring.prm_trained import HiddenStatePRM as HiddenStatePRM
+    from ttc.scoring.prm_trained import StepwisePRM as StepwisePRM
     from ttc.scoring.prm_vllm import VLLMPoolingPRM as VLLMPoolingPRM
     from ttc.scoring.selectors import Argmax as Argmax
     from ttc.scoring.selectors import FirstVerified as FirstVerified

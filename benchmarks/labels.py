@@ -1,0 +1,301 @@
+"""Step labels from rollouts on the embedded model, and a light PRM trained on them.
+
+    python benchmarks/labels.py collect --out results/labels            # graded-dev 1-2, GSM8K
+    python benchmarks/labels.py agreement --out results/labels          # hard labels, 8 vs 32
+    python benchmarks/labels.py auc --out results/labels                # light PRM vs arithmetic
+    python benchmarks/labels.py bestofn --out results/labels            # weighted BoN vs vote
+    python benchmarks/labels.py beam --out results/labels               # BeamPRM with the head
+
+``collect`` runs ``ttc collect``'s machinery (``collect_labels``) with the embedded Gemma 3 270M
+(llama.cpp) on the first ``--per-level`` questions of levels 1 and 2 of graded-dev and the
+first ``--gsm8k`` questions of the GSM8K dev split (``../shared/data/gsm8k_dev.jsonl``, or
+``--gsm8k-file``), ``--solutions`` solutions each and ``--rollouts`` rollouts a step; it is
+resumable (rerun the same command). ``agreement`` compares, on the runs collected with 32
+rollouts, the hard label from the first 8 rollouts of each step with the one from all 32.
+It also compares hard labels with ``ArithmeticPRM``'s verdicts on the steps that have
+arithmetic to check. ``auc`` trains the light head (``fit_hidden_state_prm``, hidden states
+of the same model) on the steps of half the questions (even positions) and reports the
+step-level AUC on the steps of the other half, beside ``ArithmeticPRM`` and chance, with a
+bootstrap interval over held-out questions. ``bestofn`` trains the head on every labelled
+question and compares, on graded-test levels 1-2 (never labelled), majority voting with
+best-of-N weighted by the head over the same ``--n`` samples (so at matched tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import anyio
+
+from ttc.eval.datasets import load_dataset
+from ttc.eval.experiment import prepare, sampling, select_questions
+from ttc.labels import LabelledQuestion, LabelStore, StepLabeller, collect_labels, label_stats
+from ttc.labels.stats import roc_auc, subsample_agreement
+from ttc.scoring.prm import ArithmeticPRM
+
+GSM8K_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_dev.jsonl"
+
+
+def datasets(args: argparse.Namespace) -> list[tuple[str, object]]:
+    graded = select_questions(load_dataset("graded-dev"), levels=[1, 2], per_level=args.per_level)
+    out: list[tuple[str, object]] = [("graded", graded)]
+    if args.gsm8k:
+        path = Path(args.gsm8k_file) if args.gsm8k_file else GSM8K_DEV
+        out.append(("gsm8k", load_dataset(path, "gsm8k", limit=args.gsm8k)))
+    return out
+
+
+async def collect(args: argparse.Namespace) -> None:
+    for tag, data in datasets(args):
+        data, llm = prepare(data, "embedded")  # type: ignore[arg-type]
+        params, fmt = sampling(data, llm, args.temperature, args.max_tokens, None)
+        labeller = StepLabeller(
+            llm,
+            solutions=args.solutions,
+            rollouts=args.rollouts,
+            method=args.method,
+            step_format=fmt,
+            params=params,
+        )
+        started = time.perf_counter()
+        try:
+            summary = await collect_labels(
+                data,
+                labeller,
+                args.out,
+                run=f"{tag}-{args.method}-k{args.rollouts}",
+                config={"model": llm.name, "max_tokens": params.max_tokens},
+                concurrency=args.concurrency,
+                progress=True,
+            )
+        finally:
+            await llm.aclose()
+        with LabelStore(args.out) as store:
+            stats = label_stats(store.labels(summary.run))
+        print(
+            f"{summary.run}: {summary.stored}/{summary.total} questions, "
+            f"{time.perf_counter() - started:.0f} s this call; {stats.as_dict()}"
+        )
+
+
+def runs(out: str) -> dict[str, list[LabelledQuestion]]:
+    with LabelStore(out) as store:
+        return {run: store.labels(run) for run in store.label_runs()}
+
+
+def agreement(args: argparse.Namespace) -> None:
+    rule = ArithmeticPRM()
+    for run, questions in runs(args.out).items():
+        checked = same = 0
+        for q in questions:
+            for sol in q.solutions:
+                for step in sol.steps:
+                    verdict = rule.score_step(step.text)
+                    if step.hard is None or verdict == rule.neutral:
+                        continue
+                    checked += 1
+                    same += int(step.hard == (verdict == rule.right))
+        if checked:
+            print(
+                f"{run}: on {checked} labelled steps with arithmetic to check, the hard label "
+                f"agrees with ArithmeticPRM's verdict on {same} = {same / checked:.3f}"
+            )
+        agree, compared = subsample_agreement(questions, 8)
+        steps = [
+            s for q in questions for sol in q.solutions for s in sol.steps if len(s.verdicts) >= 32
+        ]
+        if compared:
+            pos8 = sum(any(s.verdicts[:8]) for s in steps if not s.shared)
+            pos32 = sum(any(s.verdicts) for s in steps if not s.shared)
+            print(
+                f"{run}: {compared} steps with 32 rollouts; hard labels from the first 8 agree "
+                f"with all 32 on {agree}/{compared} = {agree / compared:.3f}; positive: "
+                f"{pos8} (8) vs {pos32} (32)"
+            )
+
+
+def _steps(q: LabelledQuestion) -> list[tuple[list[str], list[bool]]]:
+    out = []
+    for sol in q.solutions:
+        kept = []
+        for step in sol.steps:
+            if step.hard is None:
+                break
+            kept.append(step)
+        if kept:
+            out.append(([s.text for s in kept], [bool(s.hard) for s in kept]))
+    return out
+
+
+async def auc(args: argparse.Namespace) -> None:
+    from ttc.scoring.prm_trained import LlamaCppEmbedder, fit_hidden_state_prm
+
+    questions = [q for run in runs(args.out).values() for q in run]
+    train = [q for i, q in enumerate(questions) if i % 2 == 0]
+    test = [q for i, q in enumerate(questions) if i % 2 == 1]
+    embedder = LlamaCppEmbedder(max_tokens=args.context)
+    started = time.perf_counter()
+    head = fit_hidden_state_prm(train, embedder, l2=args.l2)
+    print(f"trained the head on {len(train)} questions in {time.perf_counter() - started:.0f} s")
+    arithmetic = ArithmeticPRM()
+    per_question: list[tuple[list[float], list[float], list[bool]]] = []
+    for q in test:
+        solutions = _steps(q)
+        if not solutions:
+            continue
+        texts = [s for s, _ in solutions]
+        head_scores = await head.score_steps(q.prompt, texts)
+        rule_scores = await arithmetic.score_steps(q.prompt, texts)
+        h = [v for row in head_scores for v in row]
+        r = [v for row in rule_scores for v in row]
+        y = [v for _, labels in solutions for v in labels]
+        per_question.append((h, r, y))
+
+    def pooled(idx: list[int]) -> tuple[float | None, float | None]:
+        h = [v for i in idx for v in per_question[i][0]]
+        r = [v for i in idx for v in per_question[i][1]]
+        y = [v for i in idx for v in per_question[i][2]]
+        return roc_auc(h, y), roc_auc(r, y)
+
+    everyone = list(range(len(per_question)))
+    head_auc, rule_auc = pooled(everyone)
+    rng = random.Random(0)
+    draws: list[tuple[float, float]] = []
+    for _ in range(1000):
+        a, b = pooled([rng.choice(everyone) for _ in everyone])
+        if a is not None and b is not None:
+            draws.append((a, b))
+
+    def interval(k: int) -> str:
+        values = sorted(d[k] for d in draws)
+        if not values:
+            return "[-]"
+        return f"[{values[int(0.025 * len(values))]:.3f}, {values[int(0.975 * len(values))]:.3f}]"
+
+    steps = sum(len(p[2]) for p in per_question)
+    good = sum(sum(p[2]) for p in per_question)
+    print(f"held-out: {len(per_question)} questions, {steps} steps ({good} labelled good)")
+    print(f"  light PRM (hidden-state head)  AUC {head_auc} {interval(0)}")
+    print(f"  ArithmeticPRM                  AUC {rule_auc} {interval(1)}")
+    print("  chance                         AUC 0.5")
+
+
+async def bestofn(args: argparse.Namespace) -> None:
+    """Weighted best-of-N with the light PRM against majority voting on the same samples."""
+    from ttc.eval.compare import bootstrap
+    from ttc.scoring.extract import extract_answer
+    from ttc.scoring.prm import PRMScorer
+    from ttc.scoring.prm_trained import LlamaCppEmbedder, fit_hidden_state_prm
+    from ttc.scoring.selectors import MajorityVote, WeightedMajority
+    from ttc.types import Candidate
+
+    questions = [q for run in runs(args.out).values() for q in run]
+    head = fit_hidden_state_prm(questions, LlamaCppEmbedder(max_tokens=args.context), l2=args.l2)
+    data = select_questions(
+        load_dataset("graded-test"), levels=[1, 2], per_level=args.test_per_level
+    )
+    data, llm = prepare(data, "embedded")
+    params, fmt = sampling(data, llm, args.temperature, args.max_tokens, None)
+    scorer = PRMScorer(head, delimiter=fmt.delimiter, aggregation=args.aggregation)
+    majority: list[float] = []
+    weighted: list[float] = []
+    tokens = 0
+    try:
+        for example in data.examples:
+            prompt = data.prompt(example)
+            completions = await llm.generate(prompt, params, args.n)
+            candidates = [
+                Candidate.from_completion(c, answer=extract_answer(c.text)) for c in completions
+            ]
+            tokens += sum(c.completion_tokens or 0 for c in completions)
+            verdicts = await data.verifier(example).verify(prompt, candidates)
+            right = {c.answer for c, ok in zip(candidates, verdicts) if ok}
+            for c, score in zip(candidates, await scorer.score(prompt, candidates)):
+                c.score = score
+            majority.append(float(MajorityVote().select(candidates).answer in right))
+            weighted.append(float(WeightedMajority().select(candidates).answer in right))
+    finally:
+        await llm.aclose()
+    m, w = bootstrap(majority), bootstrap(weighted)
+    diff = bootstrap([b - a for a, b in zip(majority, weighted)])
+    print(
+        f"graded-test levels 1-2, {len(majority)} questions, n = {args.n} samples each "
+        f"({tokens / max(1, len(majority)):.0f} generated tokens a question, the same samples "
+        f"for both): majority vote {m.mean:.3f} [{m.low:.3f}, {m.high:.3f}]; PRM-weighted "
+        f"({args.aggregation}) {w.mean:.3f} [{w.low:.3f}, {w.high:.3f}]; difference "
+        f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
+    )
+
+
+async def beam(args: argparse.Namespace) -> None:
+    """BeamPRM guided by the light PRM on held-out graded-test questions."""
+    from ttc.eval.compare import bootstrap
+    from ttc.scoring.prm_trained import LlamaCppEmbedder, fit_hidden_state_prm
+    from ttc.strategies.beam_prm import BeamPRM
+
+    questions = [q for run in runs(args.out).values() for q in run]
+    head = fit_hidden_state_prm(questions, LlamaCppEmbedder(max_tokens=args.context), l2=args.l2)
+    data = select_questions(
+        load_dataset("graded-test"), levels=[1, 2], per_level=args.test_per_level
+    )
+    data, llm = prepare(data, "embedded")
+    params, fmt = sampling(data, llm, args.temperature, args.max_tokens, None)
+    right: list[float] = []
+    tokens = 0
+    try:
+        for example in data.examples:
+            prompt = data.prompt(example)
+            search = BeamPRM(
+                llm, head, n=args.n, beam_width=2, max_rounds=8, params=params, step_format=fmt
+            )
+            result = await search.run(prompt)
+            tokens += result.usage.completion_tokens
+            best = result.best
+            ok = best is not None and (await data.verifier(example).verify(prompt, [best]))[0]
+            right.append(float(ok))
+    finally:
+        await llm.aclose()
+    acc = bootstrap(right)
+    print(
+        f"graded-test levels 1-2, {len(right)} questions: BeamPRM (n = {args.n}, width 2) "
+        f"guided by the light PRM {acc.mean:.3f} [{acc.low:.3f}, {acc.high:.3f}], "
+        f"{tokens / max(1, len(right)):.0f} generated tokens a question"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["collect", "agreement", "auc", "bestofn", "beam"])
+    parser.add_argument("--out", default="results/labels")
+    parser.add_argument("--per-level", type=int, default=4)
+    parser.add_argument("--gsm8k", type=int, default=2)
+    parser.add_argument("--gsm8k-file", default=None)
+    parser.add_argument("--solutions", type=int, default=4)
+    parser.add_argument("--rollouts", type=int, default=8)
+    parser.add_argument("--method", choices=["mc", "binary"], default="mc")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--context", type=int, default=192, help="auc: tokens a pass reads")
+    parser.add_argument("--l2", type=float, default=10.0, help="auc: the head's L2 penalty")
+    parser.add_argument("--n", type=int, default=8, help="bestofn: samples a question")
+    parser.add_argument("--test-per-level", type=int, default=5, help="bestofn: questions")
+    parser.add_argument("--aggregation", default="min", help="bestofn: step scores to one")
+    args = parser.parse_args()
+    if args.what == "collect":
+        anyio.run(collect, args)
+    elif args.what == "agreement":
+        agreement(args)
+    elif args.what == "bestofn":
+        anyio.run(bestofn, args)
+    elif args.what == "beam":
+        anyio.run(beam, args)
+    else:
+        anyio.run(auc, args)
+
+
+if __name__ == "__main__":
+    main()
