@@ -12,16 +12,15 @@ How it maps onto the runtime:
   (``run_sync`` makes a new loop per call) are handed to it, so one engine serves them all and
   the caller's loop never does the engine's bookkeeping;
 - the engine starts lazily on the first request (or ``await model.start()``), off the caller's
-  loop: loading takes 35-90 s on a CPU and a few seconds on a GPU;
+  loop (loading takes tens of seconds on a CPU: docs/performance.md);
 - cancelling a request (a settled vote, ``stop_on_success``, a budget deadline, a timeout)
   aborts it inside the engine, which frees its batch slot and KV cache at once;
 - ``aclose()`` shuts the engine down (its worker processes included); a later request starts
   it again.
 
-Seeds: a per-request ``seed`` in a large batch crashed vLLM's CPU engine (0.32: "CPU Generator
-does not use offset"), so on a CPU the adapter seeds the *engine* (``seed=``, default 0) and
-ignores per-request seeds; on other platforms per-request seeds are passed through.
-``request_seeds=`` overrides that choice.
+Seeds: per-request seeds in a large batch have crashed vLLM's CPU engine (docs/performance.md),
+so on a CPU the adapter seeds the *engine* (``seed=``, default 0) and ignores per-request seeds;
+on other platforms per-request seeds are passed through. ``request_seeds=`` overrides that.
 
 Importing this module imports neither vLLM nor torch.
 """
