@@ -52,6 +52,8 @@ def comparable(record: QuestionRecord) -> dict[str, Any]:
     result = data["result"]
     result["elapsed_s"] = 0
     result["usage"]["seconds"] = 0
+    for usage in result["usage"].get("by_model", {}).values():
+        usage["seconds"] = 0
     for event in result["trace"]:
         event["seconds"] = 0
     return data  # type: ignore[no-any-return]
