@@ -5,16 +5,14 @@ the Authorization header. A name never goes anywhere but where it says."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from threaded_fake import threaded_fake
 from typer.testing import CliRunner
 
 from ttc.cli import app
@@ -24,23 +22,11 @@ runner = CliRunner()
 KEY = "sk-test-0123456789"
 
 
-@contextmanager
 def served(
     flavor: str = "openai", api_key: str | None = KEY, **options: Any
-) -> Iterator[FakeProvider]:
+) -> AbstractContextManager[FakeProvider]:
     """A FakeProvider on its own event loop in a thread, so the CLI can run its own loop."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    provider = FakeProvider(flavor, api_key=api_key, **options)  # type: ignore[arg-type]
-    asyncio.run_coroutine_threadsafe(provider.start(), loop).result(10)
-    try:
-        yield provider
-    finally:
-        asyncio.run_coroutine_threadsafe(provider.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    return threaded_fake(flavor, api_key=api_key, **options)
 
 
 def dead_url() -> str:

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import aiohttp
 import anyio
 import openai
 import pytest
+from threaded_fake import threaded_fake
 from typer.testing import CliRunner
 
 from ttc.config import KeyLimits, TTCConfig, parse_config
@@ -46,30 +46,10 @@ log_json = true
 MODELS = ("fake", "best-of-3/fake", "self-consistency-2/fake")
 
 
-class LoopThread:
-    """An event loop in a thread, for the upstream fake provider."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 @pytest.fixture
 def upstream() -> Iterator[FakeProvider]:
-    loop = LoopThread()
-    fake = FakeProvider("openai", latency=0.01)
-    loop.call(fake.start())
-    yield fake
-    loop.call(fake.stop())
-    loop.close()
+    with threaded_fake("openai", latency=0.01) as fake:
+        yield fake
 
 
 def config_for(fake: FakeProvider, db: str) -> TTCConfig:

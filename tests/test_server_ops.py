@@ -3,26 +3,24 @@ JSON logs with request ids, the ``ttc run --settings`` profile."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import openai
 import pytest
+from threaded_fake import threaded_fake
 
 from ttc.config import KeyLimits, TTCConfig, parse_config
 from ttc.server.keys import SQLiteKeyStore
 from ttc.server.runner import JSONFormatter
 from ttc.server.testing import ServerThread
 from ttc.testing import FakeProvider
-
-T = TypeVar("T")
 
 CONFIG = """\
 [models.slow]
@@ -37,28 +35,10 @@ request_timeout = {timeout}
 """
 
 
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 @pytest.fixture
 def slow() -> Iterator[FakeProvider]:
-    loop = LoopThread()
-    fake = FakeProvider("openai", latency=0.6)
-    loop.call(fake.start())
-    yield fake
-    loop.call(fake.stop())
-    loop.close()
+    with threaded_fake("openai", latency=0.6) as fake:
+        yield fake
 
 
 def setup(

@@ -24,8 +24,15 @@ from ttc.cli.options import (
     ApiKeyEnvOption,
     ApiKeyOption,
     BaseUrlOption,
+    BudgetRequestsOption,
+    BudgetSecondsOption,
+    BudgetTokensOption,
+    BudgetUsdOption,
+    MaxTokensOption,
+    ModelOption,
     ParamOption,
     PrmOption,
+    SeedOption,
     build_budget,
     endpoint_options,
     strategy_spec,
@@ -125,15 +132,7 @@ def eval_command(
         int | None,
         typer.Option("--per-level", min=1, help="The first N questions of each level."),
     ] = None,
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="'embedded' (Gemma 3 270M in-process), a .gguf path, groq/<model>, "
-            "openai/<model>, vllm-server/<model>@<url>, or any LiteLLM name.",
-        ),
-    ] = "embedded",
+    model: ModelOption = "embedded",
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
     api_key_env: ApiKeyEnvOption = None,
@@ -172,23 +171,12 @@ def eval_command(
     temperature: Annotated[
         float | None, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")
     ] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", min=1, help="Tokens per sample at most.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the first sample.")] = None,
-    budget_usd: Annotated[
-        float | None, typer.Option("--budget-usd", min=0.0, help="USD for the whole run.")
-    ] = None,
-    budget_tokens: Annotated[
-        int | None, typer.Option("--budget-tokens", min=0, help="Tokens for the whole run.")
-    ] = None,
-    budget_requests: Annotated[
-        int | None, typer.Option("--budget-requests", min=0, help="Requests for the whole run.")
-    ] = None,
-    budget_seconds: Annotated[
-        float | None,
-        typer.Option("--budget-seconds", min=0.001, help="Wall seconds for this invocation."),
-    ] = None,
+    max_tokens: MaxTokensOption = None,
+    seed: SeedOption = None,
+    budget_usd: BudgetUsdOption = None,
+    budget_tokens: BudgetTokensOption = None,
+    budget_requests: BudgetRequestsOption = None,
+    budget_seconds: BudgetSecondsOption = None,
     ray: Annotated[
         bool,
         typer.Option(

@@ -19,7 +19,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ttc.cli.options import ApiKeyEnvOption, ApiKeyOption, BaseUrlOption, endpoint_options
+from ttc.cli.options import (
+    ApiKeyEnvOption,
+    ApiKeyOption,
+    BaseUrlOption,
+    BudgetRequestsOption,
+    BudgetSecondsOption,
+    BudgetTokensOption,
+    BudgetUsdOption,
+    MaxTokensOption,
+    ModelOption,
+    SeedOption,
+    build_budget,
+    endpoint_options,
+)
 from ttc.cli.train_prm import PromptChoice, train_prm_command
 
 if TYPE_CHECKING:
@@ -53,15 +66,7 @@ def collect_command(
             help="A JSONL file, or a sample shipped with ttc (gsm8k-sample, graded-dev, ...)."
         ),
     ],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="'embedded' (Gemma 3 270M in-process), a .gguf path, groq/<model>, "
-            "vllm-server/<model>@<url>, or any LiteLLM name.",
-        ),
-    ] = "embedded",
+    model: ModelOption = "embedded",
     solutions: Annotated[
         int, typer.Option("--solutions", "-n", min=1, help="Solutions sampled per question.")
     ] = 4,
@@ -101,26 +106,15 @@ def collect_command(
     temperature: Annotated[
         float | None, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")
     ] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", min=1, help="Tokens per sample at most.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the first sample.")] = None,
+    max_tokens: MaxTokensOption = None,
+    seed: SeedOption = None,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
     api_key_env: ApiKeyEnvOption = None,
-    budget_usd: Annotated[
-        float | None, typer.Option("--budget-usd", min=0.0, help="USD for the whole run.")
-    ] = None,
-    budget_tokens: Annotated[
-        int | None, typer.Option("--budget-tokens", min=0, help="Tokens for the whole run.")
-    ] = None,
-    budget_requests: Annotated[
-        int | None, typer.Option("--budget-requests", min=0, help="Requests for the whole run.")
-    ] = None,
-    budget_seconds: Annotated[
-        float | None,
-        typer.Option("--budget-seconds", min=0.001, help="Wall seconds for this invocation."),
-    ] = None,
+    budget_usd: BudgetUsdOption = None,
+    budget_tokens: BudgetTokensOption = None,
+    budget_requests: BudgetRequestsOption = None,
+    budget_seconds: BudgetSecondsOption = None,
     export: Annotated[
         Path | None,
         typer.Option("--export", help="Also write the run's labels to this JSONL file."),
@@ -145,7 +139,6 @@ def collect_command(
     from ttc.eval.experiment import prepare, sampling, select_questions
     from ttc.labels.collect import collect_labels
     from ttc.labels.estimate import StepLabeller
-    from ttc.runtime.budget import Budget
 
     err = Console(stderr=True)
     try:
@@ -161,17 +154,7 @@ def collect_command(
             step_format=step_format,
             params=params,
         )
-        limits = (budget_usd, budget_tokens, budget_requests, budget_seconds)
-        budget = (
-            Budget(
-                usd=budget_usd,
-                tokens=budget_tokens,
-                requests=budget_requests,
-                seconds=budget_seconds,
-            )
-            if any(v is not None for v in limits)
-            else None
-        )
+        budget = build_budget(budget_usd, budget_tokens, budget_requests, budget_seconds)
         config = {
             "model": llm.name,
             "temperature": params.temperature,

@@ -66,6 +66,35 @@ ApiKeyEnvOption = Annotated[
     ),
 ]
 
+#: ``--model``: which model answers (the names ``ttc.adapters.resolve_model`` takes).
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="'embedded' (Gemma 3 270M in-process), a .gguf path, groq/<model>, "
+        "openai/<model>, vllm-server/<model>@<url>, or any LiteLLM name.",
+    ),
+]
+MaxTokensOption = Annotated[
+    int | None, typer.Option("--max-tokens", min=1, help="Tokens per sample at most.")
+]
+SeedOption = Annotated[int | None, typer.Option(help="Seed of the first sample.")]
+#: ``--budget-*``: a run budget (``build_budget``).
+BudgetUsdOption = Annotated[
+    float | None, typer.Option("--budget-usd", min=0.0, help="USD for the whole run.")
+]
+BudgetTokensOption = Annotated[
+    int | None, typer.Option("--budget-tokens", min=0, help="Tokens for the whole run.")
+]
+BudgetRequestsOption = Annotated[
+    int | None, typer.Option("--budget-requests", min=0, help="Requests for the whole run.")
+]
+BudgetSecondsOption = Annotated[
+    float | None,
+    typer.Option("--budget-seconds", min=0.001, help="Wall seconds for this invocation."),
+]
+
 
 def endpoint_options(
     base_url: str | None = None, api_key: str | None = None, api_key_env: str | None = None

@@ -22,8 +22,15 @@ from ttc.cli.options import (
     ApiKeyEnvOption,
     ApiKeyOption,
     BaseUrlOption,
+    BudgetRequestsOption,
+    BudgetSecondsOption,
+    BudgetTokensOption,
+    BudgetUsdOption,
+    MaxTokensOption,
+    ModelOption,
     ParamOption,
     PrmOption,
+    SeedOption,
     build_budget,
     build_params,
     build_strategy,
@@ -211,25 +218,15 @@ def run_command(
         StrategyName, typer.Option("--strategy", "-s", help="How to spend the samples.")
     ] = StrategyName.self_consistency,
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Samples to draw.")] = 16,
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="'embedded' (Gemma 3 270M in-process), a .gguf path, groq/<model>, "
-            "openai/<model>, vllm-server/<model>@<url>, or any LiteLLM name.",
-        ),
-    ] = "embedded",
+    model: ModelOption = "embedded",
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
     api_key_env: ApiKeyEnvOption = None,
     temperature: Annotated[
         float | None, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")
     ] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", min=1, help="Tokens per sample at most.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the first sample.")] = None,
+    max_tokens: MaxTokensOption = None,
+    seed: SeedOption = None,
     prm: PrmOption = None,
     param: ParamOption = None,
     verify: Annotated[
@@ -240,10 +237,10 @@ def run_command(
             help="Reference answer: marks candidates correct or wrong and reports pass@k.",
         ),
     ] = None,
-    budget_usd: Annotated[float | None, typer.Option("--budget-usd", min=0.0)] = None,
-    budget_tokens: Annotated[int | None, typer.Option("--budget-tokens", min=0)] = None,
-    budget_requests: Annotated[int | None, typer.Option("--budget-requests", min=0)] = None,
-    budget_seconds: Annotated[float | None, typer.Option("--budget-seconds", min=0.001)] = None,
+    budget_usd: BudgetUsdOption = None,
+    budget_tokens: BudgetTokensOption = None,
+    budget_requests: BudgetRequestsOption = None,
+    budget_seconds: BudgetSecondsOption = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
