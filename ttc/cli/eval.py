@@ -65,6 +65,7 @@ class EvalStrategy(str, Enum):
     dvts = "dvts"
     adaptive_consistency = "adaptive-consistency"
     compute_optimal = "compute-optimal"
+    adaptive_allocation = "adaptive-allocation"
 
 
 class DatasetFormat(str, Enum):
@@ -108,7 +109,8 @@ def eval_command(
             help="How to spend the samples. repeated-sample and best-of-n judge samples with "
             "the dataset's reference (an oracle verifier; best-of-n takes --param scorer=prm "
             "for a PRM); self-consistency only votes; beam-prm, lookahead and dvts search step "
-            "by step guided by --prm.",
+            "by step guided by --prm; adaptive-allocation spreads the --budget-* options over "
+            "all the questions, more samples where votes are unsettled.",
         ),
     ] = EvalStrategy.repeated_sample,
     n: Annotated[
@@ -237,9 +239,14 @@ def eval_command(
         endpoint = endpoint_options(base_url, api_key, api_key_env)
         data = select_questions(data, levels=levels, per_level=per_level)
         spec = strategy_spec(strategy.value, n, prm, param)
+        budget = build_budget(budget_usd, budget_tokens, budget_requests, budget_seconds)
+        if spec.info.shared_budget and budget is None:  # before a model loads
+            raise ConfigError(
+                f"--budget-tokens: {spec.name} spends one budget over all the questions; give "
+                "it with --budget-tokens (or --budget-usd, --budget-requests, --budget-seconds)"
+            )
         data, llm = prepare(data, model, **endpoint)
         params, step_format = sampling(data, llm, temperature, max_tokens, seed)
-        budget = build_budget(budget_usd, budget_tokens, budget_requests, budget_seconds)
         make = spec_strategy(spec, params=params, step_format=step_format)
         run_config = {
             **spec.config(),

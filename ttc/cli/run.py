@@ -66,6 +66,7 @@ class StrategyName(str, Enum):
     dvts = "dvts"
     adaptive_consistency = "adaptive-consistency"
     compute_optimal = "compute-optimal"
+    adaptive_allocation = "adaptive-allocation"  # refused: it needs many questions (ttc eval)
 
 
 async def judge(result: Result, question: str, verifier: Verifier) -> bool | None:

@@ -287,6 +287,13 @@ def load_experiment(path: str | Path) -> Experiment:
                 )
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
+    budget = raw.get("budget_tokens")
+    shared = next((s.name for s in specs if s.info.shared_budget), None)
+    if shared is not None and budget is None:
+        raise ConfigError(
+            f"{path}: strategy {shared!r} spends one budget over all of a cell's questions: "
+            "set budget_tokens (tokens per cell)"
+        )
     cells = tuple(
         Cell(
             dataset=dataset,
@@ -304,7 +311,6 @@ def load_experiment(path: str | Path) -> Experiment:
         for spec in specs
     )
     out = Path(str(raw.get("out", "results")))  # relative to where ttc runs, like --out
-    budget = raw.get("budget_tokens")
     return Experiment(
         path=path,
         out=out,

@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import anyio
 
 from ttc.errors import ConfigError
+from ttc.eval.allocation import AllocationExecutor, answers_together
 from ttc.eval.datasets import Dataset, Example
 from ttc.eval.executor import Executor, LocalExecutor
 from ttc.eval.solver import EvalLedger, Outcome, Solver
@@ -164,7 +165,9 @@ async def evaluate(
             own ``max_concurrency`` still bounds the requests).
         budget: hard limits for the whole run, across every question and every model call;
             what the run's stored questions cost counts against it. ``seconds`` counts this
-            call's wall time.
+            call's wall time. Required by ``adaptive-allocation`` (``named_strategy``), which
+            spreads it over all the questions at once (``ttc.eval.allocation``; then
+            ``concurrency`` does not apply).
         resume: skip questions already stored under this run's name (default). ``False``
             deletes the run's stored questions first.
         progress: a ``Progress`` display, e.g. ``ttc.cli.progress.EvalProgress()`` (a live bar
@@ -186,6 +189,8 @@ async def evaluate(
             "progress: pass a display such as ttc.cli.progress.EvalProgress() (a live bar on a "
             f"terminal, a line per question otherwise), or None; got {progress!r}"
         )
+    # adaptive-allocation: the questions share the budget, so they are answered together.
+    together = answers_together(solver, budget, ray)
     config = {"dataset": dataset.name, "format": dataset.spec.name, **dict(solver.config)}
     name = run or default_run_name(dataset, config)
     started = time.perf_counter()
@@ -210,7 +215,9 @@ async def evaluate(
         )
         display: Progress = progress if progress is not None else _Silent()
         executor: Executor
-        if ray is not None and ray is not False:
+        if together:
+            executor = AllocationExecutor(solver, dataset.spec, ledger)
+        elif ray is not None and ray is not False:
             from ttc.eval.ray_runner import RayExecutor
 
             executor = RayExecutor(
@@ -305,6 +312,14 @@ async def _drive(
                 scope.cancel()
                 return
 
+    async def all_at_once(executor: AllocationExecutor, scope: anyio.CancelScope) -> None:
+        nonlocal error
+        try:
+            await executor.solve_all(todo, handle, display.note)
+        except Exception as exc:  # as in worker
+            error = error or exc
+            scope.cancel()
+
     async def tick() -> None:
         while True:
             await anyio.sleep(0.5)
@@ -321,8 +336,11 @@ async def _drive(
             if display.animated:
                 outer.start_soon(tick)
             async with anyio.create_task_group() as tg:
-                for _ in range(min(concurrency, len(todo))):
-                    tg.start_soon(worker, tg.cancel_scope)
+                if isinstance(executor, AllocationExecutor):
+                    tg.start_soon(all_at_once, executor, tg.cancel_scope)
+                else:
+                    for _ in range(min(concurrency, len(todo))):
+                        tg.start_soon(worker, tg.cancel_scope)
             outer.cancel_scope.cancel()
     if error is not None:
         # Raised as is, not in an exception group; what was stored stays stored.

@@ -17,7 +17,6 @@ question it searches from is the templated prompt, so ``StepFormat.template`` st
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,7 +40,9 @@ __all__ = [
     "Outcome",
     "Question",
     "Solver",
+    "SpecStrategy",
     "fails_every_question",
+    "judged_outcome",
     "named_strategy",
     "solve_question",
     "spec_strategy",
@@ -107,7 +108,7 @@ def named_strategy(
     prm: str | None = None,
     prm_options: Mapping[str, object] | None = None,
     step_format: StepFormat | None = None,
-) -> MakeStrategy:
+) -> SpecStrategy:
     """The strategy ``name`` with ``n`` samples (or beams), as ``ttc run`` builds it (see
     ``ttc.strategies.registry``): repeated sampling judged by the question's verifier;
     best-of-N with that verifier as its scorer (an oracle: the Large Language Monkeys
@@ -125,26 +126,29 @@ def spec_strategy(
     *,
     params: SamplingParams | None = None,
     step_format: StepFormat | None = None,
-) -> MakeStrategy:
+) -> SpecStrategy:
     """The factory for a checked ``StrategySpec``; it pickles (Ray)."""
-    return functools.partial(_build_spec, spec=spec, params=params, step_format=step_format)
+    return SpecStrategy(spec, params, step_format)
 
 
-def _build_spec(
-    model: Model,
-    question: Question,
-    *,
-    spec: registry.StrategySpec,
-    params: SamplingParams | None,
-    step_format: StepFormat | None,
-) -> Strategy:
-    context = registry.BuildContext(
-        verifier=question.verifier,
-        extract=question.extract,
-        params=params,
-        step_format=step_format,
-    )
-    return registry.build_strategy(spec, model, context)
+@dataclass(frozen=True)
+class SpecStrategy:
+    """The ``MakeStrategy`` of a registry spec. It keeps the spec, so that ``evaluate`` can
+    tell a strategy that answers all the questions together under the run's budget
+    (``spec.info.shared_budget``: ``adaptive-allocation``) and hand it the whole run."""
+
+    spec: registry.StrategySpec
+    params: SamplingParams | None = None
+    step_format: StepFormat | None = None
+
+    def __call__(self, model: Model, question: Question) -> Strategy:
+        context = registry.BuildContext(
+            verifier=question.verifier,
+            extract=question.extract,
+            params=self.params,
+            step_format=self.step_format,
+        )
+        return registry.build_strategy(self.spec, model, context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,12 +246,23 @@ async def solve_question(
         ):
             error = "; ".join(result.errors) or "budget"
             return Outcome(example.id, "incomplete", scope.usage.snapshot(), error=error)
-        try:
-            correct = await _judge(result, question)
-        except (TTCError, ValueError) as exc:
-            error = _failure(example, exc, "grading failed: ")
-            return Outcome(example.id, "failed", scope.usage.snapshot(), error=error)
-        usage = scope.usage.snapshot()  # the strategy's, and any calls its grading made
+        # The strategy's usage, and any calls its grading made.
+        return await judged_outcome(question, position, result, scope.usage.snapshot)
+
+
+async def judged_outcome(
+    question: Question, position: int, result: Result, usage: Callable[[], Usage]
+) -> Outcome:
+    """Judge ``result``'s candidates with the question's verifier: the ``done`` outcome to
+    store, or ``failed`` when grading fails. ``usage`` gives what the question cost, read
+    after grading (whose model calls count)."""
+    example = question.example
+    try:
+        correct = await _judge(result, question)
+    except (TTCError, ValueError) as exc:
+        return Outcome(
+            example.id, "failed", usage(), error=_failure(example, exc, "grading failed: ")
+        )
     record = QuestionRecord(
         id=example.id,
         position=position,
@@ -259,7 +274,7 @@ async def solve_question(
         correct=correct,
         result=result,
     )
-    return Outcome(example.id, "done", usage, record=record)
+    return Outcome(example.id, "done", usage(), record=record)
 
 
 def _run_budget_spent(ledger: EvalLedger | None, *, strategy_budget: bool) -> bool:

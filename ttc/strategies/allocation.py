@@ -7,13 +7,17 @@ settled (the stopping rule of ``AdaptiveConsistency`` passes its threshold) or t
 ``max_n`` leaves; the others get another batch, the least settled first, until none is left or
 the budget cannot pay for more. Every question gets a result, marked ``stopped_by="budget"`` when
 the budget ran out before its vote settled.
+
+``run(prompts, on_round=...)`` shows each round's leavers as they leave: ``ttc eval`` judges
+and stores them then, so a killed run keeps every question finished in an earlier round.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -33,6 +37,10 @@ from ttc.strategies.adaptive_consistency import (
 )
 from ttc.strategies.base import Draw, Extractor, Source, check_source, draw
 from ttc.types import Message, Prompt, Result, SamplingParams, StopReason, Usage, as_request_prompt
+
+OnRound = Callable[[Sequence[tuple[int, Result]]], Awaitable[None] | None]
+"""Called after each round with ``(index in prompts, final result)`` of every question that
+left in it (settled, ``max_n`` reached, cut short by the budget, failed); sync or async."""
 
 
 @dataclass
@@ -96,27 +104,37 @@ class AdaptiveAllocation:
             f"batch={self.batch}, max_n={self.max_n})"
         )
 
-    async def run(self, prompts: Sequence[Prompt]) -> list[Result]:
-        """Answer every prompt; the budget covers them all."""
+    async def run(self, prompts: Sequence[Prompt], on_round: OnRound | None = None) -> list[Result]:
+        """Answer every prompt; the budget covers them all. ``on_round`` (``OnRound``) sees
+        each question's final result in the round it leaves; what it spends (a verifier's
+        model calls) is charged to the same budget."""
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
             raise ConfigError("prompts must be a list of prompts (texts or message lists)")
         questions = [_Question(as_request_prompt(p)) for p in prompts]
         start = time.perf_counter()
         with run_scope(self.budget, trace=False) as shared:
-            pending = list(questions)
+            pending = list(enumerate(questions))
             while pending:
-                await self._round(pending)
-                for q in pending:
+                await self._round([q for _, q in pending])
+                for _, q in pending:
                     self._update(q)
+                if on_round is not None:
+                    elapsed = time.perf_counter() - start
+                    left = [(i, self._result(q, elapsed)) for i, q in pending if q.done]
+                    shown = on_round(left)
+                    if inspect.isawaitable(shown):
+                        await shown
                 # The least settled first: if the budget runs short, they are the ones served.
-                pending = sorted((q for q in pending if not q.done), key=lambda q: q.confidence)
+                pending = sorted(
+                    ((i, q) for i, q in pending if not q.done), key=lambda iq: iq[1].confidence
+                )
         self.usage = shared.usage.snapshot()
         elapsed = time.perf_counter() - start
         return [self._result(q, elapsed) for q in questions]
 
-    def run_sync(self, prompts: Sequence[Prompt]) -> list[Result]:
+    def run_sync(self, prompts: Sequence[Prompt], on_round: OnRound | None = None) -> list[Result]:
         """``run`` for synchronous code; works inside a running event loop too."""
-        return run_sync(lambda: self.run(prompts))
+        return run_sync(lambda: self.run(prompts, on_round))
 
     async def _round(self, pending: list[_Question]) -> None:
         async with anyio.create_task_group() as tg:

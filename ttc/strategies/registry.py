@@ -13,6 +13,8 @@ repeated-sample    ``RepeatedSample``: n samples, judged by the verifier (an ora
 adaptive-          ``AdaptiveConsistency``: samples until the vote is settled (n: at most)
 consistency
 compute-optimal    ``ComputeOptimal``: a probe's difficulty picks a policy file's action
+adaptive-          ``AdaptiveAllocation``: one budget over all of an evaluation's questions,
+allocation         spent where votes are unsettled (``ttc eval`` only; n unused)
 best-of-n          ``BestOfN``: n samples, the best by a scorer: ``scorer = "verifier"``
                    (the reference: oracle), ``"prm"`` (PRM-weighted) or ``"none"`` (a vote)
 self-consistency   ``SelfConsistency``: n samples, majority vote
@@ -93,13 +95,16 @@ _SEARCH: dict[str, Param] = {
 @dataclass(frozen=True)
 class StrategyInfo:
     """A strategy: its class's name, whether it searches step by step (then it needs a PRM and
-    a raw-text model), and its parameters besides ``n``."""
+    a raw-text model), its parameters besides ``n``, and whether it answers all the questions
+    of an evaluation together under the run's one budget (``shared_budget``: it has no
+    per-question form, so ``build_strategy`` refuses it)."""
 
     name: str
     cls: str
     summary: str
     search: bool
     params: Mapping[str, Param]
+    shared_budget: bool = False
 
     @property
     def all_params(self) -> dict[str, Param]:
@@ -194,6 +199,19 @@ STRATEGIES: dict[str, StrategyInfo] = {
             ),
             "aggregation": _SEARCH["aggregation"],
         },
+    ),
+    "adaptive-allocation": StrategyInfo(
+        "adaptive-allocation",
+        "AdaptiveAllocation",
+        "one budget over all the questions, spent where votes are unsettled (n unused)",
+        False,
+        {
+            "batch": Param(int, 4, "samples a question gets per round"),
+            "max_n": Param(int, 32, "the most samples one question gets"),
+            "threshold": Param(float, 0.95, "a question leaves once its leader is this sure"),
+            "rule": Param(str, "beta", "the stopping rule", ("beta", "dirichlet")),
+        },
+        shared_budget=True,
     ),
 }
 """Every strategy by its command-line name."""
@@ -332,7 +350,14 @@ class StrategySpec:
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ConfigError(f"prm.{key}: expected a number or text, got {value!r}")
             options[key] = value
-        return cls(name, count, tuple(sorted(checked.items())), prm, tuple(sorted(options.items())))
+        spec = cls(name, count, tuple(sorted(checked.items())), prm, tuple(sorted(options.items())))
+        if name == "adaptive-allocation":  # bad values fail here, before a model loads
+            from ttc.strategies.adaptive_consistency import check_threshold, positive_int
+
+            positive_int("batch", spec.param("batch"))
+            positive_int("max_n", spec.param("max_n"))
+            check_threshold(spec.param("threshold"))
+        return spec
 
     @property
     def info(self) -> StrategyInfo:
@@ -446,12 +471,20 @@ class BuildContext:
 
 
 def build_strategy(spec: StrategySpec, model: Model, context: BuildContext) -> Strategy:
-    """The strategy ``spec`` over ``model``."""
+    """The strategy ``spec`` over ``model`` (``ConfigError`` for one that has no
+    per-question form: ``adaptive-allocation``)."""
     from ttc import strategies
     from ttc.scoring.extract import extract_answer
     from ttc.scoring.prm import PRMScorer
     from ttc.strategies.search import SearchOptions
 
+    if spec.info.shared_budget:
+        raise ConfigError(
+            f"{spec.name} spends one budget over many questions, so it does not run on one "
+            f"prompt: use ttc eval DATASET --strategy {spec.name} --budget-tokens T (or "
+            "ttc.AdaptiveAllocation(...).run(prompts) in Python); for one prompt, "
+            "adaptive-consistency stops sampling once the vote is settled"
+        )
     extract = context.extract or extract_answer
     common: dict[str, Any] = {"params": context.params, "extract": extract, **context.extra}
     name = spec.name
