@@ -110,7 +110,11 @@ async def test_a_custom_strategy_factory_and_every_named_strategy(tmp_path: Path
     for name in STRATEGIES:
         extra = {"policy": str(policy)} if name == "compute-optimal" else None
         make = named_strategy(name, 2, strategy_params=extra)
-        summary = await evaluate(data, Solver(model, make, {"strategy": name, "n": 2}), tmp_path)
+        # adaptive-allocation spreads the run's budget, so it needs one.
+        budget = Budget(requests=100) if make.spec.info.shared_budget else None
+        summary = await evaluate(
+            data, Solver(model, make, {"strategy": name, "n": 2}), tmp_path, budget=budget
+        )
         assert summary.stored == 2 and summary.run == f"gsm8k-sample-{name}-n2"
     with pytest.raises(ConfigError, match="unknown strategy 'beam'; the strategies are"):
         named_strategy("beam", 4)

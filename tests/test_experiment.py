@@ -69,7 +69,10 @@ def test_every_strategy_builds_from_the_registry(tmp_path: Path) -> None:
         "adaptive-consistency": AdaptiveConsistency,
         "compute-optimal": ComputeOptimal,
     }
-    assert set(STRATEGIES) == set(expected)
+    # adaptive-allocation answers many questions together: it has no per-question form.
+    assert set(STRATEGIES) == {*expected, "adaptive-allocation"}
+    with pytest.raises(ConfigError, match="does not run on one prompt"):
+        build_strategy(StrategySpec.of("adaptive-allocation"), model, BuildContext())
     policy = tmp_path / "policy.json"
     policy.write_text(
         '{"bins": [{"name": "all", "low": 0, "high": 1, "action": "beam-prm",'
@@ -245,6 +248,8 @@ def test_ttc_run_offers_every_strategy(monkeypatch: pytest.MonkeyPatch, tmp_path
         encoding="utf-8",
     )
     for strategy in STRATEGIES:
+        if STRATEGIES[strategy].shared_budget:  # refused (tests/test_eval_allocation.py)
+            continue
         args = ["run", "q", "-s", strategy, "-n", "2", "--verify", "5", "--json"]
         if STRATEGIES[strategy].search:
             args += ["--param", "width=2", "--prm", "arithmetic"]

@@ -26,9 +26,10 @@
 
 Every cell is one run of the store, named from its strategy and keyed by its full
 configuration (``Cell.config``; the name ends with a hash of it), so a rerun of the same file
-skips every stored question of every cell: a killed grid resumes where it stopped. An unknown
-key, strategy, parameter or PRM fails before anything runs, with one ``ConfigError`` naming it
-(and the file).
+skips every stored question of every cell: a killed grid resumes where it stopped.
+``budget_tokens`` caps each cell; an ``adaptive-allocation`` cell spreads it over the cell's
+questions (``ttc.eval.allocation``) and needs it. An unknown key, strategy, parameter or PRM
+fails before anything runs, with one ``ConfigError`` naming it (and the file).
 """
 
 from __future__ import annotations
