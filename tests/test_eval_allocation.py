@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,15 @@ from typer.testing import CliRunner
 from ttc import Budget
 from ttc.adapters import FunctionModel
 from ttc.adapters.function import prompt_text
-from ttc.errors import ConfigError
+from ttc.errors import ConfigError, ServerError
 from ttc.eval.datasets import Dataset, load_dataset
 from ttc.eval.experiment import load_experiment
 from ttc.eval.runner import EvalSummary, evaluate
 from ttc.eval.solver import Solver, named_strategy
 from ttc.eval.store import QuestionRecord, ResultsStore
 from ttc.runtime.model import Model
-from ttc.types import GenerateRequest, SamplingParams, Usage
+from ttc.runtime.retry import RetryPolicy
+from ttc.types import GenerateRequest, Result, SamplingParams, Usage
 
 pytestmark = pytest.mark.anyio
 
@@ -194,8 +196,47 @@ async def test_a_crashed_run_resumes_and_what_it_stored_counts_against_the_budge
     summary = await evaluate(data, allocation(model, max_n=64), tmp_path, budget=budget)
     assert summary.run == run and summary.skipped == 2 and summary.stored == 4
     # Only what the stored questions did not spend was left for the resumed run.
-    assert model.usage.requests == budget.requests - kept.requests
-    assert stored_usage(tmp_path, run).requests == budget.requests
+    assert model.usage.requests == 8 - kept.requests
+    assert stored_usage(tmp_path, run).requests == 8
+
+
+def test_on_round_sees_each_question_once_in_the_round_it_leaves() -> None:
+    from ttc.strategies.allocation import AdaptiveAllocation
+
+    rounds: list[list[tuple[int, int]]] = []
+
+    def seen(finished: Sequence[tuple[int, Result]]) -> None:  # a plain function works too
+        rounds.append([(i, len(r.candidates)) for i, r in finished])
+
+    prompts = list(QUESTIONS)
+    allocation = AdaptiveAllocation(scripted(), budget=None, batch=4, max_n=16)
+    results = allocation.run_sync(prompts, on_round=seen)
+    assert rounds == [[(0, 4), (1, 4)], [], [(2, 12)], [(3, 16)]]
+    assert [len(r.candidates) for r in results] == [4, 4, 12, 16]
+
+
+async def test_a_question_whose_provider_fails_is_noted_and_retried_by_a_rerun(
+    tmp_path: Path, data: Dataset
+) -> None:
+    down = True
+    fine = scripted()
+
+    def reply(request: GenerateRequest, i: int) -> str:
+        if down and prompt_text(request) == "split":
+            raise ServerError("down", status=503)
+        return fine.fn(request, i)  # type: ignore[return-value]
+
+    model = FunctionModel(reply, retry=RetryPolicy(max_attempts=1))
+    budget = Budget(requests=100)
+    first = await evaluate(data, allocation(model), tmp_path, budget=budget)
+    assert first.stored == 3 and list(first.failed) == ["3"]
+    assert "line 3" in first.failed["3"] and "down" in first.failed["3"]
+    with ResultsStore(tmp_path) as store:
+        assert list(store.failures(first.run)) == ["3"]
+    down = False
+    second = await evaluate(data, allocation(model), tmp_path, budget=budget)
+    assert second.new == 1 and second.stored == 4 and not second.failed
+    assert stored(tmp_path, second.run)["split"].correct
 
 
 async def test_a_run_without_a_budget_or_with_bad_settings_is_refused(
