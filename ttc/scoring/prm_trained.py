@@ -292,7 +292,10 @@ class HiddenStatePRM(ProcessRewardModel):
 
     Args:
         embedder: where the hidden states come from.
-        weights, bias, mean, scale: the head (``fit_logistic``'s output).
+        weights: the head's weights, one per hidden dimension (``fit_logistic``'s output).
+        bias: the head's bias.
+        mean: the per-dimension mean the hidden states are standardized with.
+        scale: the per-dimension scale they are standardized with.
         name: the key of this PRM's score in ``Candidate.scores``.
     """
 
