@@ -274,3 +274,29 @@ def test_a_search_on_the_embedded_model_continues_the_graded_template(tmp_path: 
     # One line a step, the first restating the question's start as the few-shot shows.
     assert all(step.endswith("\n") for c in beams for step in (c.steps or [])[:-1])
     assert record.result.usage.completion_tokens > 0
+
+
+def test_the_embedded_template_becomes_one_step_a_line_on_gsm8k_only() -> None:
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT, GSM8K_STEP_FEW_SHOT
+    from ttc.eval.datasets import load_dataset
+    from ttc.eval.experiment import sampling, untemplate
+
+    def embedded() -> FunctionModel:
+        model = FunctionModel(lambda request, i: "x", model="fake")
+        model.template = GSM8K_FEW_SHOT  # type: ignore[attr-defined]  # as LlamaCpp() has
+        return model
+
+    llm = embedded()
+    gsm8k, moved = untemplate(load_dataset("gsm8k-sample"), llm)
+    assert moved == GSM8K_FEW_SHOT and llm.template is None  # type: ignore[attr-defined]
+    assert gsm8k.spec.template == GSM8K_STEP_FEW_SHOT and gsm8k.spec.name == "gsm8k-steps"
+    _, fmt = sampling(gsm8k, llm)
+    assert fmt.delimiter == "\n" and fmt.end_markers == ("\n\n", "Question:")
+    # the paragraph template on request; other datasets keep theirs or get the paragraph one
+    kept, _ = untemplate(load_dataset("gsm8k-sample"), embedded(), gsm8k_steps=False)
+    assert kept.spec.template == GSM8K_FEW_SHOT and kept.spec.name == "gsm8k"
+    assert kept.spec.step_delimiter == "\n\n"
+    math, _ = untemplate(load_dataset("math500-sample"), embedded())
+    assert math.spec.template == GSM8K_FEW_SHOT and math.spec.step_delimiter == "\n\n"
+    graded, _ = untemplate(load_dataset("graded-dev"), embedded())
+    assert graded.spec.template == load_dataset("graded-dev").spec.template
