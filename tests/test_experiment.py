@@ -300,3 +300,37 @@ def test_the_embedded_template_becomes_one_step_a_line_on_gsm8k_only() -> None:
     assert math.spec.template == GSM8K_FEW_SHOT and math.spec.step_delimiter == "\n\n"
     graded, _ = untemplate(load_dataset("graded-dev"), embedded())
     assert graded.spec.template == load_dataset("graded-dev").spec.template
+
+
+def test_ttc_run_searches_the_embedded_model_a_line_a_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT, GSM8K_STEP_FEW_SHOT
+    from ttc.cli import app
+
+    head = GSM8K_STEP_FEW_SHOT.split("{question}")[0]
+
+    def resolve(name: str, **kwargs: object) -> FunctionModel:
+        def reply(request: GenerateRequest, i: int) -> str:
+            assert isinstance(request.prompt, str) and request.prompt.startswith(head)
+            steps = request.prompt.split("Answer:")[-1]
+            if "\n" not in request.params.stop or steps.count("\n") >= 1:
+                return "The answer is 5."
+            return " 2 + 3 = 5 apples.\n"
+
+        model = FunctionModel(reply, model="fake")
+        model.template = GSM8K_FEW_SHOT  # type: ignore[attr-defined]  # as LlamaCpp() has
+        return model
+
+    monkeypatch.setattr("ttc.adapters.registry.resolve_model", resolve)
+    args = ["run", "What is 2 + 3?", "-s", "beam-prm", "-n", "2", "--param", "width=2"]
+    result = CliRunner().invoke(app, [*args, "--verify", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["answer"] == "5" and data["correct"]
+    # a first line, then the answer on the next: two steps searched, not one paragraph
+    assert all(c["text"] == " 2 + 3 = 5 apples.\nThe answer is 5." for c in data["candidates"])
