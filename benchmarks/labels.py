@@ -7,18 +7,20 @@
     python benchmarks/labels.py beam --out results/labels               # BeamPRM with the head
 
 ``collect`` runs ``ttc collect``'s machinery (``collect_labels``) with the embedded Gemma 3 270M
-(llama.cpp) on the first ``--per-level`` questions of levels 1 and 2 of graded-dev and the
-first ``--gsm8k`` questions of the GSM8K dev split (``../shared/data/gsm8k_dev.jsonl``, or
+(llama.cpp) on the first ``--per-level`` questions of levels 1 and 2 of graded-dev and the first
+``--gsm8k`` questions of the GSM8K dev split (``../shared/data/gsm8k_dev.jsonl``, or
 ``--gsm8k-file``), ``--solutions`` solutions each and ``--rollouts`` rollouts a step; it is
-resumable (rerun the same command). ``agreement`` compares, on the runs collected with 32
-rollouts, the hard label from the first 8 rollouts of each step with the one from all 32.
-It also compares hard labels with ``ArithmeticPRM``'s verdicts on the steps that have
-arithmetic to check. ``auc`` trains the light head (``fit_hidden_state_prm``, hidden states
-of the same model) on the steps of half the questions (even positions) and reports the
-step-level AUC on the steps of the other half, beside ``ArithmeticPRM`` and chance, with a
-bootstrap interval over held-out questions. ``bestofn`` trains the head on every labelled
-question and compares, on graded-test levels 1-2 (never labelled), majority voting with
-best-of-N weighted by the head over the same ``--n`` samples (so at matched tokens).
+resumable (rerun the same command). ``agreement`` reads a stored collection only (no model runs):
+on the steps rolled out more than ``--k`` times (8; e.g. a run collected with 32 rollouts) the hard
+label from the first ``--k`` rollouts against the one from all of them, and hard labels against
+``ArithmeticPRM``'s verdicts on the steps that have arithmetic to check, each pooled over steps
+with a 95% bootstrap interval over questions. ``auc`` trains the light head
+(``fit_hidden_state_prm``, hidden states of the same model) on the steps of half the questions
+(even positions) and reports the step-level AUC on the steps of the other half, beside
+``ArithmeticPRM`` and chance, with a bootstrap interval over held-out questions. ``bestofn`` trains
+the head on every labelled question and compares, on graded-test levels 1-2 (never labelled),
+majority voting with best-of-N weighted by the head over the same ``--n`` samples (so at matched
+tokens).
 """
 
 from __future__ import annotations
@@ -86,11 +88,47 @@ def runs(out: str) -> dict[str, list[LabelledQuestion]]:
         return {run: store.labels(run) for run in store.label_runs()}
 
 
+def pooled_interval(
+    counts: list[tuple[int, int]], *, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float] | None:
+    """A pooled ratio ``sum(hits) / sum(total)`` over questions' ``(hits, total)`` and its
+    95% percentile bootstrap interval, questions resampled (steps of one question are not
+    independent); ``None`` with nothing counted."""
+    counts = [c for c in counts if c[1]]
+    if not counts:
+        return None
+    ratio = sum(h for h, _ in counts) / sum(t for _, t in counts)
+    rng = random.Random(seed)
+    draws = []
+    for _ in range(resamples):
+        sample = rng.choices(counts, k=len(counts))
+        draws.append(sum(h for h, _ in sample) / sum(t for _, t in sample))
+    draws.sort()
+    return ratio, draws[int(0.025 * (resamples - 1))], draws[round(0.975 * (resamples - 1))]
+
+
+def _show(counts: list[tuple[int, int]]) -> str:
+    found = pooled_interval(counts)
+    if found is None:
+        return "-"
+    hits, total = sum(h for h, _ in counts), sum(t for _, t in counts)
+    return f"{hits}/{total} = {found[0]:.3f} [{found[1]:.3f}, {found[2]:.3f}]"
+
+
 def agreement(args: argparse.Namespace) -> None:
+    """Hard labels from the first ``--k`` rollouts of each step against all of them, and hard
+    labels against ``ArithmeticPRM``, with 95% bootstrap intervals over questions; from the
+    stored collection only (no model runs)."""
     rule = ArithmeticPRM()
     for run, questions in runs(args.out).items():
-        checked = same = 0
+        if args.run and run not in args.run:
+            continue
+        rule_counts: list[tuple[int, int]] = []
+        agree_counts: list[tuple[int, int]] = []
+        found_counts: list[tuple[int, int]] = []  # good from all rollouts, good from k too
+        pos_k = pos_all = rollouts = 0
         for q in questions:
+            checked = same = 0
             for sol in q.solutions:
                 for step in sol.steps:
                     verdict = rule.score_step(step.text)
@@ -98,23 +136,34 @@ def agreement(args: argparse.Namespace) -> None:
                         continue
                     checked += 1
                     same += int(step.hard == (verdict == rule.right))
-        if checked:
+            rule_counts.append((same, checked))
+            agree_counts.append(subsample_agreement([q], args.k))
+            steps = [
+                s
+                for sol in q.solutions
+                for s in sol.steps
+                if not s.shared and len(s.verdicts) > args.k
+            ]
+            good = [s for s in steps if any(s.verdicts)]
+            found_counts.append((sum(any(s.verdicts[: args.k]) for s in good), len(good)))
+            pos_k += sum(any(s.verdicts[: args.k]) for s in steps)
+            pos_all += len(good)
+            rollouts = max([rollouts, *(len(s.verdicts) for s in steps)])
+        print(f"{run}: {len(questions)} questions")
+        print(
+            "  hard label = ArithmeticPRM's verdict (steps with arithmetic to check): "
+            + _show(rule_counts)
+        )
+        if any(total for _, total in agree_counts):
             print(
-                f"{run}: on {checked} labelled steps with arithmetic to check, the hard label "
-                f"agrees with ArithmeticPRM's verdict on {same} = {same / checked:.3f}"
+                f"  hard label from the first {args.k} rollouts = from all {rollouts}: "
+                + _show(agree_counts)
             )
-        agree, compared = subsample_agreement(questions, 8)
-        steps = [
-            s for q in questions for sol in q.solutions for s in sol.steps if len(s.verdicts) >= 32
-        ]
-        if compared:
-            pos8 = sum(any(s.verdicts[:8]) for s in steps if not s.shared)
-            pos32 = sum(any(s.verdicts) for s in steps if not s.shared)
-            print(
-                f"{run}: {compared} steps with 32 rollouts; hard labels from the first 8 agree "
-                f"with all 32 on {agree}/{compared} = {agree / compared:.3f}; positive: "
-                f"{pos8} (8) vs {pos32} (32)"
-            )
+            found = _show(found_counts)
+            print(f"  steps good from all {rollouts} found good by {args.k}: {found}")
+            print(f"  steps labelled good: {pos_k} from {args.k} rollouts, {pos_all} from all")
+        else:
+            print(f"  no step has more than {args.k} rollouts: nothing to compare")
 
 
 def _steps(q: LabelledQuestion) -> list[tuple[list[str], list[bool]]]:
@@ -284,6 +333,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="bestofn: samples a question")
     parser.add_argument("--test-per-level", type=int, default=5, help="bestofn: questions")
     parser.add_argument("--aggregation", default="min", help="bestofn: step scores to one")
+    parser.add_argument("--k", type=int, default=8, help="agreement: the fewer rollouts")
+    parser.add_argument(
+        "--run", action="append", help="agreement: only this stored run (repeat for several)"
+    )
     args = parser.parse_args()
     if args.what == "collect":
         anyio.run(collect, args)

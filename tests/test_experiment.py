@@ -279,3 +279,63 @@ def test_a_search_on_the_embedded_model_continues_the_graded_template(tmp_path: 
     # One line a step, the first restating the question's start as the few-shot shows.
     assert all(step.endswith("\n") for c in beams for step in (c.steps or [])[:-1])
     assert record.result.usage.completion_tokens > 0
+
+
+def test_the_embedded_template_becomes_one_step_a_line_on_gsm8k_only() -> None:
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT, GSM8K_STEP_FEW_SHOT
+    from ttc.eval.datasets import load_dataset
+    from ttc.eval.experiment import sampling, untemplate
+
+    def embedded() -> FunctionModel:
+        model = FunctionModel(lambda request, i: "x", model="fake")
+        model.template = GSM8K_FEW_SHOT  # type: ignore[attr-defined]  # as LlamaCpp() has
+        return model
+
+    llm = embedded()
+    gsm8k, moved = untemplate(load_dataset("gsm8k-sample"), llm)
+    assert moved == GSM8K_FEW_SHOT and llm.template is None  # type: ignore[attr-defined]
+    assert gsm8k.spec.template == GSM8K_STEP_FEW_SHOT and gsm8k.spec.name == "gsm8k-steps"
+    _, fmt = sampling(gsm8k, llm)
+    assert fmt.delimiter == "\n" and fmt.end_markers == ("\n\n", "Question:")
+    # the paragraph template on request; other datasets keep theirs or get the paragraph one
+    kept, _ = untemplate(load_dataset("gsm8k-sample"), embedded(), gsm8k_steps=False)
+    assert kept.spec.template == GSM8K_FEW_SHOT and kept.spec.name == "gsm8k"
+    assert kept.spec.step_delimiter == "\n\n"
+    math, _ = untemplate(load_dataset("math500-sample"), embedded())
+    assert math.spec.template == GSM8K_FEW_SHOT and math.spec.step_delimiter == "\n\n"
+    graded, _ = untemplate(load_dataset("graded-dev"), embedded())
+    assert graded.spec.template == load_dataset("graded-dev").spec.template
+
+
+def test_ttc_run_searches_the_embedded_model_a_line_a_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT, GSM8K_STEP_FEW_SHOT
+    from ttc.cli import app
+
+    head = GSM8K_STEP_FEW_SHOT.split("{question}")[0]
+
+    def resolve(name: str, **kwargs: object) -> FunctionModel:
+        def reply(request: GenerateRequest, i: int) -> str:
+            assert isinstance(request.prompt, str) and request.prompt.startswith(head)
+            steps = request.prompt.split("Answer:")[-1]
+            if "\n" not in request.params.stop or steps.count("\n") >= 1:
+                return "The answer is 5."
+            return " 2 + 3 = 5 apples.\n"
+
+        model = FunctionModel(reply, model="fake")
+        model.template = GSM8K_FEW_SHOT  # type: ignore[attr-defined]  # as LlamaCpp() has
+        return model
+
+    monkeypatch.setattr("ttc.adapters.registry.resolve_model", resolve)
+    args = ["run", "What is 2 + 3?", "-s", "beam-prm", "-n", "2", "--param", "width=2"]
+    result = CliRunner().invoke(app, [*args, "--verify", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["answer"] == "5" and data["correct"]
+    # a first line, then the answer on the next: two steps searched, not one paragraph
+    assert all(c["text"] == " 2 + 3 = 5 apples.\nThe answer is 5." for c in data["candidates"])

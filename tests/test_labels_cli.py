@@ -142,3 +142,46 @@ def test_train_prm_fits_a_head_on_a_collected_run(
     assert "training AUC" in trained.stdout
     prm = HiddenStatePRM.load(tmp_path / "prm")
     assert prm.embedder.spec()["model_dir"] == str(policy)
+
+
+def test_collect_on_gsm8k_with_the_embedded_template_labels_a_step_a_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded Gemma's paragraph template makes every GSM8K solution one step; collect
+    prompts with its step-wise twin instead and cuts solutions at line ends."""
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT, GSM8K_STEP_FEW_SHOT
+    from ttc.labels.collect import LabelStore
+
+    prompts: list[str] = []
+    ref = load_dataset("gsm8k-sample").examples[0].reference
+
+    def resolve(name: str, **kwargs: Any) -> Model:
+        def reply(request: GenerateRequest, i: int) -> str:
+            text = prompt_text(request)
+            prompts.append(text)
+            if text.endswith("Answer:"):  # a whole solution: two calculations, then the answer
+                return f" 2 + 3 = 5.\n5 * 2 = 10.\nThe answer is {ref}."
+            return f"The answer is {'9999' if text.endswith('10.' + chr(10)) else ref}."
+
+        model = FunctionModel(reply, model="fake", **kwargs)
+        model.template = GSM8K_FEW_SHOT  # type: ignore[attr-defined]  # as LlamaCpp() has
+        return model
+
+    monkeypatch.setattr("ttc.adapters.registry.resolve_model", resolve)
+    out = tmp_path / "labels"
+    result = run("collect", "gsm8k-sample", "--limit", "1", "-n", "1", "-k", "2", "-o", out)
+    assert result.exit_code == 0, result.output
+    head = GSM8K_STEP_FEW_SHOT.split("{question}")[0]
+    assert prompts and all(p.startswith(head) for p in prompts)
+    with LabelStore(out) as store:
+        (run_info,) = store.runs()
+        (question,) = store.labels(run_info.name)
+    assert run_info.config["format"] == "gsm8k-steps" and run_info.config["delimiter"] == "\n"
+    (solution,) = question.solutions
+    assert [s.text for s in solution.steps] == [
+        " 2 + 3 = 5.\n",
+        "5 * 2 = 10.\n",
+        f"The answer is {ref}.",
+    ]
+    # every step but the last rolled out from its prefix; rollouts after the second go wrong
+    assert [(s.rollouts, s.hard) for s in solution.steps] == [(2, True), (2, False), (0, True)]

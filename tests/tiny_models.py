@@ -61,9 +61,11 @@ def build_tiny_llama(
     vocab_size: int = 300,
     chat_template: str | None = CHAT_TEMPLATE,
     classifier: bool = False,
+    heads: int = 4,
 ) -> Path:
     """Train a byte-level BPE tokenizer on ``corpus`` (``specials`` as special tokens) and save
-    it with a 2-layer Llama (hidden size 64): a causal LM, or a 2-label token classifier."""
+    it with a 2-layer Llama (hidden size 64): a causal LM, or a 2-label token classifier.
+    ``heads=1`` makes the head size 64, which vLLM's CPU attention needs (16 it refuses)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForTokenClassification
 
@@ -75,8 +77,8 @@ def build_tiny_llama(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=min(2, heads),
         max_position_embeddings=256,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

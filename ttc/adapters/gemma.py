@@ -23,6 +23,8 @@ __all__ = [
     "ENV_CACHE_DIR",
     "ENV_GGUF",
     "GSM8K_FEW_SHOT",
+    "GSM8K_STEP_DELIMITER",
+    "GSM8K_STEP_FEW_SHOT",
     "TEMPLATE_STOPS",
     "gemma_path",
 ]
@@ -51,6 +53,41 @@ GSM8K_FEW_SHOT = (
     "Question: {question}\n"
     "Answer:"
 )
+
+#: The few-shot template for step-wise work on GSM8K (step search, step labels): exemplars of
+#: the same source as ``GSM8K_FEW_SHOT`` (none of them a GSM8K question), each solution written
+#: as GSM8K's worked solutions are, one calculation a line, then "The answer is N." on a line
+#: of its own. With ``GSM8K_FEW_SHOT`` the base model writes one paragraph, so a solution cut
+#: at a step delimiter is a single step; with this one it writes a step a line.
+GSM8K_STEP_FEW_SHOT = (
+    "Question: Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces "
+    "do they have left in total?\n"
+    "Answer: Leah and her sister had 32 + 42 = 74 chocolates.\n"
+    "After eating 35, they had 74 - 35 = 39 chocolates left.\n"
+    "The answer is 39.\n\n"
+    "Question: There were nine computers in the server room. Five more computers were "
+    "installed each day, from monday to thursday. How many computers are now in the server "
+    "room?\n"
+    "Answer: From Monday to Thursday is 4 days.\n"
+    "5 computers were installed each day, so 5 * 4 = 20 computers were installed.\n"
+    "There are now 9 + 20 = 29 computers.\n"
+    "The answer is 29.\n\n"
+    "Question: Olivia has $23. She bought five bagels for $3 each. How much money does she "
+    "have left?\n"
+    "Answer: Five bagels for $3 each cost 5 * 3 = $15.\n"
+    "She has 23 - 15 = $8 left.\n"
+    "The answer is 8.\n\n"
+    "Question: Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he "
+    "lost 2 more. How many golf balls did he have at the end of wednesday?\n"
+    "Answer: After losing 23 on Tuesday, Michael had 58 - 23 = 35 golf balls.\n"
+    "After losing 2 more on Wednesday, he had 35 - 2 = 33 golf balls.\n"
+    "The answer is 33.\n\n"
+    "Question: {question}\n"
+    "Answer:"
+)
+
+#: The step delimiter of ``GSM8K_STEP_FEW_SHOT``: one step a line.
+GSM8K_STEP_DELIMITER = "\n"
 
 #: Stop strings added to every templated request: the end of an answer, or the model starting
 #: the next example on its own.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import aiohttp
@@ -49,31 +50,45 @@ class VLLMServer(OpenAICompatible):
         return root[: -len("/v1")] if root.endswith("/v1") else root
 
     async def pool(
-        self, messages: list[dict[str, str]], *, prompt_bound: int | None = None, **fields: Any
+        self,
+        messages: list[dict[str, str]] | None = None,
+        *,
+        tokens: Sequence[int] | None = None,
+        prompt_bound: int | None = None,
+        **fields: Any,
     ) -> list[Any]:
-        """The rows ``/pooling`` returns for one chat (one per pooled position: every token,
-        or the positions the server was told to pool at), e.g. a PRM's label probabilities
-        with ``task="token_classify"``. ``fields`` go into the request body.
+        """The rows ``/pooling`` returns for one chat, or for one prompt given as token ids
+        (``tokens``, sent as they are: no special tokens added), one row per pooled position
+        (every token, or the positions the server was told to pool at), e.g. a PRM's label
+        probabilities with ``task="token_classify"``. ``fields`` go into the request body.
 
         Metered as this model's own requests are (``Model.metered``): retries, concurrency and
         rate limits, budgets (one request and its prompt tokens; ``prompt_bound``, by default
-        the chat's UTF-8 bytes plus room for the template, is reserved first), usage, and a
-        ``(pooling)`` trace event."""
-        body = {"model": self.model, "messages": messages, "add_generation_prompt": False}
+        the chat's UTF-8 bytes plus room for the template, or the number of ``tokens``, is
+        reserved first), usage, and a ``(pooling)`` trace event."""
+        body: dict[str, Any] = {"model": self.model}
+        if messages is not None and tokens is None:
+            body.update(messages=messages, add_generation_prompt=False)
+            bound = sum(len(m["content"].encode()) + 8 for m in messages) + 32
+        elif tokens is not None and messages is None:
+            body.update(input=[int(t) for t in tokens], add_special_tokens=False)
+            bound = len(body["input"])
+        else:
+            raise ConfigError("pool: pass messages or tokens=, exactly one of them")
         body.update(fields)
         if prompt_bound is None:
-            prompt_bound = sum(len(m["content"].encode()) + 8 for m in messages) + 32
+            prompt_bound = bound
 
         async def send() -> tuple[list[Any], int | None]:
             data = await self.post("/pooling", body)
             try:
                 rows = data["data"][0]["data"]
-                tokens = (data.get("usage") or {}).get("prompt_tokens")
+                used = (data.get("usage") or {}).get("prompt_tokens")
             except (KeyError, IndexError, TypeError, AttributeError) as exc:
                 raise self._malformed(f"the /pooling answer lacks data ({exc!r})") from exc
             if not isinstance(rows, list):
                 raise self._malformed("the /pooling answer's data is not a list of rows")
-            return rows, tokens if isinstance(tokens, int) else None
+            return rows, used if isinstance(used, int) else None
 
         return await self.metered(send, prompt_bound=prompt_bound, kind="pooling")
 

@@ -320,7 +320,9 @@ def _search_model(
 ) -> tuple[Model, Any]:
     """A model for step-wise search and its step format: a model with its own template
     (the embedded Gemma) is made raw, its template and stops moved to the step format (the
-    search must continue partial solutions as they are)."""
+    search must continue partial solutions as they are). The embedded Gemma's paragraph
+    template gives way to its step-wise twin, a line a step (with the paragraph one a whole
+    answer is one step)."""
     from ttc.adapters.registry import resolve_model
     from ttc.strategies.steps import StepFormat
 
@@ -328,7 +330,16 @@ def _search_model(
     template = getattr(llm, "template", None)
     if not isinstance(template, str):
         return llm, None
-    from ttc.adapters.gemma import TEMPLATE_STOPS
+    from ttc.adapters.gemma import (
+        GSM8K_FEW_SHOT,
+        GSM8K_STEP_DELIMITER,
+        GSM8K_STEP_FEW_SHOT,
+        TEMPLATE_STOPS,
+    )
 
     llm.template = None  # type: ignore[attr-defined]
+    if template == GSM8K_FEW_SHOT:
+        return llm, StepFormat(
+            delimiter=GSM8K_STEP_DELIMITER, template=GSM8K_STEP_FEW_SHOT, end_markers=TEMPLATE_STOPS
+        )
     return llm, StepFormat(template=template, end_markers=TEMPLATE_STOPS)

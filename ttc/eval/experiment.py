@@ -118,7 +118,8 @@ def prepare(data: Dataset, model: str, **model_kwargs: Any) -> tuple[Dataset, Mo
 
     A model that wraps prompts in its own template (the embedded Gemma's GSM8K few-shot) is
     made raw, so that step-wise search can continue its prompts; its template and stop
-    strings move to the dataset, unless the dataset has its own (the graded suite's).
+    strings move to the dataset, unless the dataset has its own (the graded suite's); on
+    GSM8K, the step-wise one (see ``untemplate``).
     """
     from ttc.adapters.registry import resolve_model
 
@@ -127,17 +128,38 @@ def prepare(data: Dataset, model: str, **model_kwargs: Any) -> tuple[Dataset, Mo
     return data, llm
 
 
-def untemplate(data: Dataset, llm: Model) -> tuple[Dataset, str | None]:
+def untemplate(
+    data: Dataset, llm: Model, *, gsm8k_steps: bool = True
+) -> tuple[Dataset, str | None]:
     """Move ``llm``'s own prompt template (``LlamaCpp.template``) to ``data`` and make the
-    model send prompts as they are; returns the dataset and the template moved."""
+    model send prompts as they are; returns the dataset and the template moved.
+
+    On a GSM8K-kind dataset the embedded Gemma's template is replaced by its step-wise twin
+    (``GSM8K_STEP_FEW_SHOT``, one step a line, step delimiter ``"\n"``; ``gsm8k_steps=False``
+    keeps the paragraph one): with the paragraph template every solution is one step, so step
+    labels and step-wise search have nothing to work on. The spec is then named
+    ``<name>-steps``, so a stored run made with the other template is not resumed with this one.
+    """
     template = getattr(llm, "template", None)
     if not isinstance(template, str):
         return data, None
-    from ttc.adapters.gemma import TEMPLATE_STOPS
+    from ttc.adapters.gemma import (
+        GSM8K_FEW_SHOT,
+        GSM8K_STEP_DELIMITER,
+        GSM8K_STEP_FEW_SHOT,
+        TEMPLATE_STOPS,
+    )
 
     llm.template = None  # type: ignore[attr-defined]
     if data.spec.template is None and data.spec.kind != "code":
         spec = dataclasses.replace(data.spec, template=template, stop=TEMPLATE_STOPS)
+        if gsm8k_steps and spec.kind == "gsm8k" and template == GSM8K_FEW_SHOT:
+            spec = dataclasses.replace(
+                spec,
+                name=f"{spec.name}-steps",
+                template=GSM8K_STEP_FEW_SHOT,
+                step_delimiter=GSM8K_STEP_DELIMITER,
+            )
         data = dataclasses.replace(data, spec=spec)
     return data, template
 

@@ -28,7 +28,7 @@ export(
         ),
         "ttc.scoring.prm": ("ArithmeticPRM", "ProcessRewardModel", "aggregate"),
         "ttc.scoring.prm_hf": ("MathShepherdPRM", "QwenPRM", "RLHFlowPRM", "TransformersPRM"),
-        "ttc.scoring.prm_vllm": ("VLLMPoolingPRM",),
+        "ttc.scoring.prm_vllm": ("VLLMPoolingPRM", "VLLMStepwisePRM"),
         "ttc.scoring.prm_trained": ("HiddenStatePRM", "StepwisePRM"),
         "ttc.scoring.selectors": ("Argmax", "FirstVerified", "MajorityVote", "WeightedMajority"),
         "ttc.scoring.step_judge": ("StepJudge",),
@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from ttc.scoring.prm_trained import HiddenStatePRM as HiddenStatePRM
     from ttc.scoring.prm_trained import StepwisePRM as StepwisePRM
     from ttc.scoring.prm_vllm import VLLMPoolingPRM as VLLMPoolingPRM
+    from ttc.scoring.prm_vllm import VLLMStepwisePRM as VLLMStepwisePRM
     from ttc.scoring.selectors import Argmax as Argmax
     from ttc.scoring.selectors import FirstVerified as FirstVerified
     from ttc.scoring.selectors import MajorityVote as MajorityVote

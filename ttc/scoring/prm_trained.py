@@ -292,11 +292,12 @@ class HiddenStatePRM(ProcessRewardModel):
 
     Args:
         embedder: where the hidden states come from.
-        weights: the head's weights, one per hidden dimension (``fit_logistic``'s output).
+        weights: the head's weights (``fit_logistic``'s output, as are the next three).
         bias: the head's bias.
-        mean: the per-dimension mean the hidden states are standardized with.
-        scale: the per-dimension scale they are standardized with.
+        mean: the feature means the states are centred by.
+        scale: the feature scales they are divided by.
         name: the key of this PRM's score in ``Candidate.scores``.
+        cache_size: step scores remembered (0: no cache).
     """
 
     name = "hidden_state_prm"

@@ -18,6 +18,11 @@ vLLM pools this architecture at token 151651 (``<extra_0>`` in Qwen's tokenizer)
 '{"step_tag_id": <its separator's id>}'`` (or ``'{"tok_pooling_type": "ALL"}'``); without it
 the server returns no rows and this client says which flag to add.
 
+``VLLMStepwisePRM`` queries a PRM that ``ttc train-prm`` trained (TRL's ``PRMTrainer``: a
+``LlamaForTokenClassification``-style checkpoint), which vLLM serves as it is (``--runner
+pooling``; vLLM converts the causal LM to a token classifier itself). Its input is not a chat:
+it is written as TRL wrote it when training, as token ids.
+
 Requests run under the ``VLLMServer`` model's runtime (``VLLMServer.pool``): its concurrency
 limit, retries, budgets (a request and its prompt tokens), usage and trace.
 """
@@ -35,7 +40,9 @@ from ttc.scoring.prm import ProcessRewardModel
 from ttc.scoring.prm_hf import QWEN_SYSTEM, qwen_prm_messages
 from ttc.validation import check_int
 
-__all__ = ["VLLMPoolingPRM"]
+__all__ = ["VLLMPoolingPRM", "VLLMStepwisePRM"]
+
+_PIECES = 50_000  # token ids of questions and steps VLLMStepwisePRM remembers
 
 
 class VLLMPoolingPRM(ProcessRewardModel):
@@ -156,3 +163,80 @@ class VLLMPoolingPRM(ProcessRewardModel):
         return MalformedResponseError(
             message, provider=self.server.provider, model=self.server.model
         )
+
+
+class VLLMStepwisePRM(VLLMPoolingPRM):
+    """A PRM trained on TRL's stepwise supervision (``ttc train-prm``), served by vLLM::
+
+        python -m vllm.entrypoints.openai.api_server --model PRM_DIR --runner pooling
+
+    The input is written as TRL's ``PRMTrainer`` wrote it when training (and as
+    ``StepwisePRM`` writes it in-process): the BOS token, the question, then every step
+    followed by ``step_separator``, each piece tokenized on its own, by the server's tokenizer
+    (``/tokenize``, each distinct piece once). The ids go to ``/pooling`` as they are, and a
+    step scores the positive label's probability at its separator's last token. The server
+    must pool every token (vLLM's default for a token classifier): a ``step_tag_id`` would pool
+    at separators inside the question too.
+
+    Args:
+        server: the ``VLLMServer`` serving the checkpoint (``base_url`` its ``/v1`` root).
+        step_separator: what followed every step in training (``ttc train-prm``'s
+            ``--step-separator``, saved in the checkpoint's ``ttc_prm.json``; ``"\\n"``).
+        label: the index of the "step is correct" label in each row (1).
+        name: the key of this PRM's score in ``Candidate.scores``.
+        cache_size: step scores remembered (0: no cache).
+    """
+
+    name = "vllm_stepwise_prm"
+
+    def __init__(
+        self,
+        server: VLLMServer,
+        *,
+        step_separator: str = "\n",
+        label: int = 1,
+        name: str | None = None,
+        cache_size: int = 100_000,
+    ) -> None:
+        super().__init__(
+            server, separator=step_separator, system="", label=label, name=name,
+            cache_size=cache_size,
+        )  # fmt: skip
+        self._pieces: dict[str, list[int]] = {}
+        self._bos: list[int] | None = None
+
+    def __repr__(self) -> str:
+        return f"VLLMStepwisePRM({self.server.model!r}, root={self.root!r})"
+
+    async def encode(self, question: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
+        """The token ids of one partial solution and the position of each step's score."""
+        if self._bos is None:  # what the tokenizer puts first: its BOS, or nothing
+            self._bos = await self.server.tokenize(prompt="", add_special_tokens=True)
+        separator = await self._piece(self.separator)
+        if not separator:
+            raise ConfigError(f"step_separator: {self.separator!r} encodes to no tokens")
+        ids = [*self._bos, *await self._piece(question.strip())]
+        positions = []
+        for step in steps:
+            ids += [*await self._piece(step.strip()), *separator]
+            positions.append(len(ids) - 1)
+        return ids, positions
+
+    async def _piece(self, text: str) -> list[int]:
+        found = self._pieces.get(text)
+        if found is None:
+            found = await self.server.tokenize(prompt=text, add_special_tokens=False)
+            if len(self._pieces) >= _PIECES:  # questions and steps of a long run: start over
+                self._pieces.clear()
+            self._pieces[text] = found
+        return found
+
+    async def _score_one(self, question: str, steps: Sequence[str]) -> list[float]:
+        ids, positions = await self.encode(question, steps)
+        rows = await self.server.pool(tokens=ids, task="token_classify", use_activation=True)
+        if len(rows) != len(ids):
+            raise ConfigError(
+                f"server: /pooling returned {len(rows)} rows for {len(ids)} tokens; start the "
+                "PRM server pooling every token (no step_tag_id in --pooler-config)"
+            )
+        return [self._positive(rows[p]) for p in positions]
