@@ -198,10 +198,6 @@ def train_prm_command(
 
 
 def _embedder(spec: str, max_tokens: int) -> Any:
-    from ttc.scoring.prm_trained import LlamaCppEmbedder, TransformersEmbedder
+    from ttc.scoring.prm_trained import embedder_spec, load_embedder
 
-    if spec == "embedded":
-        return LlamaCppEmbedder(max_tokens=max_tokens)
-    if spec.endswith(".gguf"):
-        return LlamaCppEmbedder(spec, max_tokens=max_tokens)
-    return TransformersEmbedder(spec, max_tokens=max_tokens)
+    return load_embedder(embedder_spec(spec), max_tokens=max_tokens)

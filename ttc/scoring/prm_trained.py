@@ -37,9 +37,11 @@ __all__ = [
     "LlamaCppEmbedder",
     "StepwisePRM",
     "TransformersEmbedder",
+    "embedder_spec",
     "fit_hidden_state_prm",
     "fit_logistic",
     "load_embedder",
+    "read_head",
 ]
 
 #: The file in a trained PRM's folder that says how to score with it.
@@ -238,15 +240,45 @@ class LlamaCppEmbedder(Embedder):
         return out
 
 
-def load_embedder(spec: dict[str, Any]) -> Embedder:
-    """An embedder from its ``spec()``."""
+def load_embedder(spec: dict[str, Any], **options: Any) -> Embedder:
+    """An embedder from its ``spec()``; ``options`` go to its class (``max_tokens`` replaces
+    the saved one; ``n_threads`` for llama.cpp, ``batch_size`` and ``device`` for
+    transformers)."""
     backend = spec.get("backend")
-    max_tokens = int(spec.get("max_tokens", 256))
+    options.setdefault("max_tokens", int(spec.get("max_tokens", 256)))
     if backend == "transformers":
-        return TransformersEmbedder(spec["model_dir"], max_tokens=max_tokens)
+        return TransformersEmbedder(spec["model_dir"], **options)
     if backend == "llama.cpp":
-        return LlamaCppEmbedder(spec.get("model_path"), max_tokens=max_tokens)
+        return LlamaCppEmbedder(spec.get("model_path"), **options)
     raise ConfigError(f"embedder backend must be transformers or llama.cpp, got {backend!r}")
+
+
+def embedder_spec(name: str) -> dict[str, Any]:
+    """The embedder ``ttc train-prm --embedder`` names, as a ``spec()``: ``"embedded"`` (Gemma
+    3 270M through llama.cpp), a ``.gguf`` file, or a Hugging Face folder."""
+    if name == "embedded":
+        return {"backend": "llama.cpp", "model_path": None}
+    if name.endswith(".gguf"):
+        return {"backend": "llama.cpp", "model_path": name}
+    return {"backend": "transformers", "model_dir": name}
+
+
+def read_head(folder: str | Path) -> dict[str, Any]:
+    """A saved head's settings (``folder/ttc_prm.json``), checked without loading a model:
+    ``ConfigError`` for a folder that holds no hidden-state PRM."""
+    path = Path(folder).expanduser() / PRM_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"no trained PRM at {folder} (expected {path})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is not readable JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != "hidden-state":
+        found = data.get("format") if isinstance(data, dict) else None
+        raise ConfigError(f"{path} is not a hidden-state PRM (format {found!r})")
+    if not isinstance(data.get("embedder"), dict):
+        raise ConfigError(f"{path} names no embedder")
+    return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,12 +397,7 @@ class HiddenStatePRM(ProcessRewardModel):
     @classmethod
     def load(cls, folder: str | Path, *, embedder: Embedder | None = None) -> HiddenStatePRM:
         """A saved head; ``embedder`` replaces the saved one (e.g. one already loaded)."""
-        path = Path(folder).expanduser() / PRM_CONFIG
-        if not path.is_file():
-            raise ConfigError(f"no trained PRM at {folder} (expected {path})")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != "hidden-state":
-            raise ConfigError(f"{path} is not a hidden-state PRM (format {data.get('format')!r})")
+        data = read_head(folder)
         return cls(
             embedder or load_embedder(data["embedder"]),
             data["weights"],

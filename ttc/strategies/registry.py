@@ -26,14 +26,24 @@ dvts               ``DVTS``: n/M independent subtrees
 PRMs: ``arithmetic`` (rule-based, no model), ``step-judge`` (the policy model, or
 ``prm.model``, asked whether each step is right), ``math-shepherd``, ``qwen``, ``rlhflow``
 (transformers checkpoints in ``prm.model_dir``), ``vllm-pooling`` (a vLLM server's
-``/pooling``: ``prm.model`` as ``vllm-server/<model>@<url>``).
+``/pooling``: ``prm.model`` as ``vllm-server/<model>@<url>``), and the PRMs ``ttc train-prm``
+trains: ``stepwise`` (its TRL checkpoint in ``prm.model_dir``, in-process), ``hidden-state``
+(its light head, the folder in ``prm.path``, with the embedder it was trained on, or
+``prm.embedder``) and ``vllm-stepwise`` (the TRL checkpoint served by vLLM: ``prm.model``).
+Each PRM's options (``PRM_OPTIONS``) are typed like strategy parameters; a missing required
+option, or a folder or file that is not there, fails when the spec is made, before any model
+loads, naming the option.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ttc.errors import ConfigError
@@ -48,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PRMS",
+    "PRM_OPTIONS",
     "SELECTORS",
     "STRATEGIES",
     "Param",
@@ -223,18 +234,74 @@ PRMS: dict[str, str] = {
     "qwen": "Qwen2.5-Math-PRM from a transformers folder (prm.model_dir)",
     "rlhflow": "RLHFlow PRM from a transformers folder (prm.model_dir)",
     "vllm-pooling": "a PRM served by vLLM /pooling (prm.model = vllm-server/<model>@<url>)",
+    "stepwise": "a ttc train-prm TRL checkpoint, in-process (prm.model_dir)",
+    "hidden-state": "a ttc train-prm light head on frozen hidden states (prm.path)",
+    "vllm-stepwise": "a ttc train-prm TRL checkpoint served by vLLM (prm.model = "
+    "vllm-server/<model>@<url>)",
 }
 """Every PRM kind by name."""
 
 SELECTORS: tuple[str, ...] = ("argmax", "weighted", "majority", "first-verified")
 
-_PRM_OPTIONS: dict[str, set[str]] = {
-    "arithmetic": {"right", "wrong", "neutral"},
-    "step-judge": {"model", "renormalize", "top_logprobs"},
-    "math-shepherd": {"model_dir", "batch_size", "device", "dtype", "num_threads"},
-    "qwen": {"model_dir", "batch_size", "device", "dtype", "num_threads"},
-    "rlhflow": {"model_dir", "batch_size", "device", "dtype", "num_threads"},
-    "vllm-pooling": {"model", "separator", "label"},
+_TORCH: dict[str, Param] = {
+    "batch_size": Param(int, 8, "solutions a forward pass"),
+    "device": Param(str, None, "cpu, cuda...; default CUDA where available"),
+    "dtype": Param(str, "auto", "the weights' dtype", ("auto", "bfloat16", "float16", "float32")),
+    "num_threads": Param(int, None, "torch's thread count (process-wide)"),
+}
+_CHECKPOINT = Param(str, None, "the checkpoint: a local transformers folder")
+_SERVED = Param(str, None, "the PRM server, as vllm-server/<model>@<url>")
+_STEP_SEPARATOR = Param(
+    str, None, "what followed each step in training (default: the checkpoint's, else \\n)"
+)
+PRM_OPTIONS: dict[str, dict[str, Param]] = {
+    "arithmetic": {
+        "right": Param(float, 1.0, "a step whose arithmetic is right"),
+        "wrong": Param(float, 0.0, "a step whose arithmetic is wrong"),
+        "neutral": Param(float, 0.5, "a step with nothing to check"),
+    },
+    "step-judge": {
+        "model": Param(str, None, "the judge (a model name; default: the policy model)"),
+        "renormalize": Param(bool, False, "yes / (yes + no) rather than yes alone"),
+        "top_logprobs": Param(int, 10, "alternatives read at the verdict's token"),
+    },
+    "math-shepherd": {"model_dir": _CHECKPOINT, **_TORCH},
+    "qwen": {"model_dir": _CHECKPOINT, **_TORCH},
+    "rlhflow": {"model_dir": _CHECKPOINT, **_TORCH},
+    "vllm-pooling": {
+        "model": _SERVED,
+        "separator": Param(str, "<extra_0>", "the step separator token"),
+        "label": Param(int, 1, "the index of the good-step label"),
+    },
+    "stepwise": {"model_dir": _CHECKPOINT, "step_separator": _STEP_SEPARATOR, **_TORCH},
+    "hidden-state": {
+        "path": Param(str, None, "the head's folder (ttc train-prm --method head --output)"),
+        "embedder": Param(
+            str, None, "embedded, a .gguf or a transformers folder (default: the head's own)"
+        ),
+        "max_tokens": Param(int, None, "tokens a pass reads at most (default: the head's)"),
+        "n_threads": Param(int, 1, "llama.cpp embedder: CPU threads"),
+        "batch_size": Param(int, 8, "transformers embedder: solutions a forward pass"),
+        "device": Param(str, None, "transformers embedder: cpu, cuda..."),
+    },
+    "vllm-stepwise": {
+        "model": _SERVED,
+        "step_separator": _STEP_SEPARATOR,
+        "label": Param(int, 1, "the index of the good-step label"),
+    },
+}
+"""Every PRM kind's options (``prm.KEY=VALUE`` on the command line, ``prm_options`` in a
+file), typed as strategy parameters are."""
+
+#: The option each PRM kind cannot do without, and what it is.
+_PRM_NEEDS: dict[str, tuple[str, str]] = {
+    "math-shepherd": ("model_dir", "a transformers folder"),
+    "qwen": ("model_dir", "a transformers folder"),
+    "rlhflow": ("model_dir", "a transformers folder"),
+    "stepwise": ("model_dir", "the ttc train-prm --method trl checkpoint folder"),
+    "hidden-state": ("path", "the folder ttc train-prm --method head saved"),
+    "vllm-pooling": ("model", "vllm-server/<model>@<url>"),
+    "vllm-stepwise": ("model", "vllm-server/<model>@<url>"),
 }
 
 
@@ -262,6 +329,8 @@ def parse_value(key: str, text: str, kind: type) -> Scalar:
 
 
 def _typed(key: str, value: object, param: Param) -> Scalar:
+    if param.type is str and isinstance(value, os.PathLike):  # a folder or file, as a Path
+        value = os.fspath(value)
     if isinstance(value, str) and param.type is not str:
         value = parse_value(key, value, param.type)
     ok = (
@@ -344,12 +413,12 @@ class StrategySpec:
                 )
         options: dict[str, Scalar] = {}
         for key, value in (prm_options or {}).items():
-            if prm is None or key not in _PRM_OPTIONS[prm]:
-                allowed = ", ".join(sorted(_PRM_OPTIONS.get(prm or "", ()))) or "none"
+            if prm is None or key not in PRM_OPTIONS[prm]:
+                allowed = ", ".join(sorted(PRM_OPTIONS.get(prm or "", ()))) or "none"
                 raise ConfigError(f"unknown PRM option {key!r} for PRM {prm!r}; options: {allowed}")
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise ConfigError(f"prm.{key}: expected a number or text, got {value!r}")
-            options[key] = value
+            options[key] = _typed(f"prm.{key}", value, PRM_OPTIONS[prm][key])
+        if prm is not None:
+            _check_prm(prm, options)
         spec = cls(name, count, tuple(sorted(checked.items())), prm, tuple(sorted(options.items())))
         if name == "adaptive-allocation":  # bad values fail here, before a model loads
             from ttc.strategies.adaptive_consistency import check_threshold, positive_int
@@ -389,6 +458,69 @@ class StrategySpec:
         return f"{bits[0]} n={self.n}{extra}"
 
 
+def _check_prm(name: str, options: dict[str, Scalar]) -> None:
+    """What can be checked of a PRM's options without loading a model: the required option is
+    there, the folders and files it names exist, a served PRM is a vLLM server's. A
+    ``step_separator`` given as ``\\n`` (a command line cannot type a newline) becomes one."""
+    need = _PRM_NEEDS.get(name)
+    if need is not None and need[0] not in options:
+        raise ConfigError(f"PRM {name!r} needs prm.{need[0]} ({need[1]})")
+    if "step_separator" in options:
+        options["step_separator"] = _unescape(str(options["step_separator"]))
+    if "model_dir" in options:
+        from ttc.hf_local import model_folder
+
+        model_folder(str(options["model_dir"]), "prm.model_dir")
+    if name in ("vllm-pooling", "vllm-stepwise"):
+        model = str(options["model"])
+        if not model.startswith("vllm-server/"):
+            raise ConfigError(
+                f"prm.model: PRM {name!r} is served by vLLM: give vllm-server/<model>@<url>, "
+                f"got {model!r}"
+            )
+    if name == "hidden-state":
+        _check_head(options)
+
+
+def _check_head(options: Mapping[str, Scalar]) -> None:
+    """A hidden-state head's folder holds a head, and its embedder (saved, or
+    ``prm.embedder``) is here and takes the options given."""
+    from ttc.scoring.prm_trained import embedder_spec, read_head
+
+    try:
+        saved = read_head(str(options["path"]))
+    except ConfigError as exc:
+        hint = " (a ttc train-prm --method trl checkpoint is PRM 'stepwise')"
+        raise ConfigError(f"prm.path: {exc}{hint if 'trl-stepwise' in str(exc) else ''}") from None
+    given = "embedder" in options
+    embedder = embedder_spec(str(options["embedder"])) if given else dict(saved["embedder"])
+    where = "prm.embedder" if given else f"prm.path: the head's embedder ({embedder})"
+    backend = embedder.get("backend")
+    if backend == "llama.cpp":
+        model_path = embedder.get("model_path")
+        if model_path is not None and not Path(str(model_path)).expanduser().is_file():
+            raise ConfigError(f"{where}: no GGUF file at {model_path}; pass prm.embedder=PATH")
+        wrong = [k for k in ("batch_size", "device") if k in options]
+    elif backend == "transformers":
+        from ttc.hf_local import model_folder
+
+        try:
+            model_folder(str(embedder.get("model_dir")), where)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; pass prm.embedder=FOLDER") from None
+        wrong = [k for k in ("n_threads",) if k in options]
+    else:
+        raise ConfigError(f"{where}: the embedder's backend must be transformers or llama.cpp")
+    if wrong:
+        raise ConfigError(f"prm.{wrong[0]}: not an option of a {backend} embedder")
+
+
+def _unescape(text: str) -> str:
+    """``\\n``, ``\\t`` and ``\\\\`` as the characters they stand for."""
+    table = {"n": "\n", "t": "\t", "\\": "\\"}
+    return re.sub(r"\\([nt\\])", lambda m: table[m.group(1)], text)
+
+
 # --------------------------------------------------------------------------------------------
 # Building
 
@@ -426,21 +558,57 @@ def _make_prm(name: str, options: dict[str, Any], model: Model) -> ProcessReward
 
             judge = resolve_model(str(options.pop("model")))
         return scoring.StepJudge(judge, **options)
-    if name in ("math-shepherd", "qwen", "rlhflow"):
-        if "model_dir" not in options:
-            raise ConfigError(f"PRM {name!r} needs prm.model_dir (a transformers folder)")
+    need = _PRM_NEEDS.get(name)
+    if need is not None and need[0] not in options:  # a spec made by hand, not by .of()
+        raise ConfigError(f"PRM {name!r} needs prm.{need[0]} ({need[1]})")
+    if name in ("math-shepherd", "qwen", "rlhflow", "stepwise"):
         cls = {
             "math-shepherd": scoring.MathShepherdPRM,
             "qwen": scoring.QwenPRM,
             "rlhflow": scoring.RLHFlowPRM,
+            "stepwise": scoring.StepwisePRM,
         }[name]
         return cls(options.pop("model_dir"), **options)  # type: ignore[no-any-return]
-    if "model" not in options:
-        raise ConfigError("PRM 'vllm-pooling' needs prm.model (vllm-server/<model>@<url>)")
+    if name == "hidden-state":
+        return _head(options)
     from ttc.adapters.registry import resolve_model
 
     server = resolve_model(str(options.pop("model")))
-    return scoring.VLLMPoolingPRM(server, **options)  # type: ignore[arg-type]  # it refuses a non-VLLMServer
+    if name == "vllm-stepwise":
+        if "step_separator" not in options:
+            options["step_separator"] = _saved_separator(server.model)
+        return scoring.VLLMStepwisePRM(server, **options)  # type: ignore[arg-type]  # it refuses a non-VLLMServer
+    return scoring.VLLMPoolingPRM(server, **options)  # type: ignore[arg-type]
+
+
+def _head(options: dict[str, Any]) -> ProcessRewardModel:
+    """A saved hidden-state head with its embedder: the saved one, or ``prm.embedder``, with
+    the embedder options given."""
+    from ttc.scoring.prm_trained import HiddenStatePRM, embedder_spec, load_embedder, read_head
+
+    path = str(options.pop("path"))
+    named = options.pop("embedder", None)
+    spec = embedder_spec(str(named)) if named is not None else read_head(path)["embedder"]
+    if spec.get("backend") == "llama.cpp":
+        options.pop("batch_size", None)
+        options.pop("device", None)
+    else:
+        options.pop("n_threads", None)
+    return HiddenStatePRM.load(path, embedder=load_embedder(spec, **options))
+
+
+def _saved_separator(served: str) -> str:
+    """The step separator ``ttc train-prm`` saved with the checkpoint when the served model's
+    name is its local folder (``vllm serve ./my-prm``), else TRL's ``"\\n"``."""
+    from ttc.scoring.prm_trained import PRM_CONFIG
+
+    config = Path(served).expanduser() / PRM_CONFIG
+    try:
+        saved = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    except (OSError, ValueError):
+        saved = {}
+    separator = saved.get("step_separator") if isinstance(saved, dict) else None
+    return separator if isinstance(separator, str) and separator else "\n"
 
 
 def _selector(name: str | None) -> Selector | None:
