@@ -329,3 +329,22 @@ def test_the_command_line_refuses_a_missing_checkpoint_before_loading_a_model(
     assert result.exit_code == 2
     assert "prm.model_dir" in result.output and "no-such-prm" in result.output
     assert not missing.exists()
+
+
+def test_published_prms_take_typed_options_from_the_command_line(policy_dir: Path) -> None:
+    """Before options were typed, ``prm.batch_size=2`` reached the class as the text ``"2"``
+    (refused) and ``prm.renormalize=false`` as a true-looking ``"false"``."""
+    from ttc.scoring import MathShepherdPRM, StepJudge
+
+    spec = strategy_spec(
+        "beam-prm", 2, "math-shepherd",
+        [f"prm.model_dir={policy_dir}", "prm.batch_size=2", "prm.num_threads=1"],
+    )  # fmt: skip
+    shepherd = build_prm("math-shepherd", dict(spec.prm_options), POLICY)
+    assert isinstance(shepherd, MathShepherdPRM)
+    assert shepherd.batch_size == 2 and shepherd.num_threads == 1
+    spec = strategy_spec(
+        "beam-prm", 2, "step-judge", ["prm.renormalize=false", "prm.top_logprobs=5"]
+    )
+    judge = build_prm("step-judge", dict(spec.prm_options), POLICY)
+    assert isinstance(judge, StepJudge) and judge.renormalize is False
