@@ -124,7 +124,9 @@ PrmOption = Annotated[
     typer.Option(
         "--prm",
         help="The PRM of the searches and of best-of-n with scorer=prm: arithmetic "
-        "(default), step-judge, math-shepherd, qwen, rlhflow, vllm-pooling.",
+        "(default), step-judge, math-shepherd, qwen, rlhflow, vllm-pooling, or one ttc "
+        "train-prm trained: stepwise (prm.model_dir=), hidden-state (prm.path=), "
+        "vllm-stepwise (prm.model=vllm-server/<model>@<url>).",
     ),
 ]
 #: ``--param KEY=VALUE``: any strategy parameter; ``prm.KEY=VALUE`` a PRM option.
@@ -135,7 +137,7 @@ ParamOption = Annotated[
         "-p",
         metavar="KEY=VALUE",
         help="A strategy parameter, e.g. --param width=4 --param k=1 --param scorer=prm; "
-        "prm.KEY=VALUE sets a PRM option (prm.model_dir=..., prm.model=...).",
+        "prm.KEY=VALUE sets a PRM option (prm.model_dir=..., prm.path=..., prm.model=...).",
     ),
 ]
 
