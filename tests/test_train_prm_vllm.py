@@ -89,3 +89,23 @@ async def test_the_served_checkpoint_scores_as_it_does_in_process(
         with pytest.raises(BudgetExceeded):
             async with server.model(budget=Budget(requests=1)) as limited:
                 await VLLMStepwisePRM(limited, cache_size=0).score_steps(QUESTION, SOLUTIONS)
+
+
+async def test_the_served_checkpoint_by_name_in_the_registry(
+    server: VLLMServerProcess, reference: list[list[float]]
+) -> None:
+    """``--prm vllm-stepwise --param prm.model=vllm-server/<name>@<url>``: the PRM ``ttc eval``
+    and experiment files build scores as the checkpoint does in-process."""
+    from ttc.adapters import FunctionModel
+    from ttc.strategies.registry import StrategySpec, build_prm
+
+    options = {"model": f"vllm-server/tiny-stepwise-prm@{server.base_url}"}
+    spec = StrategySpec.of("beam-prm", n=2, prm="vllm-stepwise", prm_options=options)
+    prm = build_prm("vllm-stepwise", dict(spec.prm_options), FunctionModel(lambda r, i: ""))
+    assert isinstance(prm, VLLMStepwisePRM)
+    try:
+        scores = await prm.score_steps(QUESTION, SOLUTIONS)
+    finally:
+        await prm.server.aclose()
+    for row, expected in zip(scores, reference):
+        assert row == pytest.approx(expected, abs=1e-4)
