@@ -126,9 +126,12 @@ def spec_strategy(
     *,
     params: SamplingParams | None = None,
     step_format: StepFormat | None = None,
+    budget: Budget | None = None,
 ) -> SpecStrategy:
-    """The factory for a checked ``StrategySpec``; it pickles (Ray)."""
-    return SpecStrategy(spec, params, step_format)
+    """The factory for a checked ``StrategySpec``; it pickles (Ray). ``budget`` is each
+    question's own (the strategy's ``budget=``): a question it stops is stored with the
+    best answer so far, marked ``stopped_by="budget"``."""
+    return SpecStrategy(spec, params, step_format, budget)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ class SpecStrategy:
     spec: registry.StrategySpec
     params: SamplingParams | None = None
     step_format: StepFormat | None = None
+    budget: Budget | None = None
 
     def __call__(self, model: Model, question: Question) -> Strategy:
         context = registry.BuildContext(
@@ -147,6 +151,7 @@ class SpecStrategy:
             extract=question.extract,
             params=self.params,
             step_format=self.step_format,
+            extra={"budget": self.budget} if self.budget is not None else {},
         )
         return registry.build_strategy(self.spec, model, context)
 
@@ -170,6 +175,7 @@ class EvalLedger(Ledger):
             self.spent_tokens = spent.total_tokens
             self.spent_usd = spent.cost_usd
             self.spent_requests = spent.requests
+            self.spent_completion_tokens = spent.completion_tokens
 
     def _check(self, charge: Charge) -> None:
         try:
