@@ -237,7 +237,7 @@ async def solve_question(
             result = await strategy.run(question.prompt)
         except BudgetExceeded as exc:  # a strategy with on_budget="raise"
             own = strategy is not None and strategy.budget is not None
-            if exc.result is None or _run_budget_spent(ledger, strategy_budget=own):
+            if exc.result is None or _run_budget_spent(ledger, own, exc.scope):
                 return Outcome(example.id, "incomplete", scope.usage.snapshot(), error=str(exc))
             result = exc.result
         except (TTCError, ValueError) as exc:
@@ -247,8 +247,10 @@ async def solve_question(
             fatal = fails_every_question(exc)
             error = _failure(example, exc)
             return Outcome(example.id, "failed", scope.usage.snapshot(), error=error, fatal=fatal)
+        own = strategy is not None and strategy.budget is not None
+        stop = result.budget_stop
         if result.stopped_by == "budget" and _run_budget_spent(
-            ledger, strategy_budget=strategy is not None and strategy.budget is not None
+            ledger, own, stop.scope if stop is not None else None
         ):
             error = "; ".join(result.errors) or "budget"
             return Outcome(example.id, "incomplete", scope.usage.snapshot(), error=error)
@@ -283,14 +285,15 @@ async def judged_outcome(
     return Outcome(example.id, "done", usage(), record=record)
 
 
-def _run_budget_spent(ledger: EvalLedger | None, *, strategy_budget: bool) -> bool:
+def _run_budget_spent(ledger: EvalLedger | None, strategy_budget: bool, scope: str | None) -> bool:
     """Whether a budget stop came from a budget of the whole run (the evaluation's, or a
-    model's own) rather than from the strategy's per-question budget."""
+    model's own) rather than from the strategy's per-question budget: only a stop by the
+    question's own budget (scope ``"run"``, the strategy's run) is an answer to store."""
     if ledger is not None:
         left = ledger.remaining_seconds()
         if ledger.exhausted is not None or (left is not None and left <= 0):
             return True
-    return not strategy_budget
+    return not strategy_budget or (scope is not None and scope != "run")
 
 
 async def _judge(result: Result, question: Question) -> bool:
