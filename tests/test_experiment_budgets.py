@@ -157,3 +157,34 @@ def test_a_completion_tokens_budget_charges_generated_tokens_only() -> None:
     assert result.usage.completion_tokens <= 50 and result.usage.prompt_tokens >= 500
     assert len(result.candidates) >= 1
     assert result.budget_stop is not None and result.budget_stop.limit == "completion_tokens"
+
+
+def test_the_report_places_budget_cells_at_their_tokens_and_shows_no_pass_at_k_for_beams(
+    tmp_path: Path,
+) -> None:
+    from ttc.cli.report import markdown_comparison, markdown_report
+    from ttc.eval.compare import ALL, load_comparison
+    from ttc.eval.report import load_reports
+
+    experiment = load_experiment(_write(tmp_path, GRID))
+    model = FunctionModel(_right, native_n=True)
+    anyio.run(lambda: run_experiment(experiment, models={"scripted": model}))
+    series = {(s.name, s.level): s for s in load_comparison(str(experiment.out))}
+    # The two budgets of self-consistency are one series, at the tokens each really spent.
+    voting = series[("self-consistency", ALL)]
+    assert [p.budget_tokens for p in voting.points] == [20, 60]
+    assert voting.points[0].tokens <= 20 < voting.points[1].tokens <= 60
+    assert [p.budget_tokens for p in series[("beam-prm (arithmetic)", ALL)].points] == [40]
+    table = markdown_comparison(list(series.values()))
+    assert "| self-consistency | all | 8 | 20 |" in table
+    assert "| self-consistency | all | 8 | 60 |" in table
+    reports = {r.config["strategy"]: r for r in load_reports(str(experiment.out))}
+    beams = reports["beam-prm"]
+    assert not beams.samples_are_draws and reports["self-consistency"].samples_are_draws
+    assert "budget=40" in beams.label
+    text = markdown_report([beams])
+    overview = next(line for line in text.splitlines() if line.startswith(f"| {beams.run}"))
+    # accuracy shown; pass@1, pass@n and majority@n are not, for a search's beams.
+    assert overview.split(" | ")[3] == f"{100 * beams.accuracy:.1f}"
+    assert overview.split(" | ")[4:7] == ["-", "-", "-"]
+    assert "not independent samples" in text and "pass@k %" not in text
