@@ -48,7 +48,7 @@ from ttc.errors import ConfigError
 from ttc.eval.datasets import Dataset, load_dataset
 from ttc.eval.solver import Solver, spec_strategy
 from ttc.runtime.model import Model
-from ttc.strategies.registry import StrategySpec, build_params
+from ttc.strategies.registry import StrategySpec, build_params, upgrade_config
 from ttc.strategies.steps import StepFormat
 from ttc.types import SamplingParams
 
@@ -403,8 +403,10 @@ async def run_experiment(
                 budget=cell.question_budget(),
             )
             solver = Solver(model=llm, strategy=make, config=cell.config())
+            stored = {"dataset": data.name, "format": data.spec.name, **cell.config()}
+            run = resumed_name(experiment.out, cell, stored)
             if progress is not None:
-                progress.note(f"cell {index}/{len(experiment.cells)}: {cell.run_name()}")
+                progress.note(f"cell {index}/{len(experiment.cells)}: {run}")
             budget = (
                 Budget(tokens=experiment.budget_tokens)
                 if experiment.budget_tokens is not None
@@ -415,7 +417,7 @@ async def run_experiment(
                     data,
                     solver,
                     experiment.out,
-                    run=cell.run_name(),
+                    run=run,
                     concurrency=experiment.concurrency,
                     budget=budget,
                     progress=progress,
@@ -426,6 +428,30 @@ async def run_experiment(
             if llm not in given.values():
                 await llm.aclose()
     return summaries
+
+
+def resumed_name(out: Path, cell: Cell, config: Mapping[str, Any]) -> str:
+    """The run ``cell`` is stored under in ``out``: its ``run_name``, or the run an older
+    ttc stored for the same cell. That one has the same slug but another hash, because the
+    cell's configuration has gained keys since (parameters the registry lists now, stored
+    without them); it is resumed when its configuration matches once upgraded
+    (``ttc.strategies.registry.upgrade_config``: the new keys at their defaults)."""
+    from ttc.eval.store import ResultsStore
+
+    name = cell.run_name()
+    try:
+        store = ResultsStore(out, readonly=True)
+    except ConfigError:  # nothing stored yet
+        return name
+    with store:
+        runs = [info.name for info in store.runs()]
+        if name in runs:
+            return name
+        pattern = re.compile(re.escape(cell.slug()) + r"-[0-9a-f]{8}")
+        for other in runs:
+            if pattern.fullmatch(other) and store.matches(other, config, upgrade_config):
+                return other
+    return name
 
 
 def describe(cells: Sequence[Cell]) -> list[Mapping[str, Any]]:

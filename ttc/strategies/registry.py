@@ -58,6 +58,7 @@ __all__ = [
     "build_strategy",
     "parse_value",
     "policy_factory",
+    "upgrade_config",
 ]
 
 Scalar = bool | int | float | str
@@ -387,6 +388,34 @@ class StrategySpec:
             bits = ["best-of-n" if scorer == "verifier" else f"best-of-n/{scorer}"]
         extra = "".join(f" {k}={v}" for k, v in self.params if k in ("width", "k"))
         return f"{bits[0]} n={self.n}{extra}"
+
+
+def upgrade_config(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's configuration as an older ttc stored it, in today's shape, so that a run
+    stored before the registry listed a parameter resumes with today's configuration:
+    parameters under a former name (``final_selector``) take today's, and each parameter of
+    the strategy (and its default PRM) that the stored configuration lacks takes its
+    default, which is what the older version ran with. Anything else is left as stored, so
+    a real difference still shows. A configuration naming no known strategy is returned as
+    it is."""
+    config = dict(stored)
+    info = STRATEGIES.get(str(config.get("strategy")))
+    if info is None:
+        return config
+    for old, new in ALIASES.items():
+        if old in config and new in info.params and new not in config:
+            config[new] = config.pop(old)
+    n = config.get("n", _N.default)
+    for key, param in info.params.items():
+        if key in config:
+            continue
+        if key == "width" and isinstance(n, int) and not isinstance(n, bool):
+            config[key] = next(w for w in (4, 2, 1) if n % w == 0)
+        else:
+            config[key] = param.default
+    if "prm" not in config and (info.search or config.get("scorer") == "prm"):
+        config["prm"] = "arithmetic"
+    return config
 
 
 # --------------------------------------------------------------------------------------------
