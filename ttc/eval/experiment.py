@@ -1,4 +1,5 @@
-"""Experiment files: a grid of evaluations (datasets x models x strategies x n) in one store.
+"""Experiment files: a grid of evaluations (datasets x models x strategies x n x budgets) in
+one store.
 
 ``ttc eval --config experiment.toml`` reads a TOML file such as::
 
@@ -11,6 +12,7 @@
     max_tokens = 200
     seed = 0
     concurrency = 1
+    budgets = [250, 500, 1000]      # generated tokens per question: one cell per budget
 
     [[strategy]]
     name = "best-of-n"
@@ -23,10 +25,18 @@
     name = "beam-prm"
     n = [4, 8, 16]
     width = 2
+    budgets = [500, 1000, 2000]     # a table's own budgets replace the file's
+
+With budgets, each question's strategy runs under ``Budget(completion_tokens=b)``: generated
+tokens only (prompts are free; they are what a step-wise search re-reads at every step). ``n``
+stays the strategy's own, the most samples or beams, and the budget cuts it short; a strategy
+so stopped returns its best answer so far (``stopped_by="budget"``), which is judged and
+stored like any other.
 
 Every cell is one run of the store, named from its strategy and keyed by its full
 configuration (``Cell.config``; the name ends with a hash of it), so a rerun of the same file
-skips every stored question of every cell: a killed grid resumes where it stopped.
+skips every stored question of every cell: a killed grid resumes where it stopped, and a cell
+stored by an older ttc under another hash is found and resumed (``resumed_name``).
 ``budget_tokens`` caps each cell; an ``adaptive-allocation`` cell spreads it over the cell's
 questions (``ttc.eval.allocation``) and needs it. An unknown key, strategy, parameter or PRM
 fails before anything runs, with one ``ConfigError`` naming it (and the file).
