@@ -188,3 +188,26 @@ def test_the_report_places_budget_cells_at_their_tokens_and_shows_no_pass_at_k_f
     assert overview.split(" | ")[3] == f"{100 * beams.accuracy:.1f}"
     assert overview.split(" | ")[4:7] == ["-", "-", "-"]
     assert "not independent samples" in text and "pass@k %" not in text
+
+
+def test_a_completion_tokens_limit_holds_under_concurrency() -> None:
+    """Many runs at once under one generated-token budget: reservations keep the spend at or
+    under the limit however the requests interleave, and prompts are never charged."""
+    from ttc.runtime.context import run_scope
+
+    model = FunctionModel(lambda request, i: " ".join(["w"] * (3 + i % 7)), native_n=False)
+    params = SamplingParams(max_tokens=12)
+    limit = 200
+
+    async def main() -> tuple[int, int]:
+        with run_scope(Budget(completion_tokens=limit)) as scope:
+            strategy = SelfConsistency(model, 8, params=params)
+            async with anyio.create_task_group() as group:
+                for q in range(12):
+                    group.start_soon(strategy.run, f"question {q} " + "context " * 40)
+            usage = scope.usage.snapshot()
+            assert scope.ledger is not None
+            return usage.completion_tokens, scope.ledger.spent_completion_tokens
+
+    generated, spent = anyio.run(main)
+    assert generated == spent and limit - 12 < spent <= limit
