@@ -211,3 +211,26 @@ def test_a_completion_tokens_limit_holds_under_concurrency() -> None:
 
     generated, spent = anyio.run(main)
     assert generated == spent and limit - 12 < spent <= limit
+
+
+def test_ttc_eval_config_runs_the_budget_axis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    def resolve(name: str, **kwargs: object) -> FunctionModel:
+        return FunctionModel(_right, model="fake", native_n=True)
+
+    monkeypatch.setattr("ttc.adapters.registry.resolve_model", resolve)
+    path = _write(tmp_path, GRID)
+    result = CliRunner().invoke(app, ["eval", "--config", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    cells = json.loads(result.stdout)["cells"]
+    assert [c["run"].rsplit("-", 2)[1] for c in cells] == ["b20", "b60", "b40"]
+    # Questions of 4 a cell, each within its budget of generated tokens.
+    assert [c["generated_tokens"] <= 4 * b for c, b in zip(cells, (20, 60, 40))] == [True] * 3
+    assert all(c["tokens"] > c["generated_tokens"] for c in cells)  # prompts, uncharged
