@@ -14,6 +14,7 @@ from ttc.eval.experiment import load_experiment, run_experiment
 from ttc.eval.store import ResultsStore
 from ttc.runtime.budget import Budget
 from ttc.strategies import SelfConsistency
+from ttc.strategies.registry import StrategySpec
 from ttc.types import GenerateRequest, SamplingParams
 
 GRID = """
@@ -234,3 +235,35 @@ def test_ttc_eval_config_runs_the_budget_axis(
     # Questions of 4 a cell, each within its budget of generated tokens.
     assert [c["generated_tokens"] <= 4 * b for c, b in zip(cells, (20, 60, 40))] == [True] * 3
     assert all(c["tokens"] > c["generated_tokens"] for c in cells)  # prompts, uncharged
+
+
+def test_a_policy_fitted_on_a_budget_cell_runs_its_strategy_under_that_budget(
+    tmp_path: Path,
+) -> None:
+    from test_policy_fit import EASY, HARD, record
+
+    from ttc.eval.policy_fit import fit_policy
+    from ttc.strategies import BeamPRM
+    from ttc.strategies.registry import BuildContext, policy_factory
+
+    where = {"dataset": "d", "format": "graded", "model": "m"}
+    with ResultsStore(tmp_path) as store:
+        store.open_run("sc8", {**where, "strategy": "self-consistency", "n": 8})
+        beam = {**StrategySpec.of("beam-prm", n=16).config(), **where, "budget": 200}
+        store.open_run("beam16-b200", beam)
+        for i, q in enumerate(EASY):
+            store.put("sc8", record(q, i, ["5"] * 8, "5", True))
+            store.put("beam16-b200", record(q, i, ["5"] * 16, "5", True))
+        for i, q in enumerate(HARD, start=len(EASY)):
+            store.put("sc8", record(q, i, ["1", "2", "3", "4"] * 2, "9", False))
+            store.put("beam16-b200", record(q, i, ["9"] * 16, "9", True))
+    fit = fit_policy(tmp_path, budget=120, probe_n=4)
+    hard = fit.policy.bin_for(0.25)
+    assert hard.action == "beam-prm"
+    # The cell's budget goes with the action; the dataset's format is no strategy parameter.
+    assert hard.params["budget"] == 200 and "format" not in hard.params
+    built = policy_factory(BuildContext())(hard.action, hard.params, FunctionModel(_right))
+    assert isinstance(built, BeamPRM)
+    assert built.budget == Budget(completion_tokens=200)
+    with pytest.raises(ConfigError, match="budget: expected a positive integer"):
+        policy_factory(BuildContext())("beam-prm", {"n": 4, "budget": 0}, FunctionModel(_right))

@@ -31,6 +31,7 @@ PRMs: ``arithmetic`` (rule-based, no model), ``step-judge`` (the policy model, o
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -620,17 +621,27 @@ def build_params(
 def policy_factory(context: BuildContext) -> Callable[[str, Mapping[str, Any], Any], Strategy]:
     """Builds the strategy a ``ComputeOptimal`` policy bin names, from the bin's parameters as
     a stored run's configuration writes them (``n``, the strategy's parameters, ``prm`` and
-    ``prm.<option>``): what ``ttc fit-policy`` puts in a policy."""
+    ``prm.<option>``, and ``budget``: the generated tokens a question, which the strategy
+    then runs under, as the experiment cell it was measured on did): what ``ttc
+    fit-policy`` puts in a policy."""
+    from ttc.runtime.budget import Budget
     from ttc.runtime.model import Model
 
     def make(name: str, params: Mapping[str, Any], source: Any) -> Strategy:
         options = {k: v for k, v in params.items() if v is not None}
         n = options.pop("n", 16)
         prm = options.pop("prm", None)
+        budget = options.pop("budget", None)
         prm_options = {k[4:]: options.pop(k) for k in list(options) if k.startswith("prm.")}
         spec = StrategySpec.of(name, n=n, params=options, prm=prm, prm_options=prm_options)
         if not isinstance(source, Model):
             raise ConfigError(f"strategy {name!r} in a policy needs a model as its source")
-        return build_strategy(spec, source, context)
+        built = context
+        if budget is not None:
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+                raise ConfigError(f"budget: expected a positive integer, got {budget!r}")
+            extra = {**context.extra, "budget": Budget(completion_tokens=budget)}
+            built = dataclasses.replace(context, extra=extra)
+        return build_strategy(spec, source, built)
 
     return make
