@@ -25,6 +25,7 @@ from threaded_fake import threaded_fake
 from typer.testing import CliRunner
 
 from ttc.config import KeyLimits, TTCConfig, parse_config
+from ttc.runtime.budget import Charge
 from ttc.server.keys import KeyStore, SQLiteKeyStore, open_key_store
 from ttc.server.testing import ServerThread
 from ttc.testing import FakeProvider
@@ -232,7 +233,7 @@ def test_a_reservation_too_small_for_one_call_is_429_and_costs_nothing(
     store = SQLiteKeyStore(db)
     key = run(store.get("erin"))
     assert key is not None
-    assert run(store.spent(key)) == (0, 0.0, 0)
+    assert run(store.spent(key)) == Charge(0, 0.0, 0)
     assert upstream.stats.requests == 0
 
 
@@ -415,7 +416,8 @@ def test_a_reservation_in_flight_makes_others_wait_not_fail(tmp_path: Path) -> N
         with pytest.raises(KeyBudgetExceeded) as held:
             await store.reserve(info, Charge(tokens=1000, usd=1.0))
         assert held.value.pending  # in flight: worth waiting for
-        assert await store.settle(first, Charge(tokens=30, usd=0.0, requests=1)) == (30, 0.0, 1)
+        settled = await store.settle(first, Charge(tokens=30, usd=0.0, requests=1))
+        assert settled == Charge(30, 0.0, 1)
         second = await store.reserve(info, Charge(tokens=1000, usd=1.0))
         assert second.reserved.tokens == 70
         await store.settle(second, Charge(tokens=70, usd=0.0, requests=1))

@@ -44,10 +44,11 @@ class BudgetExceeded(TTCError):
     Raised *before* anything is sent, so the limit is never passed. ``completions`` holds what
     was already paid for in the same call, so nothing is lost.
 
-    Attributes: ``limit`` (``"tokens"``, ``"usd"``, ``"requests"`` or ``"seconds"``),
-    ``limit_value``, ``spent`` (spent or reserved when it was refused), ``needed`` (the
-    request's worst case), ``scope`` (``"run"`` or the model's name), ``completions``, and
-    ``result``: with a strategy's ``on_budget="raise"``, the best result the run had.
+    Attributes: ``limit`` (``"tokens"``, ``"completion_tokens"``, ``"usd"``, ``"requests"``
+    or ``"seconds"``), ``limit_value``, ``spent`` (spent or reserved when it was refused),
+    ``needed`` (the request's worst case), ``scope`` (``"run"`` or the model's name),
+    ``completions``, and ``result``: with a strategy's ``on_budget="raise"``, the best result
+    the run had.
     """
 
     def __init__(

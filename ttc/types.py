@@ -249,7 +249,7 @@ class BudgetStop(_Frozen):
         description="``\"run\"`` for a strategy's run budget (this run's or an enclosing "
         "one's), else the model whose own budget it was, as ``provider/model``."
     )
-    limit: Literal["tokens", "usd", "requests", "seconds"]
+    limit: Literal["tokens", "completion_tokens", "usd", "requests", "seconds"]
     limit_value: float = Field(description="The limit itself.")
     spent: float = Field(description="Spent or reserved when the next request was refused.")
     needed: float = Field(description="The worst case of the request that did not fit.")

@@ -338,6 +338,7 @@ def _run_config(path: Path, json_output: bool, err: Console) -> None:
                 "new": s.new,
                 "accuracy": s.accuracy,
                 "tokens": s.usage.total_tokens,
+                "generated_tokens": s.usage.completion_tokens,
             }
             for s in summaries
         ]

@@ -60,14 +60,16 @@ def _overview(report: RunReport) -> list[str]:
     from ttc.eval.report import format_cost
 
     n = report.samples
+    # A search's candidates are its finished beams, not samples: no pass@k or votes over them.
+    draws = report.samples_are_draws
     return [
         report.run,
         f"{report.questions}/{report.total}" if report.incomplete else str(report.questions),
         str(n),
         _pct(report.accuracy),
-        _pct(report.coverage.get(1)),
-        _pct(report.coverage.get(n)),
-        _pct(report.majority.get(n)),
+        _pct(report.coverage.get(1) if draws else None),
+        _pct(report.coverage.get(n) if draws else None),
+        _pct(report.majority.get(n) if draws else None),
         f"{report.tokens_per_question:,.0f}",
         format_cost(report.cost_usd, report.unpriced, unit=""),
     ]
@@ -90,15 +92,21 @@ _SHORT_COLUMNS = ["run", "q", "n", "acc %", "p@1 %", "p@n %", "maj@n %", "tok/q"
 _LEVEL_COLUMNS = ["level", "questions", "accuracy %", "pass@1 %", "pass@n %", "majority@n %"]
 
 
-def _level_cells(row: LevelRow) -> list[str]:
+def _level_cells(row: LevelRow, draws: bool = True) -> list[str]:
     return [
         row.level,
         str(row.questions),
         _pct(row.accuracy),
-        _pct(row.pass_at_1),
-        _pct(row.coverage),
-        _pct(row.majority),
+        _pct(row.pass_at_1 if draws else None),
+        _pct(row.coverage if draws else None),
+        _pct(row.majority if draws else None),
     ]
+
+
+_BEAMS_NOTE = (
+    "a search's candidates are its finished beams, not independent samples: pass@k and votes "
+    "over k of them are not shown (-)"
+)
 
 
 def print_reports(console: Console, reports: list[RunReport]) -> None:
@@ -109,7 +117,7 @@ def print_reports(console: Console, reports: list[RunReport]) -> None:
         title_justify="left",
         caption="acc: selected answer right · p@k: pass@k (coverage) · maj@n: majority vote "
         "of all n · tok/q: generated tokens per question · q: stored/of the dataset when "
-        "incomplete",
+        "incomplete · -: not shown for searches (beams are not independent samples)",
         caption_justify="left",
     )
     # Short headers, so that a long run name keeps room on an 80-column terminal.
@@ -124,19 +132,27 @@ def print_reports(console: Console, reports: list[RunReport]) -> None:
     for report in reports:
         console.print()
         console.print(f"[bold]{escape(report.run)}[/]: {escape(report.label)}", soft_wrap=True)
-        table = Table(title="by samples per question", title_justify="left")
-        header, rows = _k_table(report)
-        for column in header:
-            table.add_column(column, justify="right")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        draws = report.samples_are_draws
+        if draws:
+            table = Table(title="by samples per question", title_justify="left")
+            header, rows = _k_table(report)
+            for column in header:
+                table.add_column(column, justify="right")
+            for row in rows:
+                table.add_row(*row)
+            console.print(table)
+        else:
+            console.print(
+                f"accuracy {_pct(report.accuracy)} % at {report.tokens_per_question:,.0f} "
+                f"generated tokens a question; {_BEAMS_NOTE}",
+                soft_wrap=True,
+            )
         if report.levels:
             levels = Table(title="by level", title_justify="left")
             for column in _LEVEL_COLUMNS:
                 levels.add_column(column, justify="right")
             for level in report.levels:
-                levels.add_row(*_level_cells(level))
+                levels.add_row(*_level_cells(level, draws))
             console.print(levels)
         if report.failures:
             console.print(
@@ -167,9 +183,16 @@ def markdown_report(reports: list[RunReport], plots: list[Path] | None = None) -
         parts += ["", f"### {report.run}", "", config, ""]
         if report.incomplete:
             parts += [f"**Incomplete**: {report.incomplete}.", ""]
-        parts.append(_md_table(*_k_table(report)))
+        draws = report.samples_are_draws
+        if draws:
+            parts.append(_md_table(*_k_table(report)))
+        else:
+            parts.append(
+                f"Accuracy {_pct(report.accuracy)} % at {report.tokens_per_question:,.0f} "
+                f"generated tokens a question; {_BEAMS_NOTE}."
+            )
         if report.levels:
-            rows = [_level_cells(level) for level in report.levels]
+            rows = [_level_cells(level, draws) for level in report.levels]
             parts += ["", _md_table(_LEVEL_COLUMNS, rows)]
     for plot in plots or []:
         if plot.suffix == ".png":
@@ -187,27 +210,28 @@ def markdown_report(reports: list[RunReport], plots: list[Path] | None = None) -
 _COMPARISON_COLUMNS = ["strategy", "level", "n or k", "gen. tokens/q", "accuracy % [95% CI]", "q"]
 
 
-def _comparison_rows(series: list[Series]) -> list[list[str]]:
+def _comparison_rows(series: list[Series]) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the strategies' table; a ``budget/q`` column (each run's budget
+    of generated tokens per question) only when some run had one."""
     from ttc.eval.compare import ALL
     from ttc.eval.report import _level_key
 
+    budgets = any(p.budget_tokens is not None for s in series for p in s.points)
+    header = list(_COMPARISON_COLUMNS)
+    if budgets:
+        header.insert(3, "budget/q")
     rows = []
     ordered = sorted(series, key=lambda s: (s.level != ALL, _level_key(s.level)))
     for s in ordered:
         if s.kind == "coverage":
             continue
         for point in s.points:
-            rows.append(
-                [
-                    s.name,
-                    s.level,
-                    str(point.budget),
-                    f"{point.tokens:,.0f}",
-                    str(point.accuracy),
-                    str(point.questions),
-                ]
-            )
-    return rows
+            row = [s.name, s.level, str(point.budget)]
+            if budgets:
+                row.append("-" if point.budget_tokens is None else f"{point.budget_tokens:,}")
+            row += [f"{point.tokens:,.0f}", str(point.accuracy), str(point.questions)]
+            rows.append(row)
+    return header, rows
 
 
 def _coverage_rows(series: list[Series]) -> tuple[list[str], list[list[str]]]:
@@ -228,16 +252,17 @@ def _coverage_rows(series: list[Series]) -> tuple[list[str], list[list[str]]]:
 
 def print_comparison(console: Console, series: list[Series]) -> None:
     """Strategies at matched compute, and coverage by level, with 95% bootstrap intervals."""
-    rows = _comparison_rows(series)
+    header, rows = _comparison_rows(series)
     if rows and len({r[0] for r in rows}) > 1:
         table = Table(
             title="strategies by generated tokens",
             title_justify="left",
             caption="accuracy of the selected answer, 95% bootstrap interval over questions; "
-            "votes@k are over k of one run's samples",
+            "votes@k are over k of one run's samples; budget/q: the run's budget of generated "
+            "tokens per question (an experiment's budgets)",
             caption_justify="left",
         )
-        for column in _COMPARISON_COLUMNS:
+        for column in header:
             table.add_column(column, justify="left" if column == "strategy" else "right")
         for row in rows:
             table.add_row(*row)
@@ -257,9 +282,9 @@ def print_comparison(console: Console, series: list[Series]) -> None:
 def markdown_comparison(series: list[Series]) -> str:
     """The comparison tables as Markdown (empty when there is nothing to compare)."""
     parts: list[str] = []
-    rows = _comparison_rows(series)
+    header, rows = _comparison_rows(series)
     if rows and len({r[0] for r in rows}) > 1:
-        parts += ["", "## Strategies by generated tokens", "", _md_table(_COMPARISON_COLUMNS, rows)]
+        parts += ["", "## Strategies by generated tokens", "", _md_table(header, rows)]
     header, cov = _coverage_rows(series)
     if cov:
         parts += ["", "## Coverage and majority by level", "", _md_table(header, cov)]

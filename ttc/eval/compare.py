@@ -38,7 +38,8 @@ __all__ = [
 ALL = "all"
 
 _SAMPLING = frozenset({"repeated-sample", "best-of-n", "self-consistency"})
-_NOT_SERIES_KEYS = frozenset({"n", "run"})
+#: What differs between the points of one series: n, and the per-question budget.
+_NOT_SERIES_KEYS = frozenset({"n", "run", "budget"})
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,16 @@ def bootstrap(
 
 @dataclass(frozen=True)
 class Point:
-    """One budget of a series: ``x`` (the run's n, or k), its generated tokens per question
-    and its accuracy with interval."""
+    """One budget of a series: ``budget`` (the run's n, or k), its generated tokens per
+    question and its accuracy with interval; ``budget_tokens``: the run's per-question budget
+    of generated tokens (an experiment's ``budgets``), if it had one."""
 
     budget: int
     tokens: float
     accuracy: Interval
     questions: int
     run: str
+    budget_tokens: int | None = None
 
 
 @dataclass
@@ -114,8 +117,9 @@ def _series_name(config: dict[str, Any]) -> str:
 
 
 def _group_key(config: dict[str, Any]) -> str:
-    """What makes runs one series: everything in their config but n (and, for the searches,
-    the width, which must grow with n: beam searches at n=2 and n=8 differ in both)."""
+    """What makes runs one series: everything in their config but n and the per-question
+    budget (and, for the searches, the width, which must grow with n: beam searches at n=2
+    and n=8 differ in both). A budget's point sits at the tokens its run really spent."""
     drop = set(_NOT_SERIES_KEYS)
     if config.get("strategy") not in _SAMPLING:
         drop.add("width")
@@ -196,7 +200,11 @@ def compare_runs(
                 accuracy = bootstrap([float(q.selected) for q in group], seed=seed)
                 tokens = _mean([float(q.tokens) for q in group])
                 budget = int(config.get("n", max(q.n for q in group)))
-                series.points.append(Point(budget, tokens, accuracy, len(group), name))
+                cap = config.get("budget")
+                per_question = int(cap) if isinstance(cap, (int, float)) else None
+                series.points.append(
+                    Point(budget, tokens, accuracy, len(group), name, per_question)
+                )
             series.points.sort(key=lambda p: (p.tokens, p.budget))
             if series.points:
                 out.append(series)

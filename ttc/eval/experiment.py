@@ -1,4 +1,5 @@
-"""Experiment files: a grid of evaluations (datasets x models x strategies x n) in one store.
+"""Experiment files: a grid of evaluations (datasets x models x strategies x n x budgets) in
+one store.
 
 ``ttc eval --config experiment.toml`` reads a TOML file such as::
 
@@ -11,6 +12,7 @@
     max_tokens = 200
     seed = 0
     concurrency = 1
+    budgets = [250, 500, 1000]      # generated tokens per question: one cell per budget
 
     [[strategy]]
     name = "best-of-n"
@@ -23,10 +25,18 @@
     name = "beam-prm"
     n = [4, 8, 16]
     width = 2
+    budgets = [500, 1000, 2000]     # a table's own budgets replace the file's
+
+With budgets, each question's strategy runs under ``Budget(completion_tokens=b)``: generated
+tokens only (prompts are free; they are what a step-wise search re-reads at every step). ``n``
+stays the strategy's own, the most samples or beams, and the budget cuts it short; a strategy
+so stopped returns its best answer so far (``stopped_by="budget"``), which is judged and
+stored like any other.
 
 Every cell is one run of the store, named from its strategy and keyed by its full
 configuration (``Cell.config``; the name ends with a hash of it), so a rerun of the same file
-skips every stored question of every cell: a killed grid resumes where it stopped.
+skips every stored question of every cell: a killed grid resumes where it stopped, and a cell
+stored by an older ttc under another hash is found and resumed (``resumed_name``).
 ``budget_tokens`` caps each cell; an ``adaptive-allocation`` cell spreads it over the cell's
 questions (``ttc.eval.allocation``) and needs it. An unknown key, strategy, parameter or PRM
 fails before anything runs, with one ``ConfigError`` naming it (and the file).
@@ -48,12 +58,13 @@ from ttc.errors import ConfigError
 from ttc.eval.datasets import Dataset, load_dataset
 from ttc.eval.solver import Solver, spec_strategy
 from ttc.runtime.model import Model
-from ttc.strategies.registry import StrategySpec, build_params
+from ttc.strategies.registry import StrategySpec, build_params, upgrade_config
 from ttc.strategies.steps import StepFormat
 from ttc.types import SamplingParams
 
 if TYPE_CHECKING:
     from ttc.eval.runner import EvalSummary, Progress
+    from ttc.runtime.budget import Budget
 
 __all__ = [
     "Cell",
@@ -78,6 +89,7 @@ _TOP_KEYS = {
     "seed": "seed of the first sample",
     "concurrency": "questions in flight",
     "budget_tokens": "tokens per cell at most",
+    "budgets": "generated tokens per question, one cell each",
 }
 
 
@@ -197,10 +209,13 @@ class Cell:
     levels: tuple[int, ...] | None = None
     per_level: int | None = None
     limit: int | None = None
+    budget: int | None = None
 
     def config(self) -> dict[str, Any]:
-        """The cell's full configuration (what its run in the store is keyed by)."""
-        return {
+        """The cell's full configuration (what its run in the store is keyed by). ``budget``
+        (generated tokens per question) is there only when the cell has one, so the cells of
+        files without budgets keep their names."""
+        config = {
             **self.strategy.config(),
             "model": self.model,
             "temperature": self.temperature,
@@ -210,15 +225,30 @@ class Cell:
             "per_level": self.per_level,
             "limit": self.limit,
         }
+        if self.budget is not None:
+            config["budget"] = self.budget
+        return config
 
-    def run_name(self) -> str:
-        """``<dataset>-<strategy>-n<n>-<hash>``: readable, and unique to the configuration."""
-        blob = json.dumps({"dataset": self.dataset, **self.config()}, sort_keys=True)
-        digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
+    def slug(self) -> str:
+        """``<dataset>-<strategy>-n<n>[-b<budget>]``: the readable part of ``run_name``."""
         stem = Path(self.dataset).stem if self.dataset.endswith(".jsonl") else self.dataset
         extra = self.strategy.label().split(" ", 1)[0]
-        slug = re.sub(r"[^a-z0-9._-]+", "-", f"{stem}-{extra}-n{self.strategy.n}".lower())
-        return f"{slug.strip('-')}-{digest}"
+        text = f"{stem}-{extra}-n{self.strategy.n}"
+        if self.budget is not None:
+            text += f"-b{self.budget}"
+        return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-")
+
+    def run_name(self) -> str:
+        """``<slug>-<hash>``: readable, and unique to the configuration."""
+        blob = json.dumps({"dataset": self.dataset, **self.config()}, sort_keys=True)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
+        return f"{self.slug()}-{digest}"
+
+    def question_budget(self) -> Budget | None:
+        """The budget each question's strategy runs under: ``budget`` generated tokens."""
+        from ttc.runtime.budget import Budget
+
+        return Budget(completion_tokens=self.budget) if self.budget is not None else None
 
 
 @dataclass(frozen=True)
@@ -260,6 +290,14 @@ def _int(path: Path, key: str, value: object, *, minimum: int = 1) -> int:
     return value
 
 
+def _budgets(path: Path, key: str, value: object) -> tuple[int, ...]:
+    """Per-question budgets: positive integers (generated tokens), each once."""
+    items = tuple(_int(path, key, v) for v in _as_list(path, key, value))
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{path}: {key} lists a budget twice: {list(items)}")
+    return items
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Read and check an experiment file; ``ConfigError`` names the first bad key."""
     path = Path(path)
@@ -289,7 +327,8 @@ def load_experiment(path: str | Path) -> Experiment:
         isinstance(temperature, bool) or not isinstance(temperature, (int, float))
     ):
         raise ConfigError(f"{path}: temperature must be a number, got {temperature!r}")
-    specs: list[StrategySpec] = []
+    budgets = _budgets(path, "budgets", raw["budgets"]) if "budgets" in raw else None
+    specs: list[tuple[StrategySpec, tuple[int, ...] | None]] = []
     for i, table in enumerate(tables, 1):
         where = f"{path}: [[strategy]] #{i}"
         table = dict(table)
@@ -297,6 +336,10 @@ def load_experiment(path: str | Path) -> Experiment:
         if not isinstance(name, str):
             raise ConfigError(f"{where}: needs name = one of the strategies")
         ns = _as_list(path, "n", table.pop("n", 16))
+        own = table.pop("budgets", None)
+        spec_budgets = (
+            _budgets(path, f"[[strategy]] #{i} budgets", own) if own is not None else budgets
+        )
         prm = table.pop("prm", None)
         prm_options = table.pop("prm_options", None)
         if prm is not None and not isinstance(prm, str):
@@ -305,13 +348,18 @@ def load_experiment(path: str | Path) -> Experiment:
             raise ConfigError(f"{where}: prm_options must be a table")
         for n in ns:
             try:
-                specs.append(
-                    StrategySpec.of(name, n=n, params=table, prm=prm, prm_options=prm_options)
-                )
+                spec = StrategySpec.of(name, n=n, params=table, prm=prm, prm_options=prm_options)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
+            if spec.info.shared_budget and spec_budgets is not None:
+                raise ConfigError(
+                    f"{where}: {name} spends budget_tokens over all of a cell's questions, so "
+                    "per-question budgets do not apply to it: give budgets in the other "
+                    "[[strategy]] tables instead of at the top"
+                )
+            specs.append((spec, spec_budgets))
     budget = raw.get("budget_tokens")
-    shared = next((s.name for s in specs if s.info.shared_budget), None)
+    shared = next((s.name for s, _ in specs if s.info.shared_budget), None)
     if shared is not None and budget is None:
         raise ConfigError(
             f"{path}: strategy {shared!r} spends one budget over all of a cell's questions: "
@@ -328,10 +376,12 @@ def load_experiment(path: str | Path) -> Experiment:
             levels=levels,
             per_level=per_level,
             limit=limit,
+            budget=per_question,
         )
         for dataset in datasets
         for model in models
-        for spec in specs
+        for spec, spec_budgets in specs
+        for per_question in (spec_budgets or (None,))
     )
     out = Path(str(raw.get("out", "results")))  # relative to where ttc runs, like --out
     return Experiment(
@@ -378,10 +428,17 @@ async def run_experiment(
             fitted, llm = pair
             data = dataclasses.replace(data, spec=fitted.spec)
             params, step_format = sampling(data, llm, cell.temperature, cell.max_tokens, cell.seed)
-            make = spec_strategy(cell.strategy, params=params, step_format=step_format)
+            make = spec_strategy(
+                cell.strategy,
+                params=params,
+                step_format=step_format,
+                budget=cell.question_budget(),
+            )
             solver = Solver(model=llm, strategy=make, config=cell.config())
+            stored = {"dataset": data.name, "format": data.spec.name, **cell.config()}
+            run = resumed_name(experiment.out, cell, stored)
             if progress is not None:
-                progress.note(f"cell {index}/{len(experiment.cells)}: {cell.run_name()}")
+                progress.note(f"cell {index}/{len(experiment.cells)}: {run}")
             budget = (
                 Budget(tokens=experiment.budget_tokens)
                 if experiment.budget_tokens is not None
@@ -392,7 +449,7 @@ async def run_experiment(
                     data,
                     solver,
                     experiment.out,
-                    run=cell.run_name(),
+                    run=run,
                     concurrency=experiment.concurrency,
                     budget=budget,
                     progress=progress,
@@ -403,6 +460,30 @@ async def run_experiment(
             if llm not in given.values():
                 await llm.aclose()
     return summaries
+
+
+def resumed_name(out: Path, cell: Cell, config: Mapping[str, Any]) -> str:
+    """The run ``cell`` is stored under in ``out``: its ``run_name``, or the run an older
+    ttc stored for the same cell. That one has the same slug but another hash, because the
+    cell's configuration has gained keys since (parameters the registry lists now, stored
+    without them); it is resumed when its configuration matches once upgraded
+    (``ttc.strategies.registry.upgrade_config``: the new keys at their defaults)."""
+    from ttc.eval.store import ResultsStore
+
+    name = cell.run_name()
+    try:
+        store = ResultsStore(out, readonly=True)
+    except ConfigError:  # nothing stored yet
+        return name
+    with store:
+        runs = [info.name for info in store.runs()]
+        if name in runs:
+            return name
+        pattern = re.compile(re.escape(cell.slug()) + r"-[0-9a-f]{8}")
+        for other in runs:
+            if pattern.fullmatch(other) and store.matches(other, config, upgrade_config):
+                return other
+    return name
 
 
 def describe(cells: Sequence[Cell]) -> list[Mapping[str, Any]]:

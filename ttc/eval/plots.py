@@ -66,6 +66,8 @@ def plot_coverage(reports: Sequence[RunReport], folder: str | Path) -> list[Path
         top = 1
         highest = 0.0
         for index, report in enumerate(reports):
+            if not report.samples_are_draws:  # a search's beams are not samples
+                continue
             colour = f"C{index % 10}"
             ks = sorted(report.coverage)
             top = max(top, ks[-1] if ks else 1)
@@ -119,6 +121,8 @@ def plot_accuracy_vs_compute(
             ]
             if report.weighted:
                 curves.append(("weighted vote", report.weighted, ":"))
+            if not report.samples_are_draws:  # a search: only its own point
+                curves = []
             for name, curve, style in curves:
                 ks = [k for k in sorted(curve) if cost.get(k, 0) > 0]
                 if not ks:
@@ -187,8 +191,10 @@ def _title(reports: Sequence[RunReport], what: str) -> str:
 
 def write_plots(reports: Sequence[RunReport], folder: str | Path) -> list[Path]:
     """Every plot for ``reports`` into ``folder``: coverage, accuracy vs tokens, and accuracy
-    vs USD when some run cost money. Returns the files written."""
-    paths = plot_coverage(reports, folder)
+    vs USD when some run cost money. Returns the files written. Coverage is drawn for runs of
+    independent samples only (a search's beams are not: ``RunReport.samples_are_draws``)."""
+    draws = [r for r in reports if r.samples_are_draws]
+    paths = plot_coverage(draws, folder) if draws else []
     paths += plot_accuracy_vs_compute(reports, folder)
     if any(r.priced for r in reports):
         paths += plot_accuracy_vs_compute(reports, folder, usd=True)

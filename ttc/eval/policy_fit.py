@@ -53,6 +53,7 @@ _NOT_STRATEGY = frozenset(
         "max_tokens",
         "seed",
         "dataset",
+        "format",
         "run",
         "levels",
         "per_level",

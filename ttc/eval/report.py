@@ -9,7 +9,7 @@ of that run cost on average.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from ttc.eval.metrics import majority_at_k_curve, vote_groups, weighted_vote_at_
 from ttc.eval.store import QuestionRecord, ResultsStore
 from ttc.scoring.extract import normalize_answer
 from ttc.scoring.pass_k import pass_at_k
+from ttc.strategies.registry import STRATEGIES
 from ttc.types import Candidate
 
 __all__ = ["LevelRow", "RunReport", "build_report", "format_cost", "load_reports", "report_ks"]
@@ -94,11 +95,21 @@ class RunReport:
 
     @property
     def label(self) -> str:
-        """A short legend label: strategy, n and model where the config has them."""
+        """A short legend label: strategy, n, the per-question budget and model where the
+        config has them."""
         parts = [str(self.config[k]) for k in ("strategy", "model") if k in self.config]
         if "n" in self.config:
             parts.insert(1 if parts else 0, f"n={self.config['n']}")
+        if self.config.get("budget") is not None:
+            parts.insert(2 if len(parts) > 1 else len(parts), f"budget={self.config['budget']}")
         return " ".join(parts) or self.run
+
+    @property
+    def samples_are_draws(self) -> bool:
+        """Whether the candidates are independent samples, so that pass@k and votes over k
+        of them mean something: not for the step-wise searches, whose candidates are the
+        finished beams of one search (they share prefixes and were chosen by the PRM)."""
+        return not is_search(self.config)
 
     @property
     def priced(self) -> bool:
@@ -114,6 +125,13 @@ def format_cost(
     if any(True for _ in unpriced):
         return f"≥ {unit}{cost_usd:.{digits}f}" if cost_usd > 0 else "unpriced"
     return f"{unit}{cost_usd:.{digits}f}"
+
+
+def is_search(config: Mapping[str, Any]) -> bool:
+    """Whether a stored run's configuration names a step-wise search (``beam-prm``,
+    ``lookahead``, ``dvts``)."""
+    info = STRATEGIES.get(str(config.get("strategy")))
+    return info is not None and info.search
 
 
 def report_ks(n: int) -> list[int]:

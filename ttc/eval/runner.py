@@ -32,6 +32,7 @@ from ttc.eval.solver import EvalLedger, Outcome, Solver
 from ttc.eval.store import ResultsStore
 from ttc.runtime.budget import Budget
 from ttc.runtime.context import run_scope
+from ttc.strategies.registry import upgrade_config
 from ttc.types import Usage
 
 __all__ = ["EvalSummary", "Progress", "default_run_name", "evaluate"]
@@ -195,6 +196,8 @@ async def evaluate(
     name = run or default_run_name(dataset, config)
     started = time.perf_counter()
     with ResultsStore(out, check=True) as store:
+        if resume:  # a run stored before the registry listed some parameter
+            store.upgrade_run(name, config, upgrade_config)
         store.open_run(name, config, resume=resume)
         done = store.fingerprints(name)
         _check_same_questions(store, name, dataset, done)

@@ -126,9 +126,12 @@ def spec_strategy(
     *,
     params: SamplingParams | None = None,
     step_format: StepFormat | None = None,
+    budget: Budget | None = None,
 ) -> SpecStrategy:
-    """The factory for a checked ``StrategySpec``; it pickles (Ray)."""
-    return SpecStrategy(spec, params, step_format)
+    """The factory for a checked ``StrategySpec``; it pickles (Ray). ``budget`` is each
+    question's own (the strategy's ``budget=``): a question it stops is stored with the
+    best answer so far, marked ``stopped_by="budget"``."""
+    return SpecStrategy(spec, params, step_format, budget)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ class SpecStrategy:
     spec: registry.StrategySpec
     params: SamplingParams | None = None
     step_format: StepFormat | None = None
+    budget: Budget | None = None
 
     def __call__(self, model: Model, question: Question) -> Strategy:
         context = registry.BuildContext(
@@ -147,6 +151,7 @@ class SpecStrategy:
             extract=question.extract,
             params=self.params,
             step_format=self.step_format,
+            extra={"budget": self.budget} if self.budget is not None else {},
         )
         return registry.build_strategy(self.spec, model, context)
 
@@ -170,6 +175,7 @@ class EvalLedger(Ledger):
             self.spent_tokens = spent.total_tokens
             self.spent_usd = spent.cost_usd
             self.spent_requests = spent.requests
+            self.spent_completion_tokens = spent.completion_tokens
 
     def _check(self, charge: Charge) -> None:
         try:
@@ -231,7 +237,7 @@ async def solve_question(
             result = await strategy.run(question.prompt)
         except BudgetExceeded as exc:  # a strategy with on_budget="raise"
             own = strategy is not None and strategy.budget is not None
-            if exc.result is None or _run_budget_spent(ledger, strategy_budget=own):
+            if exc.result is None or _run_budget_spent(ledger, own, exc.scope):
                 return Outcome(example.id, "incomplete", scope.usage.snapshot(), error=str(exc))
             result = exc.result
         except (TTCError, ValueError) as exc:
@@ -241,8 +247,10 @@ async def solve_question(
             fatal = fails_every_question(exc)
             error = _failure(example, exc)
             return Outcome(example.id, "failed", scope.usage.snapshot(), error=error, fatal=fatal)
+        own = strategy is not None and strategy.budget is not None
+        stop = result.budget_stop
         if result.stopped_by == "budget" and _run_budget_spent(
-            ledger, strategy_budget=strategy is not None and strategy.budget is not None
+            ledger, own, stop.scope if stop is not None else None
         ):
             error = "; ".join(result.errors) or "budget"
             return Outcome(example.id, "incomplete", scope.usage.snapshot(), error=error)
@@ -277,14 +285,15 @@ async def judged_outcome(
     return Outcome(example.id, "done", usage(), record=record)
 
 
-def _run_budget_spent(ledger: EvalLedger | None, *, strategy_budget: bool) -> bool:
+def _run_budget_spent(ledger: EvalLedger | None, strategy_budget: bool, scope: str | None) -> bool:
     """Whether a budget stop came from a budget of the whole run (the evaluation's, or a
-    model's own) rather than from the strategy's per-question budget."""
+    model's own) rather than from the strategy's per-question budget: only a stop by the
+    question's own budget (scope ``"run"``, the strategy's run) is an answer to store."""
     if ledger is not None:
         left = ledger.remaining_seconds()
         if ledger.exhausted is not None or (left is not None and left <= 0):
             return True
-    return not strategy_budget
+    return not strategy_budget or (scope is not None and scope != "run")
 
 
 async def _judge(result: Result, question: Question) -> bool:

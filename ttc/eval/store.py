@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,21 @@ class DamagedStoreError(ConfigError):
         )
         self.path = path
         self.detail = detail
+
+
+Upgrade = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+"""Reads a configuration stored by an older version in today's shape."""
+
+
+def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` as it reads back from the store (JSON)."""
+    loaded: dict[str, Any] = json.loads(json.dumps(dict(config), default=str))
+    return loaded
+
+
+def _differ(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """The settings two configurations disagree on, sorted."""
+    return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
 
 
 def _sqlite_header(db: Path) -> bool:
@@ -264,8 +279,9 @@ class ResultsStore:
         """Start or continue run ``name``; returns how many questions it has stored.
 
         With ``resume``, a run stored under the same name must have the same configuration
-        (else ``ConfigError`` says which setting differs: pick another name). Without it, the
-        run's stored questions are deleted first.
+        (else ``ConfigError`` says which setting differs: pick another name; ``upgrade_run``
+        first lets a run stored by an older version resume). Without it, the run's stored
+        questions are deleted first.
         """
         if not name or not name.strip():
             raise ConfigError("a run needs a non-empty name")
@@ -275,7 +291,7 @@ class ResultsStore:
         if row is not None and resume:
             stored = json.loads(row[0])
             wanted = json.loads(config_json)
-            differ = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+            differ = _differ(stored, wanted)
             if differ:
                 key = differ[0]
                 raise ConfigError(
@@ -293,6 +309,29 @@ class ResultsStore:
                 (name, config_json, time.time()),
             )
         return 0
+
+    def matches(self, name: str, config: Mapping[str, Any], upgrade: Upgrade | None = None) -> bool:
+        """Whether run ``name`` is stored with ``config`` (the stored one read through
+        ``upgrade``, if given)."""
+        rows = self._rows("SELECT config FROM runs WHERE name = ?", (name,))
+        if not rows:
+            return False
+        stored = json.loads(rows[0][0])
+        if upgrade is not None:
+            stored = upgrade(stored)
+        return not _differ(_plain(stored), _plain(config))
+
+    def upgrade_run(self, name: str, config: Mapping[str, Any], upgrade: Upgrade) -> bool:
+        """Let run ``name``, stored by an older version, resume with today's ``config``: if
+        its stored configuration differs but matches once read through ``upgrade`` (e.g.
+        ``ttc.strategies.registry.upgrade_config``: parameters listed since, at their
+        defaults), store ``config`` in its place. Returns whether it did."""
+        if self.matches(name, config) or not self.matches(name, config, upgrade):
+            return False
+        config_json = json.dumps(dict(config), sort_keys=True, default=str)
+        with self._transaction():
+            self._db.execute("UPDATE runs SET config = ? WHERE name = ?", (config_json, name))
+        return True
 
     def runs(self) -> list[RunInfo]:
         """Every run in the folder, oldest first."""

@@ -39,6 +39,9 @@ class Budget(Settings):
     """Hard limits. ``None`` means no limit.
 
     - ``tokens``: prompt plus completion tokens;
+    - ``completion_tokens``: generated tokens only (prompts free): what "accuracy against
+      generated tokens" compares, and a step-wise search re-reading its prefixes is not
+      charged for the re-reading;
     - ``usd``: cost from the price table (a model with no known price cannot be charged against
       a USD limit, and is refused with a clear error);
     - ``requests``: requests sent, retries included;
@@ -53,6 +56,7 @@ class Budget(Settings):
     usd: Float | None = Field(None, ge=0)
     requests: Int | None = Field(None, ge=0)
     seconds: Float | None = Field(None, gt=0)
+    completion_tokens: Int | None = Field(None, ge=0)
 
 
 class Charge(NamedTuple):
@@ -61,9 +65,10 @@ class Charge(NamedTuple):
     tokens: int = 0
     usd: float = 0.0
     requests: int = 0
+    completion_tokens: int = 0
 
 
-_LIMITS = ("tokens", "usd", "requests")
+_LIMITS = ("tokens", "usd", "requests", "completion_tokens")
 
 # Guards every ledger's counters and waiters: check-and-reserve and settle are atomic across
 # threads. Held only for synchronous bookkeeping (never across an ``await``), so uncontended on
@@ -110,9 +115,11 @@ class Ledger:
         self.spent_tokens = 0
         self.spent_usd = 0.0
         self.spent_requests = 0
+        self.spent_completion_tokens = 0
         self.reserved_tokens = 0
         self.reserved_usd = 0.0
         self.reserved_requests = 0
+        self.reserved_completion_tokens = 0
         self.started_at: float | None = None
         #: Requests waiting for a settlement: each a future on its own event loop.
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -165,11 +172,13 @@ class Ledger:
         self.reserved_tokens += sign * charge.tokens
         self.reserved_usd += sign * charge.usd
         self.reserved_requests += sign * charge.requests
+        self.reserved_completion_tokens += sign * charge.completion_tokens
 
     def _add_spent(self, charge: Charge) -> None:
         self.spent_tokens += charge.tokens
         self.spent_usd += charge.usd
         self.spent_requests += charge.requests
+        self.spent_completion_tokens += charge.completion_tokens
 
     def _notify(self) -> None:
         """Wake every waiter, each on its own loop (called with ``_lock`` held)."""
@@ -209,7 +218,9 @@ class Ledger:
     @property
     def spent(self) -> Charge:
         """What settled requests have cost so far (reservations not included)."""
-        return Charge(self.spent_tokens, self.spent_usd, self.spent_requests)
+        return Charge(
+            self.spent_tokens, self.spent_usd, self.spent_requests, self.spent_completion_tokens
+        )
 
     def would_exceed(self, charge: Charge) -> bool:
         """Whether reserving ``charge`` now would pass a limit (or the clock has run out)."""
@@ -233,10 +244,13 @@ class Ledger:
         raise NotImplementedError(f"{type(self).__name__} is not a remote ledger")
 
     def __repr__(self) -> str:
-        return (
-            f"Ledger({self.scope!r}, spent={self.spent}, reserved="
-            f"{Charge(self.reserved_tokens, self.reserved_usd, self.reserved_requests)})"
+        reserved = Charge(
+            self.reserved_tokens,
+            self.reserved_usd,
+            self.reserved_requests,
+            self.reserved_completion_tokens,
         )
+        return f"Ledger({self.scope!r}, spent={self.spent}, reserved={reserved})"
 
 
 class Reservation:

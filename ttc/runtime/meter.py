@@ -204,7 +204,9 @@ class MeteredRequest:
             if undelivered:
                 self._reservation.settle(worst)
             else:
-                self._reservation.settle(Charge(prompt_tokens + completion_tokens, cost or 0.0, 1))
+                self._reservation.settle(
+                    Charge(prompt_tokens + completion_tokens, cost or 0.0, 1, completion_tokens)
+                )
                 rate_limiter.refund(worst.tokens - prompt_tokens - completion_tokens)
                 if self._rate_limits is not None:
                     # After the refund: what the provider says remains has the last word.

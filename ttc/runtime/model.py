@@ -441,7 +441,7 @@ class Model(ABC):
                         except ProviderError as exc:
                             got = await self._retry_after(exc, self._attempt, request)
                 except BudgetExceeded as exc:
-                    if request.n == 1 or exc.limit not in ("tokens", "usd"):
+                    if request.n == 1 or exc.limit not in ("tokens", "completion_tokens", "usd"):
                         raise
                     # The whole chunk's worst case does not fit: smaller chunks may.
                     await self._split(request, on_completions, collected, failures, first_sample)
@@ -668,7 +668,7 @@ class Model(ABC):
     def _worst_case(self, request: GenerateRequest, prompt_bound: int) -> Charge:
         out = request.params.max_tokens * request.n
         usd = self.price.cost(prompt_bound, out) if self.price is not None else 0.0
-        return Charge(prompt_bound + out, usd, 1)
+        return Charge(prompt_bound + out, usd, 1, out)
 
     async def _attempt(self, request: GenerateRequest, attempt: int) -> list[Completion]:
         """One request on the wire, metered (``ttc.runtime.meter``)."""

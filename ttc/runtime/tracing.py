@@ -82,7 +82,7 @@ class Instrumentation:
         span = self.tracer.start_span(f"ttc.run {name}", attributes=_run_attributes(strategy))
         used = budget if budget is not None else getattr(strategy, "budget", None)
         if used is not None:
-            for limit in ("tokens", "usd", "requests", "seconds"):
+            for limit in ("tokens", "completion_tokens", "usd", "requests", "seconds"):
                 value = getattr(used, limit, None)
                 if value is not None:
                     span.set_attribute(f"ttc.budget.{limit}", value)

@@ -380,7 +380,7 @@ class SQLiteKeyStore(KeyStore):
                 "UPDATE spend SET tokens = tokens + ?, usd = usd + ?, requests = requests + ?, "
                 "r_tokens = r_tokens + ?, r_usd = r_usd + ?, r_requests = r_requests + ? "
                 "WHERE key_id = ? AND bucket = ?",
-                (*amount, *amount, key.id, bucket),
+                (*_row(amount), *_row(amount), key.id, bucket),
             )
             return Hold(key, bucket, amount)
 
@@ -395,7 +395,7 @@ class SQLiteKeyStore(KeyStore):
                 "UPDATE spend SET tokens = tokens + ?, usd = usd + ?, requests = requests + ?, "
                 "r_tokens = r_tokens - ?, r_usd = r_usd - ?, r_requests = r_requests - ? "
                 "WHERE key_id = ? AND bucket = ?",
-                (*delta, *hold.reserved, hold.key.id, hold.bucket),
+                (*delta, *_row(hold.reserved), hold.key.id, hold.bucket),
             )
             row = self._db.execute(
                 "SELECT tokens, usd, requests FROM spend WHERE key_id = ? AND bucket = ?",
@@ -422,6 +422,11 @@ class SQLiteKeyStore(KeyStore):
     async def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _row(charge: Charge) -> tuple[int, float, int]:
+    """The tokens, USD and requests a key's row keeps (a ``Charge`` holds more)."""
+    return charge.tokens, charge.usd, charge.requests
 
 
 def _delta(hold: Hold, actual: Charge) -> tuple[int, float, int]:

@@ -118,7 +118,7 @@ def check_n(n: int) -> int:
 
 def _budget_stop(exc: BudgetExceeded) -> BudgetStop | None:
     """The structured form of the budget error that stopped a run."""
-    if exc.limit not in ("tokens", "usd", "requests", "seconds"):
+    if exc.limit not in ("tokens", "completion_tokens", "usd", "requests", "seconds"):
         return None
     return BudgetStop(
         scope=exc.scope,

@@ -37,6 +37,7 @@ loads, naming the option.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -69,6 +70,7 @@ __all__ = [
     "build_strategy",
     "parse_value",
     "policy_factory",
+    "upgrade_config",
 ]
 
 Scalar = bool | int | float | str
@@ -521,6 +523,34 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\([nt\\])", lambda m: table[m.group(1)], text)
 
 
+def upgrade_config(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's configuration as an older ttc stored it, in today's shape, so that a run
+    stored before the registry listed a parameter resumes with today's configuration:
+    parameters under a former name (``final_selector``) take today's, and each parameter of
+    the strategy (and its default PRM) that the stored configuration lacks takes its
+    default, which is what the older version ran with. Anything else is left as stored, so
+    a real difference still shows. A configuration naming no known strategy is returned as
+    it is."""
+    config = dict(stored)
+    info = STRATEGIES.get(str(config.get("strategy")))
+    if info is None:
+        return config
+    for old, new in ALIASES.items():
+        if old in config and new in info.params and new not in config:
+            config[new] = config.pop(old)
+    n = config.get("n", _N.default)
+    for key, param in info.params.items():
+        if key in config:
+            continue
+        if key == "width" and isinstance(n, int) and not isinstance(n, bool):
+            config[key] = next(w for w in (4, 2, 1) if n % w == 0)
+        else:
+            config[key] = param.default
+    if "prm" not in config and (info.search or config.get("scorer") == "prm"):
+        config["prm"] = "arithmetic"
+    return config
+
+
 # --------------------------------------------------------------------------------------------
 # Building
 
@@ -759,17 +789,27 @@ def build_params(
 def policy_factory(context: BuildContext) -> Callable[[str, Mapping[str, Any], Any], Strategy]:
     """Builds the strategy a ``ComputeOptimal`` policy bin names, from the bin's parameters as
     a stored run's configuration writes them (``n``, the strategy's parameters, ``prm`` and
-    ``prm.<option>``): what ``ttc fit-policy`` puts in a policy."""
+    ``prm.<option>``, and ``budget``: the generated tokens a question, which the strategy
+    then runs under, as the experiment cell it was measured on did): what ``ttc
+    fit-policy`` puts in a policy."""
+    from ttc.runtime.budget import Budget
     from ttc.runtime.model import Model
 
     def make(name: str, params: Mapping[str, Any], source: Any) -> Strategy:
         options = {k: v for k, v in params.items() if v is not None}
         n = options.pop("n", 16)
         prm = options.pop("prm", None)
+        budget = options.pop("budget", None)
         prm_options = {k[4:]: options.pop(k) for k in list(options) if k.startswith("prm.")}
         spec = StrategySpec.of(name, n=n, params=options, prm=prm, prm_options=prm_options)
         if not isinstance(source, Model):
             raise ConfigError(f"strategy {name!r} in a policy needs a model as its source")
-        return build_strategy(spec, source, context)
+        built = context
+        if budget is not None:
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+                raise ConfigError(f"budget: expected a positive integer, got {budget!r}")
+            extra = {**context.extra, "budget": Budget(completion_tokens=budget)}
+            built = dataclasses.replace(context, extra=extra)
+        return build_strategy(spec, source, built)
 
     return make
