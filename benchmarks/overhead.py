@@ -10,6 +10,7 @@ be in flight at once. The fake provider runs in its own process, so the client's
     python benchmarks/overhead.py --layers   # where ttc's CPU goes: adapter, runtime, strategy
     python benchmarks/overhead.py --rows native256 10k --repeats 3   # only these sections
     python benchmarks/overhead.py --rows 10k --gc freeze   # the collector tuned (both rows)
+    python benchmarks/overhead.py --rows response   # one n = 256 response's work, in process
 
 Rows:
 - best-of-16 x 50 prompts, native n (one request a prompt): bare aiohttp, ttc ``OpenAI`` preset;
@@ -35,7 +36,9 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -51,7 +54,10 @@ import overhead_others  # ttc-free, so it also runs beside its-hub
 from ttc import BestOfN, SamplingParams
 from ttc.adapters import Groq, LiteLLM, OpenAI, OpenAICompatible
 from ttc.runtime.model import Capabilities, Model
-from ttc.types import GenerateRequest
+from ttc.scoring.extract import extract_answer
+from ttc.scoring.selectors import MajorityVote
+from ttc.testing.fake_provider import default_reply
+from ttc.types import GenerateRequest, Result, candidates
 
 LATENCY = overhead_others.LATENCY  # the fake provider answers after this
 PROMPTS = [f"Question {i}: what is {i} * {i + 7}?" for i in range(50)]
@@ -480,6 +486,67 @@ async def section_10k(repeats: int) -> list[Row]:
     return rows
 
 
+def _response_body(n: int, distinct: bool) -> bytes:
+    """A chat-completions response of ``n`` choices, as the fake provider writes them."""
+    rng = random.Random(0)
+    prompt = PROMPTS[3]
+    texts = [
+        (f"Sample {i}. " if distinct else "") + default_reply(prompt, i, rng) for i in range(n)
+    ]
+    choices = [
+        {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+        for i, t in enumerate(texts)
+    ]
+    usage = {"prompt_tokens": 12, "completion_tokens": 20 * n, "total_tokens": 12 + 20 * n}
+    return json.dumps({"model": "m", "choices": choices, "usage": usage}).encode()
+
+
+async def section_response(repeats: int) -> list[Row]:
+    """What one native n = 256 response costs the client once it has arrived, in process: the
+    floor decodes the JSON and lists the texts; ttc also parses the choices, builds the
+    candidates (extracting answers), votes and makes the ``Result``. No network and no other
+    process: the minimum of many short runs is steady even on a shared machine (and leaves
+    the collector out: a run without a collection is the fastest). ``repeats`` x 100 runs."""
+    n = 256
+    caps = Capabilities(native_n=True, max_n=n)
+    model = OpenAICompatible("m", base_url="http://127.0.0.1:9/v1", api_key="k", capabilities=caps)
+    request = GenerateRequest(prompt=PROMPTS[3], params=PARAMS, n=n)
+    selector = MajorityVote()
+
+    def floor(raw: bytes) -> None:
+        data = json.loads(raw)
+        [c["message"]["content"] for c in data["choices"]]
+
+    def ttc(raw: bytes) -> None:
+        got = model._parse(json.loads(raw), request, None)
+        model._completion_tokens(request, got)
+        made = candidates(got.completions, extract_answer)
+        chosen = selector.select(made)
+        Result(answer=chosen.answer, best=chosen.best, candidates=made, votes=chosen.votes)
+
+    def fastest(work: Callable[[bytes], None], raw: bytes) -> float:
+        best = math.inf
+        for _ in range(repeats * 100):
+            c0 = time.process_time()
+            work(raw)
+            best = min(best, time.process_time() - c0)
+        return best * 1e6
+
+    rows = []
+    for distinct in (False, True):
+        kind = ", distinct texts" if distinct else ""
+        raw = _response_body(n, distinct)
+        ttc(raw)  # warm: the extraction caches, as after the first of many responses
+        bare, ours = fastest(floor, raw), fastest(ttc, raw)
+        pair = [
+            Row(f"bare, one n={n} response in process{kind}", 1, bare / 1e6, bare, 0, n),
+            Row(f"ttc, one n={n} response in process{kind}", 1, ours / 1e6, ours, 0, n),
+        ]
+        pair[1].floor = pair[0]
+        rows += pair
+    return rows
+
+
 SECTIONS: dict[str, Callable[[int], Awaitable[list[Row]]]] = {
     "bo16": section_best_of_16,
     "2k": section_cpu_per_request,
@@ -491,6 +558,7 @@ SECTIONS: dict[str, Callable[[int], Awaitable[list[Row]]]] = {
     "10k": section_10k,
     "layers": section_layers,
     "tracing": lambda r: _section_tracing(r),
+    "response": section_response,
 }
 DEFAULT = ["bo16", "2k", "native64", "native256", "native256d", "fanout64", "fanout256", "10k"]
 GC_MODE = "default"

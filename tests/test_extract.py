@@ -176,12 +176,11 @@ _PHRASE_PARTS += ["**", "#", ">", " ", "  ", "\n", "\t", "x", "42", "answers", "
 def test_the_answer_scan_starting_at_the_first_answer_finds_what_a_full_scan_finds(
     text: str,
 ) -> None:
-    """``_answer_matches`` skips the text before the first "answer" could start; that must
-    never lose or change a match."""
-    from ttc.scoring.extract import _ANSWER_IS, _answer_matches
+    """``_answer_lines`` skips the text before the first "answer" could start, and searches a
+    text with one "answer" once; that must never lose or change a match."""
+    from ttc.scoring.extract import _ANSWER_IS, _answer_lines
 
-    full = [(m.start(), m.group(1)) for m in _ANSWER_IS.finditer(text)]
-    assert [(m.start(), m.group(1)) for m in _answer_matches(text)] == full
+    assert _answer_lines(text) == [m.group(1) for m in _ANSWER_IS.finditer(text)]
 
 
 def _extract_by_full_scan(text: str) -> str | None:
@@ -248,10 +247,9 @@ def test_extract_answer_on_any_text_finds_what_a_full_scan_finds(text: str) -> N
 
 
 def test_a_long_answer_line_is_read_the_same_and_not_cached() -> None:
-    from ttc.scoring.extract import _cached_read_phrase, _clean_phrase
+    from ttc.scoring.extract import _cached_line_answer
 
     text = "So the answer is " + "a very long sentence, " * 40 + "and so 42 apples"
-    before = (_clean_phrase.cache_info().currsize, _cached_read_phrase.cache_info().currsize)
+    before = _cached_line_answer.cache_info().currsize
     assert extract_answer(text) == _extract_by_full_scan(text) == "42"
-    after = (_clean_phrase.cache_info().currsize, _cached_read_phrase.cache_info().currsize)
-    assert after == before
+    assert _cached_line_answer.cache_info().currsize == before

@@ -9,14 +9,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from ttc import BestOfN, SamplingParams
 from ttc.adapters import OpenAICompatible
 from ttc.runtime.model import Capabilities
 from ttc.runtime.retry import RetryPolicy
 from ttc.scoring.extract import extract_answer
-from ttc.types import Candidate, Completion, TokenLogprob
+from ttc.types import Candidate, Completion, TokenLogprob, _defaults, candidates
 
 pytestmark = pytest.mark.anyio
 
@@ -79,6 +79,75 @@ def test_a_candidate_answer_that_is_not_a_str_is_still_refused() -> None:
 
     tagged = Tagged.from_completion(completion, "4")
     assert isinstance(tagged, Tagged) and tagged.tag == "t" and tagged.answer == "4"
+
+
+def test_trusted_construction_starts_from_every_field_of_the_model() -> None:
+    """The trusted paths fill in a copy of the model's defaults, so a field added to
+    ``Candidate`` or ``Completion`` can never be left out of them (it used to be a hand-written
+    list in ``from_completion``)."""
+
+    class Model(BaseModel):
+        required: str
+        plain: int = 3
+        made: dict[str, int] = Field(default_factory=dict)
+        mutable: list[int] = [1]  # pydantic copies it for each instance
+        described: str | None = Field(None, description="d")
+
+    template, factories = _defaults(Model)
+    assert list(template) == list(Model.model_fields)
+    built = dict(template, required="r")
+    for name, factory in factories:
+        built[name] = factory()
+    assert built == Model(required="r").model_dump()
+    first, second = factories[1][1](), factories[1][1]()
+    assert first == [1] and first is not second  # its own copy each time
+    for model in (Candidate, Completion):
+        assert list(_defaults(model)[0]) == list(model.model_fields)
+
+
+def test_candidates_of_completions_are_the_validated_ones_field_for_field() -> None:
+    completions = [
+        Completion.parsed("so 4", "stop", 3, "m"),
+        Completion.parsed("so 5", "length", None, "m"),
+        Completion.parsed("so 4", "stop", 3, "m"),
+    ]
+    calls: list[str] = []
+
+    def extract(text: str) -> str | None:
+        calls.append(text)
+        return text.removeprefix("so ")
+
+    made = candidates(completions, extract)
+    expected = [
+        Candidate(
+            text=c.text,
+            answer=c.text[3:],
+            finish_reason=c.finish_reason,
+            completion_tokens=c.completion_tokens,
+            model=c.model,
+        )
+        for c in completions
+    ]
+    assert made == expected
+    assert [c.model_dump() for c in made] == [c.model_dump() for c in expected]
+    assert [c.model_fields_set for c in made] == [c.model_fields_set for c in expected]
+    assert [list(c.__dict__) for c in made] == [list(Candidate.model_fields)] * 3
+    assert calls == ["so 4", "so 5"]  # once per distinct text
+    assert pickle.loads(pickle.dumps(made)) == expected
+    made[0].scores["judge"] = 1.0
+    made[0].steps = ["a"]
+    assert made[2].scores == {} and made[2].steps is None  # nothing shared between them
+    assert "steps" in made[0].model_fields_set and "steps" not in made[2].model_fields_set
+    many = Completion.parsed_many(["a", "b"], ["stop", "length"], None, "m")
+    assert many == [
+        Completion(text="a", finish_reason="stop", model="m"),
+        Completion(text="b", finish_reason="length", model="m"),
+    ]
+
+
+def test_an_extractor_that_returns_no_str_is_refused_by_validation() -> None:
+    with pytest.raises(ValidationError, match="answer"):
+        candidates([Completion.parsed("so 4", "stop", None, "m")], lambda _: 4)  # type: ignore[arg-type, return-value]
 
 
 class _Server:

@@ -9,7 +9,9 @@ are shared between tasks are frozen.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from copy import deepcopy
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -33,13 +35,36 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-# Trusted construction (``Completion.parsed``, ``Candidate.from_completion``): what
-# ``model_construct`` does, minus its generality. An instance gets its field dict (every field,
-# in declaration order) and pydantic's three other slots directly, with no validation: only for
-# values ttc has already checked, once per sample on the hot path. What users construct keeps
-# going through validation.
+# Trusted construction (``Completion.parsed``, ``Candidate.from_completion``, ``candidates``):
+# what ``model_construct`` does, minus its generality. An instance gets its field dict (every
+# field, in declaration order) and pydantic's three other slots directly, through the slots'
+# own setters (cheaper than ``object.__setattr__`` by name), with no validation: only for values
+# ttc has already checked, once per sample on the hot path. What users construct keeps going
+# through validation.
 _new = object.__new__
-_set_slot = object.__setattr__
+_set_dict = vars(BaseModel)["__dict__"].__set__
+_set_fields_set = vars(BaseModel)["__pydantic_fields_set__"].__set__
+_set_extra = vars(BaseModel)["__pydantic_extra__"].__set__
+_set_private = vars(BaseModel)["__pydantic_private__"].__set__
+
+
+def _defaults(model: type[BaseModel]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
+    """A model's fields at their defaults, in declaration order (a required field as ``None``,
+    for the caller to fill), and the fields whose default comes from a factory: a trusted
+    construction starts from a copy of these, so a field added to the model is never missed."""
+    template: dict[str, Any] = {}
+    factories: list[tuple[str, Any]] = []
+    for name, info in model.model_fields.items():
+        template[name] = None
+        if info.default_factory is not None:
+            factories.append((name, info.default_factory))
+        elif not info.is_required():
+            try:
+                hash(info.default)
+                template[name] = info.default
+            except TypeError:  # a mutable default: each instance gets its own copy
+                factories.append((name, partial(deepcopy, info.default)))
+    return template, tuple(factories)
 
 
 class _FrozenSettings(Settings):
@@ -163,27 +188,52 @@ class Completion(_Frozen):
         again: at hundreds of samples a response, validation cost more than all the rest of a
         sample's handling. Everything else constructs ``Completion(...)``."""
         obj = _new(cls)  # trusted construction (see _new)
-        _set_slot(
-            obj,
-            "__dict__",
-            {
-                "text": text,
-                "finish_reason": finish_reason,
-                "completion_tokens": completion_tokens,
-                "logprobs": logprobs,
-                "prompt_logprobs": prompt_logprobs,
-                "model": model,
-            },
-        )
+        fields = _COMPLETION_DEFAULTS.copy()
+        fields["text"] = text
+        fields["finish_reason"] = finish_reason
+        fields["completion_tokens"] = completion_tokens
+        fields["logprobs"] = logprobs
+        fields["prompt_logprobs"] = prompt_logprobs
+        fields["model"] = model
+        _set_dict(obj, fields)
         # Every field counts as set. One set for all: a frozen model never adds to it (copies
         # get their own), and a set per sample is one more object for the collector.
-        _set_slot(obj, "__pydantic_fields_set__", _COMPLETION_FIELDS)
-        _set_slot(obj, "__pydantic_extra__", None)
-        _set_slot(obj, "__pydantic_private__", None)
+        _set_fields_set(obj, _COMPLETION_FIELDS)
+        _set_extra(obj, None)
+        _set_private(obj, None)
         return obj
+
+    @classmethod
+    def parsed_many(
+        cls,
+        texts: Sequence[str],
+        finish_reasons: Sequence[FinishReason],
+        completion_tokens: int | None,
+        model: str,
+    ) -> list[Completion]:
+        """``parsed`` for many samples without logprobs (a native-n response's choices), in one
+        loop: at hundreds of samples a response, a call per sample counts."""
+        out: list[Completion] = []
+        append = out.append
+        copy = _COMPLETION_DEFAULTS.copy
+        shared = _COMPLETION_FIELDS
+        for text, finish in zip(texts, finish_reasons):
+            obj = _new(cls)  # trusted construction (see _new)
+            fields = copy()
+            fields["text"] = text
+            fields["finish_reason"] = finish
+            fields["completion_tokens"] = completion_tokens
+            fields["model"] = model
+            _set_dict(obj, fields)
+            _set_fields_set(obj, shared)
+            _set_extra(obj, None)
+            _set_private(obj, None)
+            append(obj)
+        return out
 
 
 _COMPLETION_FIELDS = set(Completion.model_fields)
+_COMPLETION_DEFAULTS, _ = _defaults(Completion)
 
 
 class Usage(_Frozen):
@@ -300,33 +350,64 @@ class Candidate(BaseModel):
                 completion_tokens=completion.completion_tokens,
                 model=completion.model,
             )
+        return candidates([completion], lambda _: answer)[0]
+
+
+_CANDIDATE_DEFAULTS, _CANDIDATE_FACTORIES = _defaults(Candidate)
+# As after Candidate(text=..., answer=..., ...): what a trusted candidate counts as set.
+_CANDIDATE_GIVEN = {"text", "answer", "finish_reason", "completion_tokens", "model"}
+_UNSEEN: Any = object()
+
+
+def candidates(
+    completions: Sequence[Completion], extract: Callable[[str], str | None]
+) -> list[Candidate]:
+    """A ``Candidate`` for each completion, with ``extract(text)`` as its answer, extracted once
+    per distinct text (an extractor is a function of its text: short answers and low
+    temperatures repeat samples, and a repeat costs a dict lookup). The completions' fields
+    were checked when they were made, so they are taken as they are, in one loop (no second
+    validation); an answer that is not a str or ``None`` goes through validation (which
+    refuses it; a str subclass is coerced)."""
+    answers: dict[str, str | None] = {}
+    seen = answers.get
+    out: list[Candidate] = []
+    append = out.append
+    copy = _CANDIDATE_DEFAULTS.copy
+    factories = _CANDIDATE_FACTORIES
+    given = _CANDIDATE_GIVEN.copy
+    for completion in completions:
         got = completion.__dict__
-        obj = _new(cls)  # trusted construction (see _new)
-        _set_slot(
-            obj,
-            "__dict__",
-            {
-                "text": got["text"],
-                "answer": answer,
-                "score": None,
-                "verified": None,
-                "scores": {},
-                "finish_reason": got["finish_reason"],
-                "completion_tokens": got["completion_tokens"],
-                "model": got["model"],
-                "steps": None,
-                "failure": None,
-            },
-        )
-        # As after Candidate(text=..., answer=..., ...); its own set, since a candidate is
-        # mutable and setting a field adds it there.
-        _set_slot(obj, "__pydantic_fields_set__", set(_CANDIDATE_GIVEN))
-        _set_slot(obj, "__pydantic_extra__", None)
-        _set_slot(obj, "__pydantic_private__", None)
-        return obj
-
-
-_CANDIDATE_GIVEN = frozenset({"text", "answer", "finish_reason", "completion_tokens", "model"})
+        text = got["text"]
+        answer = seen(text, _UNSEEN)
+        if answer is _UNSEEN:
+            answer = answers[text] = extract(text)
+        if answer is not None and type(answer) is not str:
+            append(
+                Candidate(
+                    text=text,
+                    answer=answer,
+                    finish_reason=got["finish_reason"],
+                    completion_tokens=got["completion_tokens"],
+                    model=got["model"],
+                )
+            )
+            continue
+        obj = _new(Candidate)  # trusted construction (see _new)
+        fields = copy()
+        fields["text"] = text
+        fields["answer"] = answer
+        fields["finish_reason"] = got["finish_reason"]
+        fields["completion_tokens"] = got["completion_tokens"]
+        fields["model"] = got["model"]
+        for name, factory in factories:
+            fields[name] = factory()
+        _set_dict(obj, fields)
+        # Its own set: a candidate is mutable, and setting a field adds it there.
+        _set_fields_set(obj, given())
+        _set_extra(obj, None)
+        _set_private(obj, None)
+        append(obj)
+    return out
 
 
 class TraceEvent(_Frozen):

@@ -288,19 +288,16 @@ class OpenAICompatible(Model):
     def _plain_completions(self, choices: list[Any], tokens: int | None) -> list[Completion]:
         """``_completion`` for choices with no stop strings to cut and no logprobs: the text
         and finish reason of each, checked here and not validated again."""
-        model = self.model
-        chat = self.endpoint == "chat"
         finish = _FINISH.get
-        parsed = Completion.parsed
-        out = []
-        for choice in choices:
-            text = (choice["message"].get("content") or "") if chat else choice["text"]
+        if self.endpoint == "chat":
+            texts = [choice["message"].get("content") or "" for choice in choices]
+        else:
+            texts = [choice["text"] for choice in choices]
+        for text in texts:
             if type(text) is not str:
                 raise TypeError("completion text is not a string")
-            out.append(
-                parsed(text, finish(choice.get("finish_reason") or "", "unknown"), tokens, model)
-            )
-        return out
+        finishes = [finish(choice.get("finish_reason") or "", "unknown") for choice in choices]
+        return Completion.parsed_many(texts, finishes, tokens, self.model)
 
     def _completion(
         self,

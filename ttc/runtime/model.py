@@ -727,10 +727,10 @@ class Model(ABC):
                 return sum(t for t in per if t is not None)
             return request.params.max_tokens * max(len(completions), 1)
         if len(completions) > 1:
-            floor = sum(
-                c.completion_tokens if c.completion_tokens is not None else int(bool(c.text))
-                for c in completions
-            )
+            floor = 0  # a loop, not sum() over a generator: it runs once per sample
+            for c in completions:
+                tokens = c.completion_tokens
+                floor += tokens if tokens is not None else (1 if c.text else 0)
             if self.usage_counts_one_choice or reported < floor:
                 counted = self._count_choices(completions, request.params.max_tokens)
                 if counted > reported:

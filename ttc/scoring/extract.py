@@ -210,35 +210,30 @@ _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 _ANSWER_LEAD = _WHITESPACE + ">*_#" + "thefinalTHEFINAL"
 
 
-def _answer_matches(text: str) -> list[re.Match[str]]:
-    """Every "the (final) answer is" / "Answer:" match in ``text``, in order.
+def _answer_lines(text: str) -> list[str]:
+    """What follows each "the (final) answer is" / "Answer:" match in ``text`` on its line,
+    in order.
 
-    Each contains the word "answer", so the scan starts where the first one could begin
-    rather than at the top of a long sample (ASCII texts only: their lowercase has the
-    same indices)."""
+    Each match contains the word "answer", so the scan starts where the first one could begin
+    rather than at the top of a long sample, and a text with one "answer" in it is searched
+    once for its one possible match (ASCII texts only: their lowercase has the same
+    indices)."""
     start = 0
     if text.isascii():
-        first = text.lower().find("answer")
+        lower = text.lower()
+        first = lower.find("answer")
         if first < 0:
             return []
         start = len(text[:first].rstrip(_ANSWER_LEAD))
-    return list(_ANSWER_IS.finditer(text, start))
+        if lower.find("answer", first + 6) < 0:  # the common case: one "answer", one match
+            match = _ANSWER_IS.search(text, start)
+            return [] if match is None else [match.group(1)]
+    return [match.group(1) for match in _ANSWER_IS.finditer(text, start)]
 
 
-def _answer_phrase(text: str) -> str | None:
-    """What follows the last "the (final) answer is" / "Answer:" in ``text``."""
-    matches = _answer_matches(text)
-    for match in reversed(matches):
-        line = match.group(1)
-        phrase = _clean_phrase(line) if len(line) <= _CACHED_LEN else _clean(line)
-        if phrase:
-            return phrase
-    return None
-
-
-# The steps below depend on a short phrase alone, and samples state the same few answers
-# over and over: cached like ``normalize_answer``, they cost a dict lookup for most samples.
-# Only short phrases are cached, so the caches stay small whatever the samples hold.
+# The steps below depend on an answer line alone, and samples state the same few answers over
+# and over: cached like ``normalize_answer``, they cost a dict lookup for most samples. Only
+# short lines are cached, so the cache stays small whatever the samples hold.
 _CACHED_LEN = 256
 
 
@@ -264,12 +259,25 @@ def _read_phrase(phrase: str) -> str:
     return answer
 
 
-_clean_phrase = lru_cache(maxsize=4096)(_clean)
-_cached_read_phrase = lru_cache(maxsize=4096)(_read_phrase)
+def _line_answer(line: str) -> str | None:
+    """The answer an "the answer is" line states; ``None`` if it states nothing (an earlier
+    line may)."""
+    phrase = _clean(line)
+    return _read_phrase(phrase) if phrase else None
 
 
-def _phrase_answer(phrase: str) -> str:
-    return _cached_read_phrase(phrase) if len(phrase) <= _CACHED_LEN else _read_phrase(phrase)
+_cached_line_answer = lru_cache(maxsize=4096)(_line_answer)
+
+
+def _answer_in_phrase(text: str) -> str | None:
+    """The answer after the last "the (final) answer is" / "Answer:" in ``text`` that states
+    one; ``None`` if none does."""
+    lines = _answer_lines(text)
+    for line in reversed(lines):
+        answer = _cached_line_answer(line) if len(line) <= _CACHED_LEN else _line_answer(line)
+        if answer is not None:
+            return answer
+    return None
 
 
 def extract_answer(text: str) -> str | None:
@@ -279,17 +287,18 @@ def extract_answer(text: str) -> str | None:
     "the final answer is X" (or an "Answer: X" line); the last number in the text (``-3``,
     ``1,234``, ``3.5``, ``1/2``).
     """
-    boxed, left_open = _last_box(text)
-    if left_open:
-        return None  # the sample was cut off inside its answer: any number found would be a guess
-    if boxed is not None:
-        return normalize_answer(boxed) if boxed else None
-    gsm: list[str] = _GSM8K.findall(text) if "####" in text else []
-    if gsm and gsm[-1].strip():
-        return normalize_answer(_strip_markup(gsm[-1]))
-    phrase = _answer_phrase(text)
-    if phrase is not None:
-        return _phrase_answer(phrase)
+    if "box" in text or "####" in text:  # every box command has "box": most samples skip this
+        boxed, left_open = _last_box(text)
+        if left_open:
+            return None  # cut off inside its answer: any number found would be a guess
+        if boxed is not None:
+            return normalize_answer(boxed) if boxed else None
+        gsm: list[str] = _GSM8K.findall(text) if "####" in text else []
+        if gsm and gsm[-1].strip():
+            return normalize_answer(_strip_markup(gsm[-1]))
+    answer = _answer_in_phrase(text)
+    if answer is not None:
+        return answer
     numbers: list[str] = _NUMBER.findall(text)
     if numbers:
         return normalize_answer(numbers[-1])

@@ -12,7 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 
@@ -31,6 +31,7 @@ from ttc.types import (
     Result,
     SamplingParams,
     StopReason,
+    candidates,
 )
 from ttc.validation import check_instance, check_int
 
@@ -135,29 +136,6 @@ def _note_budget_error(exc: BudgetExceeded) -> None:
         run.budget_error = exc
 
 
-def candidates_of(completions: list[Completion], extract: Extractor) -> list[Candidate]:
-    """The candidates of one response, in one pass: each distinct text's answer is extracted
-    once (an extractor is a function of the text), so a response of many samples that repeat
-    one another (short answers, low temperatures) pays for the distinct ones only."""
-    make = Candidate.from_completion
-    if len(completions) == 1:
-        c = completions[0]
-        return [make(c, extract(c.text))]
-    answers: dict[str, str | None] = {}
-    seen = answers.get
-    out = []
-    for c in completions:
-        text = c.text
-        answer = seen(text, _UNSEEN)
-        if answer is _UNSEEN:
-            answer = answers[text] = extract(text)
-        out.append(make(c, answer))
-    return out
-
-
-_UNSEEN: Any = object()
-
-
 @dataclass
 class Draw:
     """The candidates a source produced, and why it stopped short if it did."""
@@ -193,7 +171,7 @@ async def draw(
     if isinstance(source, Model):
 
         def on_completions(completions: list[Completion]) -> Awaitable[None] | None:
-            return take(candidates_of(completions, extract))
+            return take(candidates(completions, extract))
 
         try:
             await source.generate(prompt, params, n, on_completions=on_completions)
