@@ -244,16 +244,10 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
             rows.append(
                 Row(engine, f"n={n}, serial (batched=False)", speeds["serial"], "tok/s", note)
             )
-            rows.append(
-                Row(
-                    engine,
-                    f"n={n}, batched",
-                    speeds["batched"],
-                    "tok/s",
-                    f"{speeds['batched'] / speeds['serial']:.2f}x serial n={n}, "
-                    f"{speeds['batched'] / base:.2f}x serial n=1",
-                )
-            )
+            ratio = f"{speeds['batched'] / speeds['serial']:.2f}x serial n={n}"
+            if base == base:  # n = 1 was measured (not NaN)
+                ratio += f", {speeds['batched'] / base:.2f}x serial n=1"
+            rows.append(Row(engine, f"n={n}, batched", speeds["batched"], "tok/s", ratio))
             print(rows[-2], rows[-1], sep="\n", flush=True)
         serial.close()
         batched.close()
