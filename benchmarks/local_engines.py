@@ -4,6 +4,7 @@
     python benchmarks/local_engines.py --engines llama.cpp --repeats 3
     python benchmarks/local_engines.py --engines llama.cpp-batching --repeats 1 \
         --batch-tokens 32 --search-questions 2 --search-rounds 3 --search-threads 1
+    python benchmarks/local_engines.py --engines llama.cpp-batching vllm-batching  # side by side
 
 Each engine is one function returning rows; ``main`` runs the engines whose package is
 installed and prints one table. Numbers are medians over ``--repeats`` runs. The machine may be
@@ -22,6 +23,8 @@ llama.cpp rows (``ttc.adapters.LlamaCpp`` on the embedded Gemma 3 270M, one thre
 llama.cpp-batching rows (``bench_llamacpp_batching``): tokens/s of n = 1, 4, 16, 64 samples
 on the serial path and on the batching engine with 1 and 2 threads, and a BeamPRM search
 (N = 16, M = 4) on the serial path and batched with the prefix cache off and on.
+vllm-batching rows (``bench_vllm_batching``): vLLM CPU on the same prompt and n, as n samples
+in one request and as n concurrent requests, and the same search with its prefix-cache hits.
 
 vLLM rows (``ttc.adapters.VLLM``, the async engine in this process, on the Gemma weights
 converted once to a Hugging Face folder; bf16, eager mode): engine start, prefill, single
@@ -210,13 +213,7 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
     ``SEARCH_QUESTIONS`` GSM8K dev questions, with the engine's prefix cache off and on, and
     the prompt tokens the engine had to decode (the rest came from the cache).
     """
-    import json
-
-    from ttc import BeamPRM
-    from ttc.adapters.gemma import GSM8K_FEW_SHOT, TEMPLATE_STOPS
     from ttc.adapters.llamacpp import LlamaCpp
-    from ttc.scoring import ArithmeticPRM
-    from ttc.strategies import StepFormat
 
     rows: list[Row] = []
     sampled = SamplingParams(temperature=0.8, max_tokens=BATCH_TOKENS, seed=1)
@@ -224,7 +221,7 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
         engine = f"llama.cpp ({t} thread{'s' if t > 1 else ''})"
         serial = LlamaCpp(n_threads=t, batched=False, seed=0, raw=True).load()
         batched = LlamaCpp(n_threads=t, n_seq_max=BATCH_SEQS, seed=0, raw=True).load()
-        prompt = GSM8K_FEW_SHOT.replace("{question}", GSM8K_QUESTION)
+        prompt = _batch_prompt()
         for model in (serial, batched):
             await _tokens(model, prompt, SamplingParams(temperature=0.0, max_tokens=1))
         base = float("nan")
@@ -247,27 +244,17 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
             rows.append(
                 Row(engine, f"n={n}, serial (batched=False)", speeds["serial"], "tok/s", note)
             )
-            rows.append(
-                Row(
-                    engine,
-                    f"n={n}, batched",
-                    speeds["batched"],
-                    "tok/s",
-                    f"{speeds['batched'] / speeds['serial']:.2f}x serial n={n}, "
-                    f"{speeds['batched'] / base:.2f}x serial n=1",
-                )
-            )
+            ratio = f"{speeds['batched'] / speeds['serial']:.2f}x serial n={n}"
+            if base == base:  # n = 1 was measured (not NaN)
+                ratio += f", {speeds['batched'] / base:.2f}x serial n=1"
+            rows.append(Row(engine, f"n={n}, batched", speeds["batched"], "tok/s", ratio))
             print(rows[-2], rows[-1], sep="\n", flush=True)
         serial.close()
         batched.close()
 
-    problems = [
-        json.loads(line) for line in DATA.read_text().splitlines()[:SEARCH_QUESTIONS] if line
-    ]
+    problems = _search_problems()
     if not problems:
         return rows
-    fmt = StepFormat(delimiter=". ", template=GSM8K_FEW_SHOT, end_markers=TEMPLATE_STOPS)
-    step = SamplingParams(temperature=0.8, max_tokens=48)
     t = SEARCH_THREADS
     engine = f"llama.cpp ({t} thread{'s' if t > 1 else ''})"
     per_round: dict[str, float] = {}
@@ -280,24 +267,7 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
         if label.startswith("serial") and not SEARCH_SERIAL:
             continue
         model = LlamaCpp(n_threads=t, raw=True, seed=0, **options).load()
-        seconds = 0.0
-        rounds = 0
-        generated = 0
-        for problem in problems:
-            search = BeamPRM(
-                model,
-                ArithmeticPRM(),
-                n=16,
-                width=4,
-                max_rounds=SEARCH_ROUNDS,
-                params=step,
-                step_format=fmt,
-            )
-            start = time.perf_counter()
-            result = await search.run(problem["question"].strip())
-            seconds += time.perf_counter() - start
-            rounds += len(result.tree or [])
-            generated += result.usage.completion_tokens
+        seconds, rounds, generated = await _run_search(model, problems)
         per_round[label] = seconds / max(rounds, 1)
         note = f"{rounds} rounds, {per_round[label]:.2f} s a round, {generated} tokens generated"
         if model.batch_engine is not None:
@@ -315,6 +285,52 @@ async def bench_llamacpp_batching(repeats: int, threads: int) -> list[Row]:
         model.close()
         print(rows[-1], flush=True)
     return rows
+
+
+def _batch_prompt() -> str:
+    """The prompt of the batching rows: the GSM8K few-shot template around one question."""
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT
+
+    return GSM8K_FEW_SHOT.replace("{question}", GSM8K_QUESTION)
+
+
+def _search_problems() -> list[dict[str, Any]]:
+    """The first ``SEARCH_QUESTIONS`` GSM8K dev problems of the search rows."""
+    import json
+
+    lines = DATA.read_text().splitlines()[:SEARCH_QUESTIONS]
+    return [json.loads(line) for line in lines if line]
+
+
+async def _run_search(model: Model, problems: list[dict[str, Any]]) -> tuple[float, int, int]:
+    """A BeamPRM search (N = 16, M = 4, ArithmeticPRM, the step format of
+    ``benchmarks/search.py``) on each problem: seconds, rounds and tokens generated."""
+    from ttc import BeamPRM
+    from ttc.adapters.gemma import GSM8K_FEW_SHOT, TEMPLATE_STOPS
+    from ttc.scoring import ArithmeticPRM
+    from ttc.strategies import StepFormat
+
+    fmt = StepFormat(delimiter=". ", template=GSM8K_FEW_SHOT, end_markers=TEMPLATE_STOPS)
+    step = SamplingParams(temperature=0.8, max_tokens=48)
+    seconds = 0.0
+    rounds = 0
+    generated = 0
+    for problem in problems:
+        search = BeamPRM(
+            model,
+            ArithmeticPRM(),
+            n=16,
+            width=4,
+            max_rounds=SEARCH_ROUNDS,
+            params=step,
+            step_format=fmt,
+        )
+        start = time.perf_counter()
+        result = await search.run(problem["question"].strip())
+        seconds += time.perf_counter() - start
+        rounds += len(result.tree or [])
+        generated += result.usage.completion_tokens
+    return seconds, rounds, generated
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,6 +463,70 @@ async def bench_vllm(repeats: int, threads: int) -> list[Row]:
     return rows
 
 
+async def bench_vllm_batching(repeats: int, threads: int) -> list[Row]:
+    """vLLM CPU on the prompts of the llama.cpp-batching rows, for the comparison the issue asks.
+
+    Generated tokens/s of n sampled continuations (T = 0.8, ``BATCH_TOKENS`` tokens, no stop)
+    of the same GSM8K few-shot prompt, for n in ``BATCH_NS``: n samples in one request, and
+    n concurrent requests of one sample (continuous batching). The prompt is in the prefix
+    cache first, as on llama.cpp. Then the same BeamPRM search as the llama.cpp rows, with
+    the share of prompt tokens vLLM's prefix cache served (``VLLM.prefix_stats``). vLLM binds
+    its own OpenMP threads, so ``threads`` does not apply; pin the process with ``taskset``.
+    """
+    from ttc.adapters.hf_convert import gemma_hf_dir
+    from ttc.adapters.vllm_engine import VLLM
+
+    engine = "vLLM (CPU, eager)"
+    model = VLLM(
+        gemma_hf_dir(), dtype="bfloat16", max_model_len=2048, enforce_eager=True, kv_cache_gib=1
+    ).load()
+    rows = [Row(engine, "load (engine start)", model.load_seconds or float("nan"), "s")]
+    print(rows[-1], flush=True)
+    prompt = _batch_prompt()
+    sampled = SamplingParams(temperature=0.8, max_tokens=BATCH_TOKENS)
+    await _tokens(model, prompt, SamplingParams(temperature=0.0, max_tokens=1))
+    for n in BATCH_NS:
+        one_request = []
+        concurrent = []
+        for _ in range(repeats):
+            seconds, tokens = await timed(lambda n=n: _tokens(model, prompt, sampled, n=n))  # type: ignore[misc]
+            one_request.append(tokens / seconds)
+            if n == 1:
+                continue
+            counts: list[int] = []
+
+            async def single(counts: list[int] = counts) -> None:
+                counts.append(await _tokens(model, prompt, sampled))
+
+            start = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for _ in range(n):
+                    tg.start_soon(single)
+            concurrent.append(sum(counts) / (time.perf_counter() - start))
+        rows.append(Row(engine, f"n={n}, one request", median(one_request), "tok/s"))
+        print(rows[-1], flush=True)
+        if concurrent:
+            rows.append(Row(engine, f"n={n}, {n} concurrent requests", median(concurrent), "tok/s"))
+            print(rows[-1], flush=True)
+
+    problems = _search_problems()
+    if problems:
+        before = dict(model.prefix_stats)
+        seconds, rounds, generated = await _run_search(model, problems)
+        stats = {key: model.prefix_stats[key] - before[key] for key in before}
+        share = stats["cached_tokens"] / max(stats["prompt_tokens"], 1)
+        note = (
+            f"{rounds} rounds, {seconds / max(rounds, 1):.2f} s a round, {generated} tokens "
+            f"generated; prefix cache served {stats['cached_tokens']} of "
+            f"{stats['prompt_tokens']} prompt tokens ({share:.0%}) in {stats['requests']} requests"
+        )
+        label = f"BeamPRM N=16 M=4, {len(problems)} questions, prefix caching on"
+        rows.append(Row(engine, label, seconds, "s", note))
+        print(rows[-1], flush=True)
+    await model.aclose()
+    return rows
+
+
 async def bench_transformers(repeats: int, threads: int) -> list[Row]:
     """``ttc.adapters.Transformers`` on the converted Gemma (bf16, ``threads`` torch threads).
 
@@ -517,6 +597,7 @@ ENGINES: dict[str, tuple[Callable[[int, int], Awaitable[list[Row]]], str]] = {
     "llama.cpp": (bench_llamacpp, "llama_cpp"),
     "llama.cpp-batching": (bench_llamacpp_batching, "llama_cpp"),
     "vllm": (bench_vllm, "vllm"),
+    "vllm-batching": (bench_vllm_batching, "vllm"),
     "transformers": (bench_transformers, "transformers"),
 }
 

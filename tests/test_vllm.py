@@ -321,6 +321,25 @@ class TestEngine:
         # subtree): more than one request's samples in the engine at once.
         assert peak > 2
 
+    async def test_search_rounds_hit_the_prefix_cache(self, model: object) -> None:
+        """Prefix caching is on for search: every round's prompts start with the few-shot
+        template, the question and the beams' steps the engine has already read, so most of
+        their tokens come from vLLM's prefix cache (``RequestOutput.num_cached_tokens``)."""
+        from ttc.adapters import VLLM
+
+        assert isinstance(model, VLLM) and model.enable_prefix_caching
+        before = dict(model.prefix_stats)
+        strategy = search_strategy("BeamPRM", model)
+        result = await strategy.run(QUESTION + " Think step by step.")
+        check_search(result, strategy, path="completion")
+        stats = {key: model.prefix_stats[key] - before[key] for key in before}
+        assert stats["requests"] >= 2
+        assert stats["prompt_tokens"] == result.usage.prompt_tokens
+        # A new question: its first request reads the template from the cache at best
+        # (earlier tests used it), later rounds their beams' prefixes too.
+        assert 0 < stats["cached_tokens"] < stats["prompt_tokens"]
+        assert stats["cached_tokens"] >= 0.6 * stats["prompt_tokens"]
+
     async def test_cancelling_aborts_the_request_in_the_engine(self, model: object) -> None:
         from ttc.adapters import VLLM
 

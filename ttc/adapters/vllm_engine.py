@@ -401,6 +401,9 @@ class VLLM(Model):
         self.enforce_eager = enforce_eager
         self.engine_kwargs = dict(engine_kwargs or {})
         self.load_seconds: float | None = None
+        #: Requests answered, their prompt tokens, and how many of those vLLM's prefix cache
+        #: served (``RequestOutput.num_cached_tokens``): shows whether a search's rounds hit.
+        self.prefix_stats: dict[str, int] = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0}
         self._state = _EngineState()
         self._ids = itertools.count()
         self._warned_seed = False
@@ -620,6 +623,9 @@ class VLLM(Model):
     def _response(self, final: Any, request: GenerateRequest, tokenizer: Any) -> RawResponse:
         p = request.params
         prompt_ids = list(final.prompt_token_ids or ())
+        self.prefix_stats["requests"] += 1
+        self.prefix_stats["prompt_tokens"] += len(prompt_ids)
+        self.prefix_stats["cached_tokens"] += int(getattr(final, "num_cached_tokens", 0) or 0)
         prompt_logprobs = (
             _prompt_logprobs(prompt_ids, final.prompt_logprobs, p.prompt_logprobs, tokenizer)
             if p.prompt_logprobs is not None and final.prompt_logprobs is not None
