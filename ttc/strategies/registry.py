@@ -393,8 +393,8 @@ class StrategySpec:
                 )
             checked[key] = _typed(key, value, info.params[key])
         if "width" in info.params:
-            if "width" not in checked:  # 4, or the largest of 2 and 1 that divides n
-                checked["width"] = next(w for w in (4, 2, 1) if count % w == 0)
+            if "width" not in checked:
+                checked["width"] = _default_width(count)
             width = int(checked["width"])
             if width < 1 or count % width:
                 raise ConfigError(f"n ({count}) must be a multiple of width ({width})")
@@ -460,13 +460,30 @@ class StrategySpec:
         return f"{bits[0]} n={self.n}{extra}"
 
 
+def _default_width(n: int) -> int:
+    """A search's default beam width: 4, or the largest of 2 and 1 that divides ``n``."""
+    return next(w for w in (4, 2, 1) if n % w == 0)
+
+
+def _require_prm_option(name: str, options: Mapping[str, object]) -> None:
+    """The option PRM ``name`` cannot do without is there."""
+    need = _PRM_NEEDS.get(name)
+    if need is not None and need[0] not in options:
+        raise ConfigError(f"PRM {name!r} needs prm.{need[0]} ({need[1]})")
+
+
+#: The hidden-state options each embedder backend does not take.
+_NOT_FOR_BACKEND: dict[str, tuple[str, ...]] = {
+    "llama.cpp": ("batch_size", "device"),
+    "transformers": ("n_threads",),
+}
+
+
 def _check_prm(name: str, options: dict[str, Scalar]) -> None:
     """What can be checked of a PRM's options without loading a model: the required option is
     there, the folders and files it names exist, a served PRM is a vLLM server's. A
     ``step_separator`` given as ``\\n`` (a command line cannot type a newline) becomes one."""
-    need = _PRM_NEEDS.get(name)
-    if need is not None and need[0] not in options:
-        raise ConfigError(f"PRM {name!r} needs prm.{need[0]} ({need[1]})")
+    _require_prm_option(name, options)
     if "step_separator" in options:
         options["step_separator"] = _unescape(str(options["step_separator"]))
     if "model_dir" in options:
@@ -502,7 +519,6 @@ def _check_head(options: Mapping[str, Scalar]) -> None:
         model_path = embedder.get("model_path")
         if model_path is not None and not Path(str(model_path)).expanduser().is_file():
             raise ConfigError(f"{where}: no GGUF file at {model_path}; pass prm.embedder=PATH")
-        wrong = [k for k in ("batch_size", "device") if k in options]
     elif backend == "transformers":
         from ttc.hf_local import model_folder
 
@@ -510,9 +526,9 @@ def _check_head(options: Mapping[str, Scalar]) -> None:
             model_folder(str(embedder.get("model_dir")), where)
         except ConfigError as exc:
             raise ConfigError(f"{exc}; pass prm.embedder=FOLDER") from None
-        wrong = [k for k in ("n_threads",) if k in options]
     else:
         raise ConfigError(f"{where}: the embedder's backend must be transformers or llama.cpp")
+    wrong = [k for k in _NOT_FOR_BACKEND[backend] if k in options]
     if wrong:
         raise ConfigError(f"prm.{wrong[0]}: not an option of a {backend} embedder")
 
@@ -543,7 +559,7 @@ def upgrade_config(stored: Mapping[str, Any]) -> dict[str, Any]:
         if key in config:
             continue
         if key == "width" and isinstance(n, int) and not isinstance(n, bool):
-            config[key] = next(w for w in (4, 2, 1) if n % w == 0)
+            config[key] = _default_width(n)
         else:
             config[key] = param.default
     if "prm" not in config and (info.search or config.get("scorer") == "prm"):
@@ -588,9 +604,7 @@ def _make_prm(name: str, options: dict[str, Any], model: Model) -> ProcessReward
 
             judge = resolve_model(str(options.pop("model")))
         return scoring.StepJudge(judge, **options)
-    need = _PRM_NEEDS.get(name)
-    if need is not None and need[0] not in options:  # a spec made by hand, not by .of()
-        raise ConfigError(f"PRM {name!r} needs prm.{need[0]} ({need[1]})")
+    _require_prm_option(name, options)  # a spec made by hand, not by .of()
     if name in ("math-shepherd", "qwen", "rlhflow", "stepwise"):
         cls = {
             "math-shepherd": scoring.MathShepherdPRM,
@@ -619,11 +633,9 @@ def _head(options: dict[str, Any]) -> ProcessRewardModel:
     path = str(options.pop("path"))
     named = options.pop("embedder", None)
     spec = embedder_spec(str(named)) if named is not None else read_head(path)["embedder"]
-    if spec.get("backend") == "llama.cpp":
-        options.pop("batch_size", None)
-        options.pop("device", None)
-    else:
-        options.pop("n_threads", None)
+    backend = "llama.cpp" if spec.get("backend") == "llama.cpp" else "transformers"
+    for key in _NOT_FOR_BACKEND[backend]:
+        options.pop(key, None)
     return HiddenStatePRM.load(path, embedder=load_embedder(spec, **options))
 
 
