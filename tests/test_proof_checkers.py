@@ -166,8 +166,7 @@ async def test_coq_a_looping_tactic_times_out() -> None:
     # A recursive Ltac loop overflows Coq's stack in about 2 s on a fast machine, which is a
     # rejection, not a timeout; a billion iterations run in constant memory for minutes.
     candidate = Candidate(
-        text="Theorem theorem : forall n : nat, n + 0 = n.\n"
-        "Proof. do 1000000000 idtac. Qed."
+        text="Theorem theorem : forall n : nat, n + 0 = n.\nProof. do 1000000000 idtac. Qed."
     )
     assert await verifier.verify("q", [candidate]) == [False]
     assert verifier.last_reports[0].timed_out

@@ -108,11 +108,14 @@ def _series_name(config: dict[str, Any]) -> str:
     if strategy == "best-of-n":
         scorer = config.get("scorer")
         if scorer and scorer != "verifier":
-            bits = [f"best-of-n ({scorer})"]
+            named = f"prm: {config['prm']}" if scorer == "prm" and config.get("prm") else scorer
+            bits = [f"best-of-n ({named})"]
     if "k" in config and strategy == "lookahead":
         bits.append(f"k={config['k']}")
     if config.get("prm") and strategy not in _SAMPLING:
         bits.append(f"({config['prm']})")
+    if config.get("rescored_from"):  # ttc rescore: another PRM on a stored run's samples
+        bits.append("rescored")
     return " ".join(bits)
 
 

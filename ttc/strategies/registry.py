@@ -52,7 +52,7 @@ from ttc.errors import ConfigError
 if TYPE_CHECKING:
     from ttc.runtime.model import Model
     from ttc.scoring.base import Selector, Verifier
-    from ttc.scoring.prm import ProcessRewardModel
+    from ttc.scoring.prm import PRMScorer, ProcessRewardModel
     from ttc.strategies.base import Extractor, Strategy
     from ttc.strategies.steps import StepFormat
     from ttc.types import SamplingParams
@@ -67,9 +67,11 @@ __all__ = [
     "StrategySpec",
     "build_params",
     "build_prm",
+    "build_selector",
     "build_strategy",
     "parse_value",
     "policy_factory",
+    "prm_scorer",
     "upgrade_config",
 ]
 
@@ -653,7 +655,7 @@ def _saved_separator(served: str) -> str:
     return separator if isinstance(separator, str) and separator else "\n"
 
 
-def _selector(name: str | None) -> Selector | None:
+def build_selector(name: str | None) -> Selector | None:
     from ttc.scoring import Argmax, FirstVerified, MajorityVote, WeightedMajority
 
     if name is None:
@@ -666,6 +668,20 @@ def _selector(name: str | None) -> Selector | None:
         "first-verified": lambda: FirstVerified(fallback=MajorityVote()),
     }
     return table[name]()
+
+
+def prm_scorer(spec: StrategySpec, model: Model, step_format: StepFormat | None) -> PRMScorer:
+    """The scorer of a strategy with ``scorer=prm``: ``spec``'s PRM over steps cut at the step
+    format's delimiter, aggregated as ``spec`` says."""
+    from ttc.scoring.prm import PRMScorer
+
+    if spec.prm is None:
+        raise ConfigError(f"strategy {spec.name!r} has no PRM to score with")
+    return PRMScorer(
+        build_prm(spec.prm, dict(spec.prm_options), model),
+        delimiter=step_format.delimiter if step_format else "\n\n",
+        aggregation=spec.param("aggregation"),
+    )
 
 
 @dataclass(frozen=True)
@@ -685,7 +701,6 @@ def build_strategy(spec: StrategySpec, model: Model, context: BuildContext) -> S
     per-question form: ``adaptive-allocation``)."""
     from ttc import strategies
     from ttc.scoring.extract import extract_answer
-    from ttc.scoring.prm import PRMScorer
     from ttc.strategies.search import SearchOptions
 
     if spec.info.shared_budget:
@@ -704,7 +719,7 @@ def build_strategy(spec: StrategySpec, model: Model, context: BuildContext) -> S
             spec.n,
             verifier=context.verifier,
             stop_on_success=spec.param("stop_on_success"),
-            selector=_selector(spec.param("selector")),
+            selector=build_selector(spec.param("selector")),
             **common,
         )
     if name == "self-consistency":
@@ -717,18 +732,12 @@ def build_strategy(spec: StrategySpec, model: Model, context: BuildContext) -> S
         if scorer_name == "verifier":
             scorer = context.verifier  # none without a reference: then it votes
         elif scorer_name == "prm":
-            assert spec.prm is not None
-            delimiter = context.step_format.delimiter if context.step_format else "\n\n"
-            scorer = PRMScorer(
-                build_prm(spec.prm, dict(spec.prm_options), model),
-                delimiter=delimiter,
-                aggregation=spec.param("aggregation"),
-            )
+            scorer = prm_scorer(spec, model, context.step_format)
         return strategies.BestOfN(
             model,
             spec.n,
             scorer=scorer,
-            selector=_selector(spec.param("selector")),
+            selector=build_selector(spec.param("selector")),
             stop_when_settled=spec.param("stop_when_settled"),
             **common,
         )
@@ -745,12 +754,7 @@ def build_strategy(spec: StrategySpec, model: Model, context: BuildContext) -> S
     if name == "compute-optimal":
         probe_scorer: Any = None
         if spec.param("scorer") == "prm":
-            assert spec.prm is not None
-            probe_scorer = PRMScorer(
-                build_prm(spec.prm, dict(spec.prm_options), model),
-                delimiter=context.step_format.delimiter if context.step_format else "\n\n",
-                aggregation=spec.param("aggregation"),
-            )
+            probe_scorer = prm_scorer(spec, model, context.step_format)
         return strategies.ComputeOptimal(
             model,
             spec.param("policy"),
@@ -768,7 +772,7 @@ def build_strategy(spec: StrategySpec, model: Model, context: BuildContext) -> S
         remove_duplicates=spec.param("remove_duplicates") if name != "dvts" else True,
         params=context.params,
         step_format=context.step_format,
-        selector=_selector(spec.param("selector")),
+        selector=build_selector(spec.param("selector")),
         extract=extract,
     )
     if name == "beam-prm":
