@@ -322,7 +322,7 @@ class Model(ABC):
             collected.extend(completions)
             return on_completions(completions) if on_completions is not None else None
 
-        await self.generate_samples(prompt, params, n, on_samples=on_samples)
+        await self._generate_samples(prompt, params, n, on_samples)
         return collected
 
     async def generate_samples(
@@ -341,7 +341,12 @@ class Model(ABC):
             await self.generate(
                 prompt, params, n, on_completions=lambda got: on_samples(Samples.of(got))
             )
-            return
+        else:
+            await self._generate_samples(prompt, params, n, on_samples)
+
+    async def _generate_samples(
+        self, prompt: Prompt, params: SamplingParams | None, n: int, on_samples: OnSamples
+    ) -> None:
         request = GenerateRequest(
             prompt=as_request_prompt(prompt), params=params or self.params, n=n
         )
