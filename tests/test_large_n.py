@@ -69,6 +69,35 @@ def test_a_candidate_from_a_completion_is_the_validated_one_and_its_own() -> Non
     assert Candidate.from_completion(completion).answer is None
 
 
+def test_candidates_that_share_their_set_fields_each_get_their_own_when_changed() -> None:
+    """The candidates of a response share one set of set fields until one changes: a change,
+    a pickled copy changed after loading, or a model copy must never show in the others."""
+    made = Samples(["a", "b", "c", "d"], ["stop"] * 4, None, "m").candidates(lambda _: "1")
+    validated = Candidate(
+        text="a", answer="1", finish_reason="stop", completion_tokens=None, model="m"
+    )
+    assert all(c.model_fields_set == validated.model_fields_set for c in made)
+    made[0].verified = True
+    assert "verified" in made[0].model_fields_set
+    assert all("verified" not in c.model_fields_set for c in made[1:])
+    loaded = pickle.loads(pickle.dumps(made[1:]))
+    loaded[0].score = 1.0
+    assert "score" not in loaded[1].model_fields_set and "score" not in made[2].model_fields_set
+    assert loaded[1:] == made[2:]
+    changed = made[2].model_copy(update={"score": 0.5})
+    copied = copy.deepcopy(made[3])
+    copied.steps = ["x"]
+    assert "score" in changed.model_fields_set and "steps" in copied.model_fields_set
+    assert made[2].model_fields_set == made[3].model_fields_set == validated.model_fields_set
+    assert made[3].model_dump(exclude_unset=True) == {
+        "text": "d",
+        "answer": "1",
+        "finish_reason": "stop",
+        "completion_tokens": None,
+        "model": "m",
+    }
+
+
 def test_a_candidate_answer_that_is_not_a_str_is_still_refused() -> None:
     completion = Completion.parsed("so 4", "stop", None, "m")
     with pytest.raises(ValidationError, match="answer"):
