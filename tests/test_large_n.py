@@ -410,3 +410,14 @@ async def test_a_model_that_draws_its_own_way_still_feeds_the_strategies() -> No
     result = await BestOfN(model, n=3).run("q")
     assert [c.answer for c in result.candidates] == ["0", "1", "0", "1", "0", "1"]
     assert result.answer == "0" and model.samples == 6
+    # A generate patched on the instance (a spy, a mock) is honoured too.
+    plain = FunctionModel(lambda request, i: "The answer is 3.")
+    calls: list[int] = []
+    original = plain.generate
+
+    async def spy(prompt: Any, params: Any = None, n: int = 1, **kw: Any) -> Any:
+        calls.append(n)
+        return await original(prompt, params, n, **kw)
+
+    plain.generate = spy  # type: ignore[method-assign]
+    assert (await BestOfN(plain, n=4).run("q")).answer == "3" and calls == [4]

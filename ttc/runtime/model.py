@@ -337,7 +337,8 @@ class Model(ABC):
         as ``ttc.types.Samples``: a caller that wants candidates makes them from the parsed
         columns (``Samples.candidates``) and no ``Completion`` objects are built. The errors
         are ``generate``'s, with the same samples."""
-        if type(self).generate is not Model.generate:  # a model that draws its own way
+        if getattr(self.generate, "__func__", None) is not Model.generate:
+            # A model that draws its own way (a subclass's or a patched ``generate``).
             await self.generate(
                 prompt, params, n, on_completions=lambda got: on_samples(Samples.of(got))
             )
