@@ -57,7 +57,7 @@ from ttc.runtime.model import Capabilities, Model
 from ttc.scoring.extract import extract_answer
 from ttc.scoring.selectors import MajorityVote
 from ttc.testing.fake_provider import default_reply
-from ttc.types import GenerateRequest, Result, candidates
+from ttc.types import GenerateRequest, Result
 
 LATENCY = overhead_others.LATENCY  # the fake provider answers after this
 PROMPTS = [f"Question {i}: what is {i} * {i + 7}?" for i in range(50)]
@@ -520,7 +520,7 @@ async def section_response(repeats: int) -> list[Row]:
     def ttc(raw: bytes) -> None:
         got = model._parse(json.loads(raw), request, None)
         model._completion_tokens(request, got)
-        made = candidates(got.completions, extract_answer)
+        made = got.samples.candidates(extract_answer)  # as the sampling strategies do
         chosen = selector.select(made)
         Result(answer=chosen.answer, best=chosen.best, candidates=made, votes=chosen.votes)
 

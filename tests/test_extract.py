@@ -253,3 +253,18 @@ def test_a_long_answer_line_is_read_the_same_and_not_cached() -> None:
     before = _cached_line_answer.cache_info().currsize
     assert extract_answer(text) == _extract_by_full_scan(text) == "42"
     assert _cached_line_answer.cache_info().currsize == before
+
+
+_STATED = ["the answer is ", "The Answer is ", "xthe answer is ", "_the answer is ", " is "]
+_STATED += ["the ", "answer", "isn't", "x", "_", "\n", " ", ":", "*", "\t", "42", "7.", "İ"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_STATED), max_size=8).map("".join))
+def test_a_stated_answer_read_without_the_regex_is_what_the_regex_reads(text: str) -> None:
+    """A text whose one "answer" reads "the answer is X" skips the regex: the line must be
+    the one its only match gives (and nothing when "the" is inside a word)."""
+    from ttc.scoring.extract import _ANSWER_IS, _answer_lines
+
+    assert _answer_lines(text) == [m.group(1) for m in _ANSWER_IS.finditer(text)]
+    assert extract_answer(text) == _extract_by_full_scan(text)

@@ -16,7 +16,7 @@ from ttc.adapters import OpenAICompatible
 from ttc.runtime.model import Capabilities
 from ttc.runtime.retry import RetryPolicy
 from ttc.scoring.extract import extract_answer
-from ttc.types import Candidate, Completion, TokenLogprob, _defaults, candidates
+from ttc.types import Candidate, Completion, Samples, TokenLogprob, _defaults, candidates
 
 pytestmark = pytest.mark.anyio
 
@@ -67,6 +67,35 @@ def test_a_candidate_from_a_completion_is_the_validated_one_and_its_own() -> Non
     assert b.score is None and b.scores == {} and "score" not in b.model_fields_set
     assert "score" in a.model_fields_set
     assert Candidate.from_completion(completion).answer is None
+
+
+def test_candidates_that_share_their_set_fields_each_get_their_own_when_changed() -> None:
+    """The candidates of a response share one set of set fields until one changes: a change,
+    a pickled copy changed after loading, or a model copy must never show in the others."""
+    made = Samples(["a", "b", "c", "d"], ["stop"] * 4, None, "m").candidates(lambda _: "1")
+    validated = Candidate(
+        text="a", answer="1", finish_reason="stop", completion_tokens=None, model="m"
+    )
+    assert all(c.model_fields_set == validated.model_fields_set for c in made)
+    made[0].verified = True
+    assert "verified" in made[0].model_fields_set
+    assert all("verified" not in c.model_fields_set for c in made[1:])
+    loaded = pickle.loads(pickle.dumps(made[1:]))
+    loaded[0].score = 1.0
+    assert "score" not in loaded[1].model_fields_set and "score" not in made[2].model_fields_set
+    assert loaded[1:] == made[2:]
+    changed = made[2].model_copy(update={"score": 0.5})
+    copied = copy.deepcopy(made[3])
+    copied.steps = ["x"]
+    assert "score" in changed.model_fields_set and "steps" in copied.model_fields_set
+    assert made[2].model_fields_set == made[3].model_fields_set == validated.model_fields_set
+    assert made[3].model_dump(exclude_unset=True) == {
+        "text": "d",
+        "answer": "1",
+        "finish_reason": "stop",
+        "completion_tokens": None,
+        "model": "m",
+    }
 
 
 def test_a_candidate_answer_that_is_not_a_str_is_still_refused() -> None:
@@ -148,6 +177,56 @@ def test_candidates_of_completions_are_the_validated_ones_field_for_field() -> N
 def test_an_extractor_that_returns_no_str_is_refused_by_validation() -> None:
     with pytest.raises(ValidationError, match="answer"):
         candidates([Completion.parsed("so 4", "stop", None, "m")], lambda _: 4)  # type: ignore[arg-type, return-value]
+
+
+def test_samples_in_columns_are_the_validated_completions_and_candidates() -> None:
+    """What a native-n response parses into: the completions when asked for (built once), and
+    candidates straight from the columns that equal those made from the completions and the
+    validated ones, field for field."""
+    texts = ["so 4", "so 5", "so 4"]
+    samples = Samples(texts, ["stop", "length", "stop"], None, "m")
+    assert len(samples) == 3 and samples.texts() == texts
+    assert samples.token_counts() == [None, None, None]
+    calls: list[str] = []
+
+    def extract(text: str) -> str | None:
+        calls.append(text)
+        return text.removeprefix("so ")
+
+    made = samples.candidates(extract)
+    assert calls == ["so 4", "so 5"]  # once per distinct text
+    completions = samples.completions()
+    assert samples.completions() is completions  # built once
+    assert completions == [
+        Completion(text=t, finish_reason=f, model="m")
+        for t, f in zip(texts, ["stop", "length", "stop"])
+    ]
+    expected = [
+        Candidate(
+            text=c.text,
+            answer=c.text[3:],
+            finish_reason=c.finish_reason,
+            completion_tokens=None,
+            model="m",
+        )
+        for c in completions
+    ]
+    assert made == expected == candidates(completions, extract)
+    assert [c.model_dump() for c in made] == [c.model_dump() for c in expected]
+    assert [c.model_fields_set for c in made] == [c.model_fields_set for c in expected]
+    assert pickle.loads(pickle.dumps(made)) == expected
+    made[0].scores["judge"] = 1.0
+    assert made[2].scores == {}
+    head = samples.head(2)
+    assert head.texts() == texts[:2] and samples.head(5) is samples
+    assert Samples(["a"], ["stop"], 7, "m").token_counts() == [7]
+    built = Samples.of(completions)
+    assert built.completions() is completions and built.candidates(extract) == expected
+    assert built.head(1).completions() == completions[:1]
+    with pytest.raises(ValueError, match="finish reasons"):
+        Samples(["a"], [], None, "m")
+    with pytest.raises(ValidationError, match="answer"):
+        Samples(["a"], ["stop"], None, "m").candidates(lambda _: 4)  # type: ignore[arg-type, return-value]
 
 
 class _Server:
@@ -274,3 +353,71 @@ async def test_an_adapter_that_reads_choices_its_own_way_is_still_asked() -> Non
         got = await model.generate("q", SamplingParams(max_tokens=8), n=2)
         await model.aclose()
     assert [c.text for c in got] == ["A", "B"]
+
+
+async def test_a_strategy_makes_no_completion_objects_and_generate_still_returns_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sampling strategies take a native-n response's candidates straight from its parsed
+    columns; ``generate`` (and its ``on_completions``) still gets the ``Completion`` objects,
+    equal to the validated ones."""
+    n = 12
+    texts = _texts(n)
+
+    def body(request: dict[str, Any]) -> dict[str, Any]:
+        choices = [
+            {"index": i, "message": {"content": t}, "finish_reason": "stop"}
+            for i, t in enumerate(texts[: request.get("n", 1)])
+        ]
+        return {"choices": choices, "usage": {"prompt_tokens": 5, "completion_tokens": 9 * n}}
+
+    built: list[int] = []
+    parsed_many = Completion.parsed_many
+
+    def counting(*args: Any) -> list[Completion]:
+        got = parsed_many(*args)
+        built.append(len(got))
+        return got
+
+    monkeypatch.setattr(Completion, "parsed_many", counting)
+    async with _Server(body) as url:
+        model = OpenAICompatible(
+            "m", base_url=url, capabilities=Capabilities(native_n=True, max_n=n)
+        )
+        result = await BestOfN(model, n=n).run("q")
+        assert built == []  # no Completion on the strategy's path
+        batches: list[list[Completion]] = []
+        got = await model.generate("q", n=n, on_completions=batches.append)
+        await model.aclose()
+    assert result.candidates == [
+        Candidate(text=t, answer=extract_answer(t), finish_reason="stop", model="m") for t in texts
+    ]
+    assert got == [Completion(text=t, finish_reason="stop", model="m") for t in texts]
+    assert batches == [got] and built == [n]
+    assert result.usage.completion_tokens == model.usage.completion_tokens / 2 == 9 * n
+
+
+async def test_a_model_that_draws_its_own_way_still_feeds_the_strategies() -> None:
+    """A model that overrides ``generate`` (as ``Fallback`` and ``Router`` do) is drawn from
+    through it."""
+    from ttc.adapters import FunctionModel
+
+    class Doubled(FunctionModel):
+        async def generate(self, prompt: Any, params: Any = None, n: int = 1, **kw: Any) -> Any:
+            return await super().generate(prompt, params, 2 * n, **kw)
+
+    model = Doubled(lambda request, i: f"The answer is {i % 2}.")
+    result = await BestOfN(model, n=3).run("q")
+    assert [c.answer for c in result.candidates] == ["0", "1", "0", "1", "0", "1"]
+    assert result.answer == "0" and model.samples == 6
+    # A generate patched on the instance (a spy, a mock) is honoured too.
+    plain = FunctionModel(lambda request, i: "The answer is 3.")
+    calls: list[int] = []
+    original = plain.generate
+
+    async def spy(prompt: Any, params: Any = None, n: int = 1, **kw: Any) -> Any:
+        calls.append(n)
+        return await original(prompt, params, n, **kw)
+
+    plain.generate = spy  # type: ignore[method-assign]
+    assert (await BestOfN(plain, n=4).run("q")).answer == "3" and calls == [4]

@@ -9,9 +9,11 @@ are shared between tasks are frozen.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from copy import deepcopy
 from functools import partial
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -352,11 +354,30 @@ class Candidate(BaseModel):
             )
         return candidates([completion], lambda _: answer)[0]
 
+    # The candidates of a response share one set of set fields (``model_fields_set``) until
+    # one of them changes: a set each was a quarter of a candidate's cost and nearly half of
+    # the collector's runs at large n. A candidate gets its own before a field is set, and each
+    # unpickled candidate has its own (copies make their own already).
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__pydantic_fields_set__ is _CANDIDATE_GIVEN:
+            _set_fields_set(self, set(_CANDIDATE_GIVEN))
+        super().__setattr__(name, value)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        if state["__pydantic_fields_set__"] is _CANDIDATE_GIVEN:
+            state["__pydantic_fields_set__"] = set(_CANDIDATE_GIVEN)
+        return state
+
 
 _CANDIDATE_DEFAULTS, _CANDIDATE_FACTORIES = _defaults(Candidate)
-# As after Candidate(text=..., answer=..., ...): what a trusted candidate counts as set.
+# As after Candidate(text=..., answer=..., ...): what a trusted candidate counts as set, shared
+# by every trusted candidate until it changes (see ``Candidate.__setattr__``).
 _CANDIDATE_GIVEN = {"text", "answer", "finish_reason", "completion_tokens", "model"}
 _UNSEEN: Any = object()
+# A completion's fields that a candidate takes over, read from its field dict in one C call.
+_CANDIDATE_SOURCE = itemgetter("text", "finish_reason", "completion_tokens", "model")
 
 
 def candidates(
@@ -368,46 +389,127 @@ def candidates(
     were checked when they were made, so they are taken as they are, in one loop (no second
     validation); an answer that is not a str or ``None`` goes through validation (which
     refuses it; a str subclass is coerced)."""
+    return _candidates(map(_CANDIDATE_SOURCE, map(vars, completions)), extract)
+
+
+def _candidates(
+    rows: Iterable[tuple[str, FinishReason, int | None, str]],
+    extract: Callable[[str], str | None],
+) -> list[Candidate]:
+    """``candidates`` from each sample's text, finish reason, completion tokens and model."""
     answers: dict[str, str | None] = {}
     seen = answers.get
     out: list[Candidate] = []
     append = out.append
     copy = _CANDIDATE_DEFAULTS.copy
     factories = _CANDIDATE_FACTORIES
-    given = _CANDIDATE_GIVEN.copy
-    for completion in completions:
-        got = completion.__dict__
-        text = got["text"]
+    given = _CANDIDATE_GIVEN
+    for text, finish, tokens, model in rows:
         answer = seen(text, _UNSEEN)
         if answer is _UNSEEN:
-            answer = answers[text] = extract(text)
-        if answer is not None and type(answer) is not str:
-            append(
-                Candidate(
-                    text=text,
-                    answer=answer,
-                    finish_reason=got["finish_reason"],
-                    completion_tokens=got["completion_tokens"],
-                    model=got["model"],
-                )
-            )
-            continue
+            answer = extract(text)
+            if answer is not None and type(answer) is not str:
+                answer = Candidate(text=text, answer=answer).answer  # refused, or coerced
+            answers[text] = answer
         obj = _new(Candidate)  # trusted construction (see _new)
         fields = copy()
         fields["text"] = text
         fields["answer"] = answer
-        fields["finish_reason"] = got["finish_reason"]
-        fields["completion_tokens"] = got["completion_tokens"]
-        fields["model"] = got["model"]
+        fields["finish_reason"] = finish
+        fields["completion_tokens"] = tokens
+        fields["model"] = model
         for name, factory in factories:
             fields[name] = factory()
         _set_dict(obj, fields)
-        # Its own set: a candidate is mutable, and setting a field adds it there.
-        _set_fields_set(obj, given())
+        _set_fields_set(obj, given)  # shared until the candidate changes
         _set_extra(obj, None)
         _set_private(obj, None)
         append(obj)
     return out
+
+
+class Samples:
+    """One response's samples: ``Completion`` objects, or the columns an adapter parsed them
+    into (texts, finish reasons, and the completion tokens and model they share), from which
+    the objects are built only when someone asks (``completions()``). A sampling strategy
+    makes its candidates straight from the columns (``candidates(extract)``): at hundreds of
+    samples a response, an object per sample that nobody reads costs more CPU (and collector
+    time) than everything else the client does with it."""
+
+    __slots__ = ("_completions", "_finish_reasons", "_model", "_texts", "_tokens")
+
+    def __init__(
+        self,
+        texts: list[str],
+        finish_reasons: list[FinishReason],
+        completion_tokens: int | None,
+        model: str,
+    ) -> None:
+        """Samples from values an adapter has already checked (as for
+        ``Completion.parsed_many``: each text a str, each finish reason a ``FinishReason``,
+        ``completion_tokens`` each sample's own count, >= 0, or ``None``)."""
+        if len(texts) != len(finish_reasons):
+            raise ValueError(f"{len(texts)} texts for {len(finish_reasons)} finish reasons")
+        self._texts = texts
+        self._finish_reasons = finish_reasons
+        self._tokens = completion_tokens
+        self._model = model
+        self._completions: list[Completion] | None = None
+
+    @classmethod
+    def of(cls, completions: list[Completion]) -> Samples:
+        """Samples that are these completions (an adapter that builds them itself, with
+        logprobs say, or a cache hit)."""
+        obj = _new(cls)
+        obj._completions = completions
+        return obj
+
+    def __len__(self) -> int:
+        got = self._completions
+        return len(got) if got is not None else len(self._texts)
+
+    def __repr__(self) -> str:
+        return f"Samples({len(self)})"
+
+    def completions(self) -> list[Completion]:
+        """The samples as ``Completion`` objects (built on the first call; the same list
+        after)."""
+        got = self._completions
+        if got is None:
+            got = self._completions = Completion.parsed_many(
+                self._texts, self._finish_reasons, self._tokens, self._model
+            )
+        return got
+
+    def texts(self) -> list[str]:
+        """Each sample's text."""
+        got = self._completions
+        return [c.text for c in got] if got is not None else self._texts
+
+    def token_counts(self) -> list[int | None]:
+        """Each sample's own completion tokens, where known."""
+        got = self._completions
+        if got is not None:
+            return [c.completion_tokens for c in got]
+        return [self._tokens] * len(self._texts)
+
+    def head(self, k: int) -> Samples:
+        """The first ``k`` samples (all of them when there are no more)."""
+        if len(self) <= k:
+            return self
+        got = self._completions
+        if got is not None:
+            return Samples.of(got[:k])
+        return Samples(self._texts[:k], self._finish_reasons[:k], self._tokens, self._model)
+
+    def candidates(self, extract: Callable[[str], str | None]) -> list[Candidate]:
+        """A ``Candidate`` for each sample, as ``ttc.types.candidates`` makes them from the
+        completions, without building the completions first."""
+        got = self._completions
+        if got is not None:
+            return candidates(got, extract)
+        rows = zip(self._texts, self._finish_reasons, repeat(self._tokens), repeat(self._model))
+        return _candidates(rows, extract)
 
 
 class TraceEvent(_Frozen):

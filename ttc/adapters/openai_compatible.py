@@ -38,7 +38,7 @@ from ttc.errors import (
 from ttc.runtime.model import Capabilities, Model, RawResponse, cut_at_stops
 from ttc.runtime.ratelimit import parse_duration, parse_rate_limit_headers
 from ttc.runtime.redact import header_secrets, redact
-from ttc.types import Completion, FinishReason, GenerateRequest, TokenLogprob
+from ttc.types import Completion, FinishReason, GenerateRequest, Samples, TokenLogprob
 
 Endpoint = Literal["chat", "completions"]
 
@@ -260,11 +260,11 @@ class OpenAICompatible(Model):
                 or params.prompt_logprobs is not None
                 or type(self)._completion is not OpenAICompatible._completion  # overridden
             ):
-                completions = [
-                    self._completion(choice, request, cut_stops, single) for choice in choices
-                ]
+                samples = Samples.of(
+                    [self._completion(choice, request, cut_stops, single) for choice in choices]
+                )
             else:  # the common case, in one tight loop: hundreds of choices with native n
-                completions = self._plain_completions(choices, single)
+                samples = self._plain_samples(choices, single)
         except (KeyError, TypeError, AttributeError) as exc:
             error = data.get("error") if isinstance(data, dict) else None
             if error:  # a 200 that carries an error object (some gateways send these)
@@ -279,15 +279,16 @@ class OpenAICompatible(Model):
             raise failure
         prompt_tokens = usage.get("prompt_tokens")
         return RawResponse(
-            completions=completions,
+            samples=samples,
             prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
             completion_tokens=completion_tokens,
             rate_limits=rate_limits,
         )
 
-    def _plain_completions(self, choices: list[Any], tokens: int | None) -> list[Completion]:
+    def _plain_samples(self, choices: list[Any], tokens: int | None) -> Samples:
         """``_completion`` for choices with no stop strings to cut and no logprobs: the text
-        and finish reason of each, checked here and not validated again."""
+        and finish reason of each, checked here and not validated again, in columns (no
+        object per sample unless someone asks for the completions)."""
         finish = _FINISH.get
         if self.endpoint == "chat":
             texts = [choice["message"].get("content") or "" for choice in choices]
@@ -297,7 +298,7 @@ class OpenAICompatible(Model):
             if type(text) is not str:
                 raise TypeError("completion text is not a string")
         finishes = [finish(choice.get("finish_reason") or "", "unknown") for choice in choices]
-        return Completion.parsed_many(texts, finishes, tokens, self.model)
+        return Samples(texts, finishes, tokens, self.model)
 
     def _completion(
         self,

@@ -50,6 +50,7 @@ from ttc.types import (
     GenerateRequest,
     Message,
     Prompt,
+    Samples,
     SamplingParams,
     Usage,
     as_request_prompt,
@@ -94,6 +95,7 @@ _NOT_IN_CACHE_IDENTITY = frozenset(
 )
 
 OnCompletions = Callable[[list[Completion]], Awaitable[None] | None]
+OnSamples = Callable[[Samples], Awaitable[None] | None]
 
 _NO_DEADLINE = contextlib.nullcontext()
 
@@ -115,15 +117,46 @@ class Capabilities(Settings):
     max_temperature: Float = Field(2.0, ge=0)
 
 
-@dataclass(slots=True)
 class RawResponse:
     """What one wire request returned, before the runtime's bookkeeping (one per request:
-    slots, no ``__dict__``)."""
+    slots, no ``__dict__``).
 
-    completions: list[Completion]
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    rate_limits: RateLimitInfo | None = None
+    An adapter gives its samples as ``completions`` or, for samples it has parsed into columns
+    (``ttc.types.Samples``), as ``samples``: then no ``Completion`` is built unless someone
+    reads ``completions``."""
+
+    __slots__ = ("completion_tokens", "prompt_tokens", "rate_limits", "samples")
+
+    def __init__(
+        self,
+        completions: list[Completion] | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        rate_limits: RateLimitInfo | None = None,
+        *,
+        samples: Samples | None = None,
+    ) -> None:
+        if (completions is None) == (samples is None):
+            raise TypeError("RawResponse takes completions or samples (one of them)")
+        self.samples = samples if samples is not None else Samples.of(completions or [])
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.rate_limits = rate_limits
+
+    @property
+    def completions(self) -> list[Completion]:
+        """The samples as ``Completion`` objects (built when first read)."""
+        return self.samples.completions()
+
+    @completions.setter
+    def completions(self, completions: list[Completion]) -> None:
+        self.samples = Samples.of(completions)
+
+    def __repr__(self) -> str:
+        return (
+            f"RawResponse({self.samples!r}, prompt_tokens={self.prompt_tokens}, "
+            f"completion_tokens={self.completion_tokens})"
+        )
 
 
 class _LoopState:
@@ -282,30 +315,63 @@ class Model(ABC):
         can stop early by cancelling. If some samples fail for good, ``GenerationError`` (or
         ``BudgetExceeded``) is raised carrying the samples that did arrive.
         """
+        collected: list[Completion] = []
+
+        def on_samples(batch: Samples) -> Awaitable[None] | None:
+            completions = batch.completions()
+            collected.extend(completions)
+            return on_completions(completions) if on_completions is not None else None
+
+        await self._generate_samples(prompt, params, n, on_samples)
+        return collected
+
+    async def generate_samples(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        n: int = 1,
+        *,
+        on_samples: OnSamples,
+    ) -> None:
+        """``generate``, handing each response's samples to ``on_samples`` as they arrive,
+        as ``ttc.types.Samples``: a caller that wants candidates makes them from the parsed
+        columns (``Samples.candidates``) and no ``Completion`` objects are built. The errors
+        are ``generate``'s, with the same samples."""
+        if getattr(self.generate, "__func__", None) is not Model.generate:
+            # A model that draws its own way (a subclass's or a patched ``generate``).
+            await self.generate(
+                prompt, params, n, on_completions=lambda got: on_samples(Samples.of(got))
+            )
+        else:
+            await self._generate_samples(prompt, params, n, on_samples)
+
+    async def _generate_samples(
+        self, prompt: Prompt, params: SamplingParams | None, n: int, on_samples: OnSamples
+    ) -> None:
         request = GenerateRequest(
             prompt=as_request_prompt(prompt), params=params or self.params, n=n
         )
         self._check_request(request)
         sizes = self._chunk_sizes(n)
-        collected: list[Completion] = []
+        collected: list[Samples] = []
         failures: list[BaseException] = []
 
         chunks = self._chunk_requests(request, sizes)
         if len(chunks) == 1:
-            await self._generate_chunk(chunks[0], on_completions, collected, failures, 0)
+            await self._generate_chunk(chunks[0], on_samples, collected, failures, 0)
         else:
             firsts = [0] * len(sizes)
             for i in range(1, len(sizes)):
                 firsts[i] = firsts[i - 1] + sizes[i - 1]
             await _all_chunks(
                 [
-                    self._generate_chunk(chunk, on_completions, collected, failures, first)
+                    self._generate_chunk(chunk, on_samples, collected, failures, first)
                     for chunk, first in zip(chunks, firsts)
                 ]
             )
         if failures:
-            raise self._partial_failure(failures, collected, n)
-        return collected
+            delivered = [c for batch in collected for c in batch.completions()]
+            raise self._partial_failure(failures, delivered, n)
 
     async def aclose(self) -> None:
         """Release connections held for the current event loop (an in-process engine also
@@ -411,8 +477,8 @@ class Model(ABC):
     async def _generate_chunk(
         self,
         request: GenerateRequest,
-        on_completions: OnCompletions | None,
-        collected: list[Completion],
+        on_samples: OnSamples,
+        collected: list[Samples],
         failures: list[BaseException],
         first_sample: int,
     ) -> None:
@@ -444,14 +510,14 @@ class Model(ABC):
                     if request.n == 1 or exc.limit not in ("tokens", "completion_tokens", "usd"):
                         raise
                     # The whole chunk's worst case does not fit: smaller chunks may.
-                    await self._split(request, on_completions, collected, failures, first_sample)
+                    await self._split(request, on_samples, collected, failures, first_sample)
                     return
                 size = request.n
-                delivered = self._deliver(got[:size], on_completions, collected)
+                delivered = self._deliver(got.head(size), on_samples, collected)
                 if delivered is not None:
                     await delivered
                 if len(got) < size:
-                    await self._refill(request, got, on_completions, collected)
+                    await self._refill(request, len(got), on_samples, collected)
             if scope is not None and scope.cancelled_caught:
                 failures.append(deadline_passed(ledgers))
         except (ProviderError, BudgetExceeded, GenerationError) as exc:
@@ -460,8 +526,8 @@ class Model(ABC):
     async def _split(
         self,
         request: GenerateRequest,
-        on_completions: OnCompletions | None,
-        collected: list[Completion],
+        on_samples: OnSamples,
+        collected: list[Samples],
         failures: list[BaseException],
         first_sample: int,
     ) -> None:
@@ -476,7 +542,7 @@ class Model(ABC):
         halves = self._chunk_requests(request, sizes)
         await _all_chunks(
             [
-                self._generate_chunk(half, on_completions, collected, failures, first_sample + at)
+                self._generate_chunk(half, on_samples, collected, failures, first_sample + at)
                 for half, at in zip(halves, (0, first))
             ]
         )
@@ -484,19 +550,19 @@ class Model(ABC):
     async def _refill(
         self,
         request: GenerateRequest,
-        got: list[Completion],
-        on_completions: OnCompletions | None,
-        collected: list[Completion],
+        got: int,
+        on_samples: OnSamples,
+        collected: list[Samples],
     ) -> None:
-        """Ask for the samples a response lacked, one request each."""
+        """Ask for the samples a response lacked (it had ``got`` of them), one request each."""
         size = request.n
-        missing = size - len(got)
+        missing = size - got
         if not self._warned_short:
             self._warned_short = True
             logger.warning(
                 "%s returned %d of %d choices; asking again for the rest",
                 self.name,
-                len(got),
+                got,
                 size,
             )
         failures: list[BaseException] = []
@@ -505,7 +571,7 @@ class Model(ABC):
             seed = request.params.seed
             params = request.params
             if seed is not None:  # samples this chunk did not get: the next seeds in line
-                params = params.model_copy(update={"seed": seed + len(got) + k})
+                params = params.model_copy(update={"seed": seed + got + k})
             single = request.model_copy(update={"n": 1, "params": params})
             for _ in range(self.retry.max_attempts):
                 try:
@@ -513,8 +579,8 @@ class Model(ABC):
                 except (ProviderError, BudgetExceeded) as exc:
                     failures.append(exc)
                     return
-                if more:
-                    delivered = self._deliver(more[:1], on_completions, collected)
+                if len(more):
+                    delivered = self._deliver(more.head(1), on_samples, collected)
                     if delivered is not None:
                         await delivered
                     return
@@ -531,16 +597,14 @@ class Model(ABC):
 
     @staticmethod
     def _deliver(
-        completions: list[Completion],
-        on_completions: OnCompletions | None,
-        collected: list[Completion],
+        samples: Samples, on_samples: OnSamples, collected: list[Samples]
     ) -> Awaitable[None] | None:
-        """Add ``completions`` to ``collected`` and hand them to ``on_completions``; what that
-        returns, if anything, is for the caller to await (a plain call where it is sync)."""
-        if not completions:
+        """Add ``samples`` to ``collected`` and hand them to ``on_samples``; what that returns,
+        if anything, is for the caller to await (a plain call where it is sync)."""
+        if not len(samples):
             return None
-        collected.extend(completions)
-        return on_completions(completions) if on_completions is not None else None
+        collected.append(samples)
+        return on_samples(samples)
 
     async def _retrying(self, attempt: Callable[[_A, int], Awaitable[_T]], arg: _A) -> _T:
         """``attempt(arg, 1)``, then the later attempts the retry policy allows. The first
@@ -559,7 +623,7 @@ class Model(ABC):
         (logged on ``ttc.retry``); the error raised in the end names the attempts made."""
         return await self.retry.retry_after(first, attempt, arg, self.name)
 
-    async def _cached(self, request: GenerateRequest, first_sample: int) -> list[Completion]:
+    async def _cached(self, request: GenerateRequest, first_sample: int) -> Samples:
         """``request`` answered from the cache, or sent and (when complete) stored there."""
         cache = self.cache
         assert cache is not None
@@ -568,10 +632,10 @@ class Model(ABC):
             return await self._retrying(self._attempt, request)
         hit = cache.lookup(key)
         if hit is not None:
-            return hit
+            return Samples.of(hit)
         got = await self._retrying(self._attempt, request)
         if len(got) >= request.n:
-            cache.put(key, got[: request.n])
+            cache.put(key, got.head(request.n).completions())
         return got
 
     async def metered(
@@ -670,7 +734,7 @@ class Model(ABC):
         usd = self.price.cost(prompt_bound, out) if self.price is not None else 0.0
         return Charge(prompt_bound + out, usd, 1, out)
 
-    async def _attempt(self, request: GenerateRequest, attempt: int) -> list[Completion]:
+    async def _attempt(self, request: GenerateRequest, attempt: int) -> Samples:
         """One request on the wire, metered (``ttc.runtime.meter``)."""
         worst = lambda: self._worst_case(request, self._prompt_token_bound(request))  # noqa: E731
         async with MeteredRequest(self, worst, attempt, request.n, request=request) as metering:
@@ -681,11 +745,12 @@ class Model(ABC):
             else:
                 prompt_tokens = self._prompt_token_bound(request)
             completion_tokens = self._completion_tokens(request, raw)
-            choices = len(raw.completions)
+            samples = raw.samples
+            choices = len(samples)
             metering.delivered(prompt_tokens, completion_tokens, choices, raw.rate_limits)
             if choices > request.n or completion_tokens > request.params.max_tokens * request.n:
                 self._mark_out_of_spec(request, choices, completion_tokens)
-        return raw.completions
+        return samples
 
     def _refuse_out_of_spec(self, out_of_spec: dict[str, str]) -> None:
         what = out_of_spec.get(self.name)
@@ -719,19 +784,19 @@ class Model(ABC):
         """What the response's choices cost: the provider's figure, unless it cannot be right
         (fewer tokens than the choices' own counts, or than one a non-empty choice, or a
         provider known to count one choice of n), then the runtime's own count."""
-        completions = raw.completions
+        samples = raw.samples
         reported = raw.completion_tokens
         if reported is None:
-            per = [c.completion_tokens for c in completions]
+            per = samples.token_counts()
             if all(t is not None for t in per):
                 return sum(t for t in per if t is not None)
-            return request.params.max_tokens * max(len(completions), 1)
-        if len(completions) > 1:
+            return request.params.max_tokens * max(len(samples), 1)
+        if len(samples) > 1:
             floor = 0  # a loop, not sum() over a generator: it runs once per sample
-            for c in completions:
-                tokens = c.completion_tokens
-                floor += tokens if tokens is not None else (1 if c.text else 0)
+            for tokens, text in zip(samples.token_counts(), samples.texts()):
+                floor += tokens if tokens is not None else (1 if text else 0)
             if self.usage_counts_one_choice or reported < floor:
+                completions = samples.completions()
                 counted = self._count_choices(completions, request.params.max_tokens)
                 if counted > reported:
                     if not self._warned_usage:

@@ -224,11 +224,25 @@ def _answer_lines(text: str) -> list[str]:
         first = lower.find("answer")
         if first < 0:
             return []
-        start = len(text[:first].rstrip(_ANSWER_LEAD))
         if lower.find("answer", first + 6) < 0:  # the common case: one "answer", one match
+            if (
+                first >= 4
+                and lower.startswith(" is ", first + 6)
+                and lower.startswith("the ", first - 4)
+                and (first == 4 or not _is_word(lower[first - 5]))
+            ):
+                # "the answer is X", read as the regex would (its only match), without it
+                return [text[first + 9 :].lstrip(" \t:*_").partition("\n")[0]]
+            start = len(text[:first].rstrip(_ANSWER_LEAD))
             match = _ANSWER_IS.search(text, start)
             return [] if match is None else [match.group(1)]
+        start = len(text[:first].rstrip(_ANSWER_LEAD))
     return [match.group(1) for match in _ANSWER_IS.finditer(text, start)]
+
+
+def _is_word(char: str) -> bool:
+    """Whether an ASCII ``char`` is a regex word character (``\\w``)."""
+    return char.isalnum() or char == "_"
 
 
 # The steps below depend on an answer line alone, and samples state the same few answers over

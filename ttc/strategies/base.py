@@ -25,13 +25,12 @@ from ttc.runtime.sync import run_sync
 from ttc.types import (
     BudgetStop,
     Candidate,
-    Completion,
     Message,
     Prompt,
     Result,
+    Samples,
     SamplingParams,
     StopReason,
-    candidates,
 )
 from ttc.validation import check_instance, check_int
 
@@ -170,11 +169,11 @@ async def draw(
 
     if isinstance(source, Model):
 
-        def on_completions(completions: list[Completion]) -> Awaitable[None] | None:
-            return take(candidates(completions, extract))
+        def on_samples(samples: Samples) -> Awaitable[None] | None:
+            return take(samples.candidates(extract))
 
         try:
-            await source.generate(prompt, params, n, on_completions=on_completions)
+            await source.generate_samples(prompt, params, n, on_samples=on_samples)
         except BudgetExceeded as exc:
             out.stopped_by, out.errors = "budget", [str(exc)]
             _note_budget_error(exc)
