@@ -180,56 +180,67 @@ def _steps(q: LabelledQuestion) -> list[tuple[list[str], list[bool]]]:
 
 
 async def auc(args: argparse.Namespace) -> None:
-    from ttc.scoring.prm_trained import LlamaCppEmbedder, fit_hidden_state_prm
+    """The light head's step AUC on held-out questions, at each ``--l2`` given (the states
+    are computed once, so every penalty is fitted on the same features), beside
+    ``ArithmeticPRM`` and chance, with 95% bootstrap intervals over held-out questions."""
+    from ttc.scoring.prm_trained import (
+        LlamaCppEmbedder,
+        head_from_features,
+        hidden_state_features,
+    )
 
     questions = [q for run in runs(args.out).values() for q in run]
     train = [q for i, q in enumerate(questions) if i % 2 == 0]
     test = [q for i, q in enumerate(questions) if i % 2 == 1]
     embedder = LlamaCppEmbedder(max_tokens=args.context)
     started = time.perf_counter()
-    head = fit_hidden_state_prm(train, embedder, l2=args.l2)
-    print(f"trained the head on {len(train)} questions in {time.perf_counter() - started:.0f} s")
+    x_train, y_train, _ = hidden_state_features(train, embedder)
+    x_test, y_test, owners = hidden_state_features(test, embedder)
+    print(
+        f"states of {len(y_train)} training steps ({len(train)} questions) and {len(y_test)} "
+        f"held-out steps ({len(test)} questions) in {time.perf_counter() - started:.0f} s"
+    )
     arithmetic = ArithmeticPRM()
-    per_question: list[tuple[list[float], list[float], list[bool]]] = []
+    rule: list[float] = []
     for q in test:
         solutions = _steps(q)
-        if not solutions:
-            continue
-        texts = [s for s, _ in solutions]
-        head_scores = await head.score_steps(q.prompt, texts)
-        rule_scores = await arithmetic.score_steps(q.prompt, texts)
-        h = [v for row in head_scores for v in row]
-        r = [v for row in rule_scores for v in row]
-        y = [v for _, labels in solutions for v in labels]
-        per_question.append((h, r, y))
+        if solutions:
+            texts = [s for s, _ in solutions]
+            rule += [v for row in await arithmetic.score_steps(q.prompt, texts) for v in row]
+    assert len(rule) == len(y_test)
+    by_question: dict[int, list[int]] = {}
+    for i, owner in enumerate(owners):
+        by_question.setdefault(owner, []).append(i)
+    groups = list(by_question.values())
 
-    def pooled(idx: list[int]) -> tuple[float | None, float | None]:
-        h = [v for i in idx for v in per_question[i][0]]
-        r = [v for i in idx for v in per_question[i][1]]
-        y = [v for i in idx for v in per_question[i][2]]
-        return roc_auc(h, y), roc_auc(r, y)
+    def interval(scores: list[float]) -> str:
+        point = roc_auc(scores, y_test)
+        rng = random.Random(0)
+        draws = []
+        for _ in range(1000):
+            idx = [i for g in rng.choices(groups, k=len(groups)) for i in g]
+            value = roc_auc([scores[i] for i in idx], [y_test[i] for i in idx])
+            if value is not None:
+                draws.append(value)
+        draws.sort()
+        if point is None or not draws:
+            return "-"
+        low, high = draws[int(0.025 * len(draws))], draws[int(0.975 * len(draws)) - 1]
+        return f"{point:.3f} [{low:.3f}, {high:.3f}]"
 
-    everyone = list(range(len(per_question)))
-    head_auc, rule_auc = pooled(everyone)
-    rng = random.Random(0)
-    draws: list[tuple[float, float]] = []
-    for _ in range(1000):
-        a, b = pooled([rng.choice(everyone) for _ in everyone])
-        if a is not None and b is not None:
-            draws.append((a, b))
-
-    def interval(k: int) -> str:
-        values = sorted(d[k] for d in draws)
-        if not values:
-            return "[-]"
-        return f"[{values[int(0.025 * len(values))]:.3f}, {values[int(0.975 * len(values))]:.3f}]"
-
-    steps = sum(len(p[2]) for p in per_question)
-    good = sum(sum(p[2]) for p in per_question)
-    print(f"held-out: {len(per_question)} questions, {steps} steps ({good} labelled good)")
-    print(f"  light PRM (hidden-state head)  AUC {head_auc} {interval(0)}")
-    print(f"  ArithmeticPRM                  AUC {rule_auc} {interval(1)}")
-    print("  chance                         AUC 0.5")
+    print(
+        f"held-out: {len(groups)} questions, {len(y_test)} steps ({sum(y_test)} labelled "
+        f"good); training: {len(y_train)} steps ({sum(y_train)} good)"
+    )
+    for l2 in args.l2:
+        head = head_from_features(x_train, y_train, embedder, l2=l2)
+        fitted = roc_auc(head.score_states(x_train), y_train)
+        print(
+            f"  light PRM, l2 = {l2:g}: AUC {interval(head.score_states(x_test))} "
+            f"(training AUC {fitted:.3f})"
+        )
+    print(f"  ArithmeticPRM              AUC {interval(rule)}")
+    print("  chance                     AUC 0.5")
 
 
 async def bestofn(args: argparse.Namespace) -> None:
@@ -242,7 +253,7 @@ async def bestofn(args: argparse.Namespace) -> None:
     from ttc.types import Candidate
 
     questions = [q for run in runs(args.out).values() for q in run]
-    head = fit_hidden_state_prm(questions, LlamaCppEmbedder(max_tokens=args.context), l2=args.l2)
+    head = fit_hidden_state_prm(questions, LlamaCppEmbedder(max_tokens=args.context), l2=args.l2[0])
     data = select_questions(
         load_dataset("graded-test"), levels=[1, 2], per_level=args.test_per_level
     )
@@ -286,7 +297,7 @@ async def beam(args: argparse.Namespace) -> None:
     from ttc.strategies.beam_prm import BeamPRM
 
     questions = [q for run in runs(args.out).values() for q in run]
-    head = fit_hidden_state_prm(questions, LlamaCppEmbedder(max_tokens=args.context), l2=args.l2)
+    head = fit_hidden_state_prm(questions, LlamaCppEmbedder(max_tokens=args.context), l2=args.l2[0])
     data = select_questions(
         load_dataset("graded-test"), levels=[1, 2], per_level=args.test_per_level
     )
@@ -329,7 +340,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--context", type=int, default=192, help="auc: tokens a pass reads")
-    parser.add_argument("--l2", type=float, default=10.0, help="auc: the head's L2 penalty")
+    parser.add_argument(
+        "--l2", type=float, nargs="+", default=[10.0], help="the head's L2 penalty (auc: several)"
+    )
     parser.add_argument("--n", type=int, default=8, help="bestofn: samples a question")
     parser.add_argument("--test-per-level", type=int, default=5, help="bestofn: questions")
     parser.add_argument("--aggregation", default="min", help="bestofn: step scores to one")

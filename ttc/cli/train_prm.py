@@ -171,21 +171,15 @@ def train_prm_command(
                 "or a ttc export (--format ttc)"
             )
         from ttc.labels.stats import roc_auc
-        from ttc.scoring.prm_trained import fit_hidden_state_prm
+        from ttc.scoring.prm_trained import head_from_features, hidden_state_features
 
-        prm = fit_hidden_state_prm(
-            native, _embedder(embedder, max_tokens), l2=l2, soft_threshold=soft_threshold
+        embedding = _embedder(embedder, max_tokens)
+        features, labels, _ = hidden_state_features(
+            native, embedding, soft_threshold=soft_threshold
         )
+        prm = head_from_features(features, labels, embedding, l2=l2)
         prm.save(output)
-        scores: list[float] = []
-        labels: list[bool] = []
-        for q in native:
-            for sol in q.solutions:
-                kept = [s for s in sol.steps if s.hard is not None]
-                if kept and len(kept) == len(sol.steps[: len(kept)]):
-                    states = prm.embedder.step_states(q.prompt, [[s.text for s in kept]])[0]
-                    scores += prm.score_states(states)
-                    labels += [bool(s.hard) for s in kept]
+        scores = prm.score_states(features)  # the training steps, not embedded again
         auc = roc_auc(scores, labels)
         shown = f"{auc:.3f}" if auc is not None else "-"
         out.print(

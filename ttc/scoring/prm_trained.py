@@ -40,6 +40,8 @@ __all__ = [
     "embedder_spec",
     "fit_hidden_state_prm",
     "fit_logistic",
+    "head_from_features",
+    "hidden_state_features",
     "load_embedder",
     "read_head",
 ]
@@ -410,20 +412,21 @@ class HiddenStatePRM(ProcessRewardModel):
         return f"HiddenStatePRM({self.embedder.spec()!r})"
 
 
-def fit_hidden_state_prm(
+def hidden_state_features(
     questions: Sequence[Any],
     embedder: Embedder,
     *,
-    l2: float = 1.0,
     soft_threshold: float | None = None,
-) -> HiddenStatePRM:
-    """Train the head on labelled questions (``ttc.labels.LabelledQuestion``): each labelled
-    step's state (the question as the model was prompted, the steps as generated) against its
-    hard label (or ``soft >= soft_threshold``). Steps after a solution's first unlabelled one
-    are left out."""
+) -> tuple[list[list[float]], list[bool], list[int]]:
+    """Each labelled step's state (the question as the model was prompted, the steps as
+    generated) and its hard label (or ``soft >= soft_threshold``), with the index of the
+    question it came from (for splits and intervals by question). Steps after a solution's
+    first unlabelled one are left out. One embedder pass a solution: the costly part of
+    training, so callers that fit several heads (or score the training steps) reuse these."""
     features: list[list[float]] = []
     labels: list[bool] = []
-    for q in questions:
+    owners: list[int] = []
+    for index, q in enumerate(questions):
         solutions: list[list[str]] = []
         targets: list[list[bool]] = []
         for solution in q.solutions:
@@ -444,6 +447,18 @@ def fit_hidden_state_prm(
         for states, marks in zip(embedder.step_states(q.prompt, solutions), targets):
             features.extend(states)
             labels.extend(marks)
+            owners.extend([index] * len(marks))
+    return features, labels, owners
+
+
+def head_from_features(
+    features: Sequence[Sequence[float]],
+    labels: Sequence[bool],
+    embedder: Embedder,
+    *,
+    l2: float = 1.0,
+) -> HiddenStatePRM:
+    """A head fitted on ``hidden_state_features``' output, scoring with ``embedder``."""
     if not labels:
         raise ConfigError("no labelled steps to train on")
     if len(set(labels)) < 2:
@@ -452,6 +467,19 @@ def fit_hidden_state_prm(
         )
     weights, bias, mean, scale = fit_logistic(features, labels, l2=l2)
     return HiddenStatePRM(embedder, weights, bias, mean, scale)
+
+
+def fit_hidden_state_prm(
+    questions: Sequence[Any],
+    embedder: Embedder,
+    *,
+    l2: float = 1.0,
+    soft_threshold: float | None = None,
+) -> HiddenStatePRM:
+    """Train the head on labelled questions (``ttc.labels.LabelledQuestion``): each labelled
+    step's state against its label (``hidden_state_features``)."""
+    features, labels, _ = hidden_state_features(questions, embedder, soft_threshold=soft_threshold)
+    return head_from_features(features, labels, embedder, l2=l2)
 
 
 # --------------------------------------------------------------------------------------------
