@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ttc.errors import ConfigError
@@ -123,6 +123,7 @@ def test_integers_round_trip(n: int) -> None:
 
 
 @given(st.text(max_size=60))
+@example("AA\\\r0")  # a backslash before a carriage return: once "AA\\ 0", then "AA0"
 def test_normalize_is_idempotent(text: str) -> None:
     once = normalize_answer(text)
     assert normalize_answer(once) == once

@@ -296,6 +296,27 @@ async def test_a_native_n_response_gives_candidates_in_index_order_one_extractio
     assert result.usage.completion_tokens == 9 * n
 
 
+async def test_a_text_repeated_across_fanned_out_responses_is_read_once() -> None:
+    """One sample a request: the draw reads each distinct text once over all its responses,
+    with the same candidates as reading every sample."""
+    from ttc.adapters import FunctionModel
+
+    texts = ["The answer is 4.", "The answer is 5.", "The answer is 4."] * 4
+    calls: list[str] = []
+
+    def counting(text: str) -> str | None:
+        calls.append(text)
+        return extract_answer(text)
+
+    model = FunctionModel(lambda request, i: texts[i], native_n=False)
+    result = await BestOfN(model, n=len(texts), extract=counting).run("q")
+    assert model.usage.requests == len(texts)
+    assert sorted(calls) == ["The answer is 4.", "The answer is 5."]
+    assert sorted(c.text for c in result.candidates) == sorted(texts)
+    assert all(c.answer == extract_answer(c.text) for c in result.candidates)
+    assert result.votes == {"4": 8.0, "5": 4.0} and result.answer == "4"
+
+
 @pytest.mark.parametrize("reported", [-5, "12", None, 1.5])
 async def test_a_usage_count_that_is_not_a_count_is_left_to_the_runtime(reported: object) -> None:
     """A negative count used to escape as a raw pydantic ``ValidationError`` out of

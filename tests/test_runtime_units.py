@@ -265,3 +265,34 @@ def test_redact_hides_keys_in_every_form_a_gateway_may_quote() -> None:
     # short test keys are not searched for literally: they would garble ordinary text
     assert redact("the key was k", ["k"]) == "the key was k"
     assert header_secrets({"api-key": "a", "X-Trace": "b", "Authorization": "c"}) == ["a", "c"]
+
+
+async def test_a_request_cancelled_while_waiting_for_a_slot_leaves_the_queue() -> None:
+    """A request queued behind a full concurrency limit and cancelled there (an early stop)
+    must give up its place: nothing is charged for it, and the slot goes to the next one."""
+    import asyncio
+
+    from ttc.adapters import FunctionModel
+
+    release = asyncio.Event()
+
+    async def reply(request: object, index: int) -> str:
+        if index == 0:
+            await release.wait()
+        return "ok"
+
+    model = FunctionModel(reply, max_concurrency=1)
+    first = asyncio.ensure_future(model.generate("q"))
+    await asyncio.sleep(0.01)  # holds the only slot
+    queued = asyncio.ensure_future(model.generate("q"))
+    await asyncio.sleep(0.01)
+    limiter = model._loop_state().limiter
+    assert limiter.waiting == 1
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert limiter.waiting == 0
+    release.set()
+    assert [c.text for c in await first] == ["ok"]
+    assert [c.text for c in await model.generate("q")] == ["ok"]  # the slot is free again
+    assert model.usage.requests == 2

@@ -381,23 +381,31 @@ _CANDIDATE_SOURCE = itemgetter("text", "finish_reason", "completion_tokens", "mo
 
 
 def candidates(
-    completions: Sequence[Completion], extract: Callable[[str], str | None]
+    completions: Sequence[Completion],
+    extract: Callable[[str], str | None],
+    answers: dict[str, str | None] | None = None,
 ) -> list[Candidate]:
     """A ``Candidate`` for each completion, with ``extract(text)`` as its answer, extracted once
     per distinct text (an extractor is a function of its text: short answers and low
     temperatures repeat samples, and a repeat costs a dict lookup). The completions' fields
     were checked when they were made, so they are taken as they are, in one loop (no second
     validation); an answer that is not a str or ``None`` goes through validation (which
-    refuses it; a str subclass is coerced)."""
-    return _candidates(map(_CANDIDATE_SOURCE, map(vars, completions)), extract)
+    refuses it; a str subclass is coerced).
+
+    ``answers``: the texts already read by this ``extract`` and their answers, filled in here;
+    pass the same dict for every response of a draw, so that a text repeated across responses
+    (one sample a request, by fan-out) is read once too."""
+    return _candidates(map(_CANDIDATE_SOURCE, map(vars, completions)), extract, answers)
 
 
 def _candidates(
     rows: Iterable[tuple[str, FinishReason, int | None, str]],
     extract: Callable[[str], str | None],
+    answers: dict[str, str | None] | None = None,
 ) -> list[Candidate]:
     """``candidates`` from each sample's text, finish reason, completion tokens and model."""
-    answers: dict[str, str | None] = {}
+    if answers is None:
+        answers = {}
     seen = answers.get
     out: list[Candidate] = []
     append = out.append
@@ -502,14 +510,18 @@ class Samples:
             return Samples.of(got[:k])
         return Samples(self._texts[:k], self._finish_reasons[:k], self._tokens, self._model)
 
-    def candidates(self, extract: Callable[[str], str | None]) -> list[Candidate]:
+    def candidates(
+        self,
+        extract: Callable[[str], str | None],
+        answers: dict[str, str | None] | None = None,
+    ) -> list[Candidate]:
         """A ``Candidate`` for each sample, as ``ttc.types.candidates`` makes them from the
-        completions, without building the completions first."""
+        completions (``answers`` as there), without building the completions first."""
         got = self._completions
         if got is not None:
-            return candidates(got, extract)
+            return candidates(got, extract, answers)
         rows = zip(self._texts, self._finish_reasons, repeat(self._tokens), repeat(self._model))
-        return _candidates(rows, extract)
+        return _candidates(rows, extract, answers)
 
 
 class TraceEvent(_Frozen):

@@ -36,16 +36,28 @@ class ConcurrencyLimit:
     async def acquire(self) -> None:
         if self.try_acquire():
             return
+        turn = self.queue()
+        try:
+            await turn
+        except asyncio.CancelledError:
+            self.leave(turn)
+            raise
+
+    def queue(self) -> asyncio.Future[None]:
+        """Join the queue (after ``try_acquire`` said no): the slot is the caller's once the
+        future is done. A caller that awaits it itself, rather than through ``acquire``, keeps
+        one coroutine fewer alive per waiting request; it must call ``leave`` if cancelled."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release()  # the slot was handed to us as we were cancelled: pass it on
-            elif future in self._waiters:  # a release may already have dropped it
-                self._waiters.remove(future)
-            raise
+        return future
+
+    def leave(self, turn: asyncio.Future[None]) -> None:
+        """A wait on ``queue()``'s future was cancelled: give up the place in the queue, or
+        pass on the slot if it was handed over as the wait was cancelled."""
+        if turn.done() and not turn.cancelled():
+            self.release()
+        elif turn in self._waiters:  # a release may already have dropped it
+            self._waiters.remove(turn)
 
     def release(self) -> None:
         while self._waiters:

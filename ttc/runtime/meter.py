@@ -17,8 +17,8 @@ client's CPU per request is a speed target (``benchmarks/overhead.py``).
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -74,8 +74,10 @@ def deadline_passed(ledgers: tuple[Ledger, ...]) -> BudgetExceeded:
 class MeteredRequest:
     """One request under a model's runtime (see the module's docstring).
 
-    ``worst`` is the charge reserved before sending, or a function giving it, called once the
-    concurrency slot is held (a prompt's exact token count may have arrived meanwhile).
+    ``worst`` is the charge reserved before sending; ``None`` for a generation ``request``,
+    whose worst case is worked out once the concurrency slot is held (a prompt's exact token
+    count may have arrived meanwhile). Not a closure: thousands of requests may wait for a
+    slot at once, and a closure is four more objects each for the collector to walk.
     ``kind`` names a request that generates nothing in the trace (``"pooling"``); ``request``
     is the generation request, read only when a trace event is built (its operation name)."""
 
@@ -102,7 +104,7 @@ class MeteredRequest:
     def __init__(
         self,
         model: Model,
-        worst: Charge | Callable[[], Charge],
+        worst: Charge | None,
         attempt: int = 1,
         n: int = 1,
         kind: str | None = None,
@@ -142,11 +144,18 @@ class MeteredRequest:
             model._check_priced(ledgers)
         limiter: ConcurrencyLimit = model._loop_state().limiter
         if not limiter.try_acquire():
-            await limiter.acquire()
+            turn = limiter.queue()  # awaited here: no ``acquire`` coroutine per waiting request
+            try:
+                await turn
+            except asyncio.CancelledError:
+                limiter.leave(turn)
+                raise
         try:
             worst = self._worst
-            if not isinstance(worst, tuple):
-                worst = self._worst = worst()
+            if worst is None:
+                request = self.request
+                assert request is not None
+                worst = self._worst = model._worst_case(request, model._prompt_token_bound(request))
             rate_limiter = model.rate_limiter
             if not rate_limiter.try_acquire(worst.tokens):
                 await rate_limiter.acquire(worst.tokens)

@@ -736,8 +736,7 @@ class Model(ABC):
 
     async def _attempt(self, request: GenerateRequest, attempt: int) -> Samples:
         """One request on the wire, metered (``ttc.runtime.meter``)."""
-        worst = lambda: self._worst_case(request, self._prompt_token_bound(request))  # noqa: E731
-        async with MeteredRequest(self, worst, attempt, request.n, request=request) as metering:
+        async with MeteredRequest(self, None, attempt, request.n, request=request) as metering:
             raw = await self._send(request)
             prompt_tokens = raw.prompt_tokens
             if prompt_tokens is not None:

@@ -31,7 +31,9 @@ _SIMPLE_NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?$")
 _LATEX_FRAC = re.compile(r"^([-+]?)\\frac\{\s*([-+]?\d+)\s*\}\{\s*([-+]?\d+)\s*\}$")
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|textit|textrm|mbox)\s*\{([^{}]*)\}")
-_THIN_SPACES = re.compile(r"\\[,!;: ]")
+# A backslash before any whitespace is a control space, not only before a space: before a tab
+# or a line break it would become one when whitespace is folded, and a second pass remove it.
+_THIN_SPACES = re.compile(r"\\(?:[,!;:]|\s)")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right)(?:\.|(?![A-Za-z]))")
 _SPACE_AROUND_SYMBOL = re.compile(r"\s*([^\w\s])\s*")
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")

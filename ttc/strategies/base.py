@@ -168,9 +168,10 @@ async def draw(
         return on_candidates(fresh) if on_candidates is not None else None
 
     if isinstance(source, Model):
+        answers: dict[str, str | None] = {}  # each distinct text of the draw read once
 
         def on_samples(samples: Samples) -> Awaitable[None] | None:
-            return take(samples.candidates(extract))
+            return take(samples.candidates(extract, answers))
 
         try:
             await source.generate_samples(prompt, params, n, on_samples=on_samples)
