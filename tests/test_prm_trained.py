@@ -172,3 +172,31 @@ class _NoEmbedder(TransformersEmbedder):
 
     def spec(self) -> dict[str, object]:
         return {"backend": "none"}
+
+
+def test_the_l2_penalty_is_chosen_on_held_out_questions_not_on_their_steps() -> None:
+    """With many noise dimensions and few steps, a weak penalty fits the training steps and
+    ranks new questions' steps badly; validation by whole questions prefers a strong one."""
+    import random
+
+    from ttc.scoring.prm_trained import L2_GRID, select_l2
+
+    rng = random.Random(0)
+    features: list[list[float]] = []
+    labels: list[bool] = []
+    owners: list[int] = []
+    for question in range(12):
+        for _ in range(12):
+            good = rng.random() < 0.4
+            signal = (0.8 if good else -0.8) + rng.gauss(0, 1)
+            features.append([signal] + [rng.gauss(0, 1) for _ in range(120)])
+            labels.append(good)
+            owners.append(question)
+    l2, means = select_l2(features, labels, owners)
+    assert set(means) == set(L2_GRID) and all(v is not None for v in means.values())
+    assert l2 >= 10.0 and means[l2] == max(v for v in means.values() if v is not None)
+    assert means[l2] > means[0.1]  # type: ignore[operator]
+    with pytest.raises(ConfigError, match="two questions or more"):
+        select_l2(features[:12], labels[:12], owners[:12])
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        select_l2(features, labels, owners, grid=(-1.0,))

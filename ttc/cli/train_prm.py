@@ -119,7 +119,14 @@ def train_prm_command(
     lora: Annotated[
         bool, typer.Option("--lora/--no-lora", help="trl: train LoRA adapters (merged).")
     ] = True,
-    l2: Annotated[float, typer.Option(min=0.0, help="head: L2 penalty of the head.")] = 1.0,
+    l2: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="head: L2 penalty of the head (default: the best of 0.1 to 10,000 by step AUC "
+            "over 5 folds of whole questions).",
+        ),
+    ] = None,
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", min=8, help="head: tokens a pass reads at most.")
     ] = 256,
@@ -171,12 +178,27 @@ def train_prm_command(
                 "or a ttc export (--format ttc)"
             )
         from ttc.labels.stats import roc_auc
-        from ttc.scoring.prm_trained import head_from_features, hidden_state_features
+        from ttc.scoring.prm_trained import (
+            head_from_features,
+            hidden_state_features,
+            select_l2,
+        )
 
         embedding = _embedder(embedder, max_tokens)
-        features, labels, _ = hidden_state_features(
+        features, labels, owners = hidden_state_features(
             native, embedding, soft_threshold=soft_threshold
         )
+        if l2 is None:
+            try:
+                l2, means = select_l2(features, labels, owners)
+            except ConfigError as exc:  # too few questions or labels to validate on
+                l2 = 1.0
+                out.print(f"L2 penalty 1 (not chosen by validation: {exc})")
+            else:
+                tried = ", ".join(
+                    f"{k:g}: {'-' if v is None else f'{v:.3f}'}" for k, v in means.items()
+                )
+                out.print(f"L2 penalty {l2:g} (mean step AUC over folds of questions: {tried})")
         prm = head_from_features(features, labels, embedding, l2=l2)
         prm.save(output)
         scores = prm.score_states(features)  # the training steps, not embedded again

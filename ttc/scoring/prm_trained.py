@@ -31,6 +31,7 @@ from ttc.scoring.prm_hf import Encoded, TransformersPRM
 from ttc.validation import check_int
 
 __all__ = [
+    "L2_GRID",
     "PRM_CONFIG",
     "Embedder",
     "HiddenStatePRM",
@@ -44,6 +45,7 @@ __all__ = [
     "hidden_state_features",
     "load_embedder",
     "read_head",
+    "select_l2",
 ]
 
 #: The file in a trained PRM's folder that says how to score with it.
@@ -467,6 +469,59 @@ def head_from_features(
         )
     weights, bias, mean, scale = fit_logistic(features, labels, l2=l2)
     return HiddenStatePRM(embedder, weights, bias, mean, scale)
+
+
+L2_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+"""The L2 penalties ``select_l2`` tries: a head has one weight per hidden dimension (640 on
+Gemma 3 270M), so with a few hundred labelled steps a weak penalty fits the training steps
+perfectly and ranks new ones little better than chance."""
+
+
+def select_l2(
+    features: Sequence[Sequence[float]],
+    labels: Sequence[bool],
+    owners: Sequence[int],
+    *,
+    grid: Sequence[float] = L2_GRID,
+    folds: int = 5,
+) -> tuple[float, dict[float, float | None]]:
+    """The L2 penalty with the best mean step AUC over ``folds`` folds of whole questions
+    (``owners``: each step's question; steps of one question are never split between
+    training and validation), and each penalty's mean AUC (``None`` where no fold could be
+    scored). Ties go to the larger penalty. Refuses fewer than two questions."""
+    import numpy as np
+
+    from ttc.labels.stats import roc_auc
+
+    if not grid or any(v < 0 for v in grid):
+        raise ConfigError(f"grid: L2 penalties must be >= 0, got {list(grid)!r}")
+    questions = sorted(set(owners))
+    k = min(check_int("folds", folds, ge=2), len(questions))
+    if k < 2:
+        raise ConfigError("choosing the L2 penalty needs labelled steps of two questions or more")
+    fold_of = {q: i % k for i, q in enumerate(questions)}
+    means: dict[float, float | None] = {}
+    for l2 in grid:
+        scores: list[float] = []
+        for fold in range(k):
+            train = [i for i, o in enumerate(owners) if fold_of[o] != fold]
+            held = [i for i, o in enumerate(owners) if fold_of[o] == fold]
+            y_train = [labels[i] for i in train]
+            if len(set(y_train)) < 2:
+                continue
+            weights, bias, mean, scale = fit_logistic([features[i] for i in train], y_train, l2=l2)
+            # The head's logit ranks the held-out steps as its score does.
+            x = np.asarray([features[i] for i in held], dtype=np.float64)
+            logits = ((x - np.asarray(mean)) / np.asarray(scale)) @ np.asarray(weights) + bias
+            value = roc_auc(logits.tolist(), [labels[i] for i in held])
+            if value is not None:
+                scores.append(value)
+        means[l2] = sum(scores) / len(scores) if scores else None
+    scored = [(v, l2) for l2, v in means.items() if v is not None]
+    if not scored:
+        raise ConfigError("no fold has both good and bad steps to choose the L2 penalty on")
+    best = max(scored)[0]
+    return max(l2 for v, l2 in scored if v == best), means
 
 
 def fit_hidden_state_prm(
