@@ -130,6 +130,15 @@ def test_a_prm_on_stored_samples_changes_the_selection_and_nothing_else(tmp_path
     names = {s.name for s in compare_runs(runs)}
     assert "best-of-n (prm: arithmetic) rescored: weighted@k" in names
     assert "self-consistency: majority@k" in names
+    # Two trained heads are two series, named by the folder each reads.
+    head = {"strategy": "best-of-n", "scorer": "prm", "prm": "hidden-state", "n": 4}
+    records = runs[0][2]
+    twin = [
+        ("a", {**head, "prm.path": "prms/head-a"}, records),
+        ("b", {**head, "prm.path": "prms/head-b/"}, records),
+    ]
+    named = {s.name for s in compare_runs(twin)}
+    assert {"best-of-n (prm: hidden-state head-a)", "best-of-n (prm: hidden-state head-b)"} <= named
 
 
 def test_a_failing_prm_loses_no_question_and_a_rerun_finishes(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ttc.eval.report import _level_key, _Question, _reduce
@@ -102,18 +103,28 @@ class Series:
     kind: str = "runs"  # "runs" (one run a point) or "votes" (k samples of one run)
 
 
+def _prm_name(config: dict[str, Any]) -> str:
+    """The PRM's kind, and for a trained or served one the folder or model it reads (two
+    heads trained differently are two series)."""
+    name = str(config["prm"])
+    for key in ("prm.path", "prm.model_dir", "prm.model"):
+        if config.get(key):
+            return f"{name} {Path(str(config[key]).rstrip('/')).name}"
+    return name
+
+
 def _series_name(config: dict[str, Any]) -> str:
     strategy = str(config.get("strategy", "run"))
     bits = [strategy]
     if strategy == "best-of-n":
         scorer = config.get("scorer")
         if scorer and scorer != "verifier":
-            named = f"prm: {config['prm']}" if scorer == "prm" and config.get("prm") else scorer
+            named = f"prm: {_prm_name(config)}" if scorer == "prm" and config.get("prm") else scorer
             bits = [f"best-of-n ({named})"]
     if "k" in config and strategy == "lookahead":
         bits.append(f"k={config['k']}")
     if config.get("prm") and strategy not in _SAMPLING:
-        bits.append(f"({config['prm']})")
+        bits.append(f"({_prm_name(config)})")
     if config.get("rescored_from"):  # ttc rescore: another PRM on a stored run's samples
         bits.append("rescored")
     return " ".join(bits)
