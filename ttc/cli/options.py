@@ -32,6 +32,7 @@ __all__ = [
     "build_strategy",
     "build_verifier",
     "endpoint_options",
+    "param_pairs",
     "strategy_spec",
 ]
 
@@ -142,11 +143,9 @@ ParamOption = Annotated[
 ]
 
 
-def strategy_spec(name: str, n: int, prm: str | None, params: list[str] | None) -> StrategySpec:
-    """``--strategy``, ``--n``, ``--prm`` and the ``--param`` pairs as a checked
-    ``StrategySpec`` (``ConfigError`` naming a malformed pair or an unknown name)."""
+def param_pairs(params: list[str] | None) -> dict[str, str]:
+    """The ``--param KEY=VALUE`` pairs as a dict (``ConfigError`` naming a malformed pair)."""
     from ttc.errors import ConfigError
-    from ttc.strategies.registry import StrategySpec
 
     options: dict[str, str] = {}
     for pair in params or []:
@@ -154,6 +153,15 @@ def strategy_spec(name: str, n: int, prm: str | None, params: list[str] | None) 
         if not eq or not key.strip():
             raise ConfigError(f"--param takes KEY=VALUE (e.g. width=4), got {pair!r}")
         options[key.strip()] = value.strip()
+    return options
+
+
+def strategy_spec(name: str, n: int, prm: str | None, params: list[str] | None) -> StrategySpec:
+    """``--strategy``, ``--n``, ``--prm`` and the ``--param`` pairs as a checked
+    ``StrategySpec`` (``ConfigError`` naming a malformed pair or an unknown name)."""
+    from ttc.strategies.registry import StrategySpec
+
+    options = param_pairs(params)
     prm_options = {k[4:]: v for k, v in options.items() if k.startswith("prm.")}
     strategy_options = {k: v for k, v in options.items() if not k.startswith("prm.")}
     return StrategySpec.of(name, n=n, params=strategy_options, prm=prm, prm_options=prm_options)

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ttc.cli.options import ParamOption
+from ttc.cli.options import ParamOption, param_pairs
 
 if TYPE_CHECKING:
     from ttc.eval.rescore import RescoreSummary
@@ -84,13 +84,13 @@ def rescore_command(
     from ttc.errors import ConfigError, TTCError
 
     err = Console(stderr=True)
-    options = {}
     try:
-        for pair in param or []:
-            key, eq, value = pair.partition("=")
-            if not eq or not key.strip().startswith("prm."):
+        options = {}
+        for key, value in param_pairs(param).items():
+            if not key.startswith("prm."):
+                pair = f"{key}={value}"
                 raise ConfigError(f"--param takes prm.KEY=VALUE here (a PRM option), got {pair!r}")
-            options[key.strip()[4:]] = value.strip()
+            options[key[4:]] = value
         summary = anyio.run(
             lambda: _rescore(
                 folder, run, prm, options, aggregation, selector, dataset, model, name, resume

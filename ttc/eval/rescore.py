@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ttc.errors import ConfigError, TTCError
-from ttc.eval.datasets import Dataset
+from ttc.eval.datasets import Dataset, Example
+from ttc.eval.report import _VERDICT_KEYS
 from ttc.eval.store import QuestionRecord, ResultsStore
 from ttc.scoring.base import Scorer, Selector
 from ttc.strategies.registry import STRATEGIES, StrategySpec
@@ -32,6 +33,7 @@ from ttc.strategies.registry import STRATEGIES, StrategySpec
 __all__ = [
     "RESCORABLE",
     "RescoreSummary",
+    "default_name",
     "rescore",
     "rescored_config",
     "rescored_spec",
@@ -40,8 +42,6 @@ __all__ = [
 RESCORABLE = ("best-of-n", "self-consistency", "repeated-sample", "adaptive-consistency")
 """Strategies whose stored candidates are independent samples of the prompt (a search's are
 its finished beams, which a PRM already chose between step by step)."""
-
-_VERDICT_KEYS = frozenset({"verified"})
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,8 @@ async def rescore(
                 skipped += 1
             else:
                 try:
-                    store.put(name, await _rescored(record, scorer, selector, data))
+                    rescored = await _rescored(record, scorer, selector, data, examples[record.id])
+                    store.put(name, rescored)
                     new += 1
                 except TTCError as exc:
                     store.put_failure(name, record.id, f"scoring failed: {exc}")
@@ -188,9 +189,8 @@ async def rescore(
 
 
 async def _rescored(
-    record: QuestionRecord, scorer: Scorer, selector: Selector, data: Dataset
+    record: QuestionRecord, scorer: Scorer, selector: Selector, data: Dataset, example: Example
 ) -> QuestionRecord:
-    example = next(e for e in data.examples if e.id == record.id)
     prompt = data.prompt(example)
     result = record.result
     candidates = [c.model_copy(deep=True) for c in result.candidates]
