@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ttc.scoring.base import Selection
+from ttc.scoring.extract import normalize_answer
 from ttc.scoring.selectors import Argmax, FirstVerified, MajorityVote, WeightedMajority
 from ttc.types import Candidate
 
@@ -213,3 +214,26 @@ def test_argmax_picks_a_maximum(items: list[tuple[str | None, float]]) -> None:
         return
     assert selection.best is not None and selection.best.score == max(s for _, s in items)
     assert selection.best is next(c for c in candidates if c.score == selection.best.score)
+
+
+spellings = st.sampled_from(
+    ["18", "$18$", "18.0", " 18 ", "17", "17.", "\\boxed{17}", "", "x", None]
+)
+
+
+@given(st.lists(spellings, max_size=16))
+def test_majority_vote_counts_spellings_as_a_unit_weighted_vote_does(
+    answers: list[str | None],
+) -> None:
+    """MajorityVote counts each written answer once before normalizing it: the votes, their
+    order, the winner, the ties and ``best`` are those of a vote that normalizes every
+    candidate's answer (WeightedMajority with a score of 1 each)."""
+    candidates = [cand(a, 1.0) for a in answers]
+    got = MajorityVote().select(candidates)
+    reference = WeightedMajority().select(candidates)
+    assert list(got.votes.items()) == list(reference.votes.items())
+    assert (got.answer, got.tied) == (reference.answer, reference.tied)
+    first = next(
+        (c for c in candidates if c.answer and normalize_answer(c.answer) == got.answer), None
+    )
+    assert got.best is first

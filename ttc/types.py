@@ -371,7 +371,11 @@ class Candidate(BaseModel):
         return state
 
 
-_CANDIDATE_DEFAULTS, _CANDIDATE_FACTORIES = _defaults(Candidate)
+_CANDIDATE_DEFAULTS, _candidate_factories = _defaults(Candidate)
+if _candidate_factories != (("scores", dict),):  # made inline in _candidates
+    raise TypeError(
+        f"Candidate's default factories changed: update _candidates ({_candidate_factories})"
+    )
 # As after Candidate(text=..., answer=..., ...): what a trusted candidate counts as set, shared
 # by every trusted candidate until it changes (see ``Candidate.__setattr__``).
 _CANDIDATE_GIVEN = {"text", "answer", "finish_reason", "completion_tokens", "model"}
@@ -410,7 +414,6 @@ def _candidates(
     out: list[Candidate] = []
     append = out.append
     copy = _CANDIDATE_DEFAULTS.copy
-    factories = _CANDIDATE_FACTORIES
     given = _CANDIDATE_GIVEN
     for text, finish, tokens, model in rows:
         answer = seen(text, _UNSEEN)
@@ -426,8 +429,7 @@ def _candidates(
         fields["finish_reason"] = finish
         fields["completion_tokens"] = tokens
         fields["model"] = model
-        for name, factory in factories:
-            fields[name] = factory()
+        fields["scores"] = {}  # the one default factory (checked where the defaults are read)
         _set_dict(obj, fields)
         _set_fields_set(obj, given)  # shared until the candidate changes
         _set_extra(obj, None)

@@ -48,6 +48,25 @@ def _tally(
     return votes, list(votes)
 
 
+def _count(candidates: Sequence[Candidate]) -> tuple[dict[str, float], list[str]]:
+    """``_tally`` with a weight of 1 each, exactly (the counts are whole numbers): candidates
+    are counted per answer as written first, so each distinct answer is normalized once (at
+    large n the answers repeat, and a normalization costs more than a count)."""
+    written: dict[str, int] = {}
+    seen = written.get
+    for candidate in candidates:
+        answer = candidate.answer
+        if answer is not None:
+            written[answer] = seen(answer, 0) + 1
+    votes: dict[str, float] = {}
+    count = votes.get
+    for answer, k in written.items():  # in order of first appearance, as _tally's
+        key = normalize_answer(answer)
+        if key:
+            votes[key] = count(key, 0.0) + k
+    return votes, list(votes)
+
+
 def _leader(votes: dict[str, float], order: list[str]) -> str | None:
     """The answer with the most weight; the earliest one on a tie."""
     best: str | None = None
@@ -72,7 +91,7 @@ class MajorityVote(Selector):
     """
 
     def select(self, candidates: Sequence[Candidate]) -> Selection:
-        votes, order = _tally(candidates, [1.0] * len(candidates))
+        votes, order = _count(candidates)
         winner = _leader(votes, order)
         if winner is None:
             return Selection(best=None, answer=None, votes={})
@@ -162,7 +181,7 @@ class FirstVerified(Selector):
             if self.fallback is None:
                 return Selection(best=None, answer=None, votes={})
             return self.fallback.select(candidates)
-        votes, _ = _tally(verified, [1.0] * len(verified))
+        votes, _ = _count(verified)
         best = verified[0]
         return Selection(best=best, answer=_answer_key(best), votes=votes)
 
